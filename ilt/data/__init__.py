@@ -1,0 +1,1 @@
+"""Data preparation: Lhotse manifests for corpora, languages, manifest I/O."""

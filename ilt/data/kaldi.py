@@ -1,0 +1,205 @@
+"""Import a Kaldi data directory (wav.scp, segments, text, utt2spk) as Lhotse manifests.
+
+The conversion itself is Lhotse's :func:`lhotse.kaldi.load_kaldi_data_dir`; this
+module checks the directory first so that bad input is an error naming the file
+and line rather than an assertion deep inside Lhotse, sets the language on every
+supervision and writes the manifests atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from lhotse import CutSet, RecordingSet, SupervisionSet
+from lhotse.utils import fastcopy
+from lhotse.kaldi import load_kaldi_data_dir
+
+from ilt.data.languages import validate_language
+from ilt.data.manifests import load_cuts, manifest_paths, manifests_exist, save_manifests
+from ilt.errors import IltInputError
+from ilt.utils import Skips
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("wav.scp", "text", "utt2spk")
+
+
+def _read_table(path: Path, min_fields: int, max_fields: int | None = None) -> list[tuple[int, list[str]]]:
+    """Non-blank lines of a Kaldi table as ``(line number, fields)``; checks the field count."""
+    rows = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IltInputError(f"{path}: cannot read: {exc}") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split(None, max_fields - 1 if max_fields else -1)
+        if len(fields) < min_fields or (max_fields and len(fields) > max_fields):
+            raise IltInputError(f"{path}:{n}: expected {min_fields}"
+                                f"{'' if max_fields == min_fields else '+'} field(s), got {len(fields)}: {line!r}")
+        rows.append((n, fields))
+    return rows
+
+
+def _check_wav_scp(data_dir: Path, sampling_rate: int) -> int:
+    """Check every file in wav.scp is readable audio; return the common sampling rate."""
+    import soundfile as sf
+
+    wav_scp = data_dir / "wav.scp"
+    rates: dict[int, str] = {}
+    seen: set[str] = set()
+    for n, (rec_id, value) in _read_table(wav_scp, 2, 2):
+        if rec_id in seen:
+            raise IltInputError(f"{wav_scp}:{n}: recording {rec_id!r} listed twice")
+        seen.add(rec_id)
+        value = value.strip()
+        if value.endswith("|"):  # a command: Lhotse runs it; the rate must be given
+            if not sampling_rate:
+                raise IltInputError(f"{wav_scp}:{n}: {rec_id} is a command; pass sampling_rate (--sampling-rate)")
+            continue
+        try:
+            info = sf.info(value)
+        except Exception as exc:
+            raise IltInputError(f"{wav_scp}:{n}: cannot read audio {value!r} of {rec_id}: {exc}") from None
+        if info.frames == 0:
+            raise IltInputError(f"{wav_scp}:{n}: audio {value!r} of {rec_id} is empty")
+        rates.setdefault(info.samplerate, f"{wav_scp}:{n}")
+    if not seen:
+        raise IltInputError(f"{wav_scp}: no recordings")
+    if sampling_rate:
+        wrong = {sr: where for sr, where in rates.items() if sr != sampling_rate}
+        if wrong:
+            sr, where = next(iter(wrong.items()))
+            raise IltInputError(f"{where}: audio is {sr} Hz, but sampling_rate is {sampling_rate}")
+        return sampling_rate
+    if len(rates) > 1:
+        listed = ", ".join(f"{sr} Hz ({where})" for sr, where in rates.items())
+        raise IltInputError(f"{wav_scp}: recordings have different sampling rates: {listed}")
+    return next(iter(rates))
+
+
+def _check_utterances(data_dir: Path) -> None:
+    """segments (optional), text and utt2spk must agree; errors name file and line."""
+    rec_ids = {fields[0] for _, fields in _read_table(data_dir / "wav.scp", 2, 2)}
+    segments = data_dir / "segments"
+    if segments.is_file():
+        utts = []
+        for n, (utt, rec, start, end) in _read_table(segments, 4, 4):
+            where = f"{segments}:{n}"
+            if rec not in rec_ids:
+                raise IltInputError(f"{where}: recording {rec!r} is not in wav.scp")
+            try:
+                t0, t1 = float(start), float(end)
+            except ValueError:
+                raise IltInputError(f"{where}: non-numeric time {start!r} {end!r}") from None
+            if t0 < 0 or (t1 != -1 and t1 <= t0):
+                raise IltInputError(f"{where}: bad segment times {start} {end}")
+            utts.append(utt)
+    else:
+        utts = sorted(rec_ids)
+    dup = sorted({u for u in utts if utts.count(u) > 1}) if len(set(utts)) != len(utts) else []
+    if dup:
+        raise IltInputError(f"{segments}: utterance(s) listed twice: {', '.join(dup[:5])}")
+    for name in ("text", "utt2spk"):
+        path = data_dir / name
+        have = {fields[0] for _, fields in _read_table(path, 1 if name == "text" else 2)}
+        missing = [u for u in utts if u not in have]
+        if missing:
+            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise IltInputError(f"{path}: no entry for utterance(s) {', '.join(missing[:5])}{more}")
+
+
+def _absolute_sources(recordings: RecordingSet) -> RecordingSet:
+    """Kaldi resolves relative wav.scp paths from the working directory; store them absolute."""
+    def fix(rec):
+        sources = [
+            fastcopy(s, source=os.path.abspath(s.source)) if s.type == "file" else s for s in rec.sources
+        ]
+        return fastcopy(rec, sources=sources)
+
+    return RecordingSet.from_recordings(fix(r) for r in recordings)
+
+
+def prepare_kaldi(
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    language: str = "en",
+    name: str | None = None,
+    accent: str = "",
+    sampling_rate: int = 0,
+    tolerance: float = 0.05,
+    force: bool = False,
+) -> dict[str, CutSet]:
+    """Kaldi data directory (wav.scp, text, utt2spk, optional segments).
+
+    Writes ``<name>_{recordings,supervisions,cuts}.jsonl.gz`` under ``out_dir``
+    with Lhotse's own Kaldi importer; every supervision gets ``language``.
+
+    :param language: ISO 639-1 code of the speech (one of the MLC-SLM languages).
+    :param name: manifest name prefix and the key of the result; the data
+        directory's name by default.
+    :param accent: if given, stored as ``custom["accent"]`` on every supervision.
+    :param sampling_rate: the audio's rate; 0 reads it from the files (required
+        when wav.scp holds commands).
+    :param tolerance: seconds a segment may run past the end of its audio (it is
+        then clipped); beyond that it is skipped.
+    :param force: rebuild manifests that already exist.
+    :return: ``{name: CutSet}``.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    language = validate_language(language, "--language")
+    name = name or data_dir.resolve().name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise IltInputError(f"invalid manifest name {name!r}: use letters, digits, '_', '.', '-'")
+    paths = manifest_paths(out_dir, name)
+    if manifests_exist(paths) and not force:
+        log.info("kaldi: %s exists, skipping (use --force to rebuild)", paths["cuts"])
+        return {name: load_cuts(paths["cuts"])}
+
+    if not data_dir.is_dir():
+        raise IltInputError(f"{data_dir}: Kaldi data directory not found")
+    missing = [f for f in REQUIRED if not (data_dir / f).is_file()]
+    if missing:
+        raise IltInputError(f"{data_dir}: missing Kaldi file(s): {', '.join(missing)}")
+    rate = _check_wav_scp(data_dir, sampling_rate)
+    _check_utterances(data_dir)
+    try:
+        recordings, supervisions, _ = load_kaldi_data_dir(data_dir, sampling_rate=rate)
+    except Exception as exc:  # anything our checks missed: still name the directory
+        raise IltInputError(f"{data_dir}: cannot import Kaldi data directory: {type(exc).__name__}: {exc}") from None
+    recordings = _absolute_sources(recordings)
+
+    skips = Skips(f"prepare kaldi {name}")
+    kept = []
+    for sup in supervisions:
+        rec = recordings[sup.recording_id]
+        where = f"{data_dir / 'text'} ({sup.id})"
+        if not (sup.text or "").strip():
+            skips.skip("empty transcript", where)
+            continue
+        if sup.end > rec.duration + tolerance:
+            skips.skip("segment past end of audio", where, f"ends at {sup.end} s, audio is {rec.duration} s")
+            continue
+        custom = dict(sup.custom or {})
+        if accent:
+            custom["accent"] = accent
+        kept.append(fastcopy(sup, language=language, text=" ".join(sup.text.split()),
+                             duration=round(min(sup.end, rec.duration) - sup.start, 6),
+                             custom=custom or None))
+    skips.report()
+    if not kept:
+        raise IltInputError(f"{data_dir}: no usable utterance ({skips.total} skipped)")
+    sups = SupervisionSet.from_segments(kept)
+    used = {s.recording_id for s in kept}
+    recs = RecordingSet.from_recordings(r for r in recordings if r.id in used)
+    cuts = CutSet.from_manifests(recordings=recs, supervisions=sups).trim_to_supervisions(
+        keep_overlapping=False
+    ).to_eager()
+    save_manifests(paths, recs, sups, cuts)
+    log.info("kaldi: %d utterances in %d recordings -> %s", len(cuts), len(recs), paths["cuts"])
+    return {name: cuts}

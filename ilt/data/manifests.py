@@ -1,0 +1,93 @@
+"""Save and load Lhotse manifests (``*.jsonl.gz``) safely.
+
+Writes are atomic (a temporary file beside the target, then a rename) and
+byte-reproducible: the gzip header carries no timestamp and no file name, so the
+same manifest always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from lhotse import CutSet, RecordingSet, SupervisionSet
+
+from ilt.errors import IltInputError
+from ilt.utils import atomic_path
+
+
+def _write_jsonl(items: Iterable[dict[str, Any]], path: Path) -> None:
+    if path.name.endswith(".gz"):
+        with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+            for item in items:
+                gz.write((json.dumps(item, ensure_ascii=False) + "\n").encode("utf-8"))
+    else:
+        with open(path, "w", encoding="utf-8") as f:
+            for item in items:
+                f.write(json.dumps(item, ensure_ascii=False) + "\n")
+
+
+def save_manifest(manifest: RecordingSet | SupervisionSet | CutSet, path: str | Path) -> Path:
+    """Write ``manifest`` to ``path`` (``.jsonl`` or ``.jsonl.gz``) atomically.
+
+    On any error the previous file at ``path`` (if any) is left untouched.
+    """
+    path = Path(path)
+    if not (path.name.endswith(".jsonl.gz") or path.name.endswith(".jsonl")):
+        raise ValueError(f"{path}: manifests are written as .jsonl or .jsonl.gz")
+    with atomic_path(path) as tmp:
+        _write_jsonl(manifest.to_dicts(), tmp)
+    return path
+
+
+def _load(cls, path: str | Path, what: str):
+    path = Path(path)
+    if not path.is_file():
+        raise IltInputError(f"{path}: {what} manifest not found")
+    try:
+        return cls.from_jsonl(path)
+    except Exception as exc:  # corrupt gzip, bad JSON, wrong manifest type
+        raise IltInputError(f"{path}: cannot read {what} manifest: {type(exc).__name__}: {exc}") from None
+
+
+def load_cuts(path: str | Path) -> CutSet:
+    """Read a ``CutSet`` eagerly; a missing or unreadable file is an :class:`IltInputError` naming it."""
+    return _load(CutSet, path, "cut")
+
+
+def load_recordings(path: str | Path) -> RecordingSet:
+    """Read a ``RecordingSet``; errors name the file."""
+    return _load(RecordingSet, path, "recording")
+
+
+def load_supervisions(path: str | Path) -> SupervisionSet:
+    """Read a ``SupervisionSet``; errors name the file."""
+    return _load(SupervisionSet, path, "supervision")
+
+
+def manifest_paths(out_dir: str | Path, prefix: str, split: str | None = None) -> dict[str, Path]:
+    """``{"recordings": ..., "supervisions": ..., "cuts": ...}`` for a corpus (and split).
+
+    ``prefix_recordings_split.jsonl.gz`` with a split, ``prefix_recordings.jsonl.gz`` without.
+    """
+    out_dir = Path(out_dir)
+    tail = f"_{split}" if split else ""
+    return {kind: out_dir / f"{prefix}_{kind}{tail}.jsonl.gz" for kind in ("recordings", "supervisions", "cuts")}
+
+
+def save_manifests(
+    paths: dict[str, Path],
+    recordings: RecordingSet,
+    supervisions: SupervisionSet,
+    cuts: CutSet,
+) -> None:
+    """Write the three manifests of one split; cuts last, so their presence means all three are done."""
+    save_manifest(recordings, paths["recordings"])
+    save_manifest(supervisions, paths["supervisions"])
+    save_manifest(cuts, paths["cuts"])
+
+
+def manifests_exist(paths: dict[str, Path]) -> bool:
+    return all(p.is_file() for p in paths.values())

@@ -1,0 +1,14 @@
+"""Built-in corpus preparation: ``ilt prepare mlc-slm`` and ``ilt prepare kaldi``."""
+
+from __future__ import annotations
+
+from ilt.hookspecs import hookimpl
+
+
+@hookimpl
+def ilt_register_corpora(register):
+    from ilt.data.kaldi import prepare_kaldi
+    from ilt.data.mlc_slm import prepare_mlc_slm
+
+    register("mlc-slm", prepare_mlc_slm)
+    register("kaldi", prepare_kaldi)
