@@ -43,6 +43,8 @@ setup(
         # from ilt.plugins.DEFAULT_PLUGINS so a source checkout works the same.
         "ilt": [
             "corpora = ilt.plugins.corpora",
+            "losses = ilt.plugins.losses",
+            "whisper = ilt.plugins.whisper",
         ],
     },
 )

@@ -32,6 +32,8 @@ BUILTIN_PACKAGE = "ilt"
 #: Modules that hold the built-in hook implementations.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "ilt.plugins.corpora",
+    "ilt.plugins.losses",
+    "ilt.plugins.whisper",
 )
 
 #: Component kind for each registration hook.

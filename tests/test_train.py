@@ -1,0 +1,229 @@
+"""The ILT training loop on a tiny random Whisper (2 s window), on CPU."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import yaml
+
+from ilt.config import DecodeConfig, RoundConfig, dump_yaml, from_dict
+from ilt.errors import IltInputError
+from ilt.hookspecs import hookimpl
+from ilt.train import list_checkpoints, train_round
+
+#: Fast dev decoding for a random model: greedy, a few tokens, no fallback.
+FAST_DECODE = DecodeConfig(beam_size={"default": 1}, max_new_tokens=4, batch_size=8,
+                           compression_ratio_threshold=None, fallback_temperatures=[])
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    from ilt.testing.dummies import tiny_whisper_dir
+
+    return tiny_whisper_dir(tmp_path_factory.mktemp("m0") / "M0")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Manifests: ``train`` (4 cuts), ``dev`` (en + fr), sources ``a`` and ``b``, ``bad``,
+    ``empty``, ``enfr`` (2 en + 2 fr cuts)."""
+    from ilt.data.manifests import save_manifest
+    from ilt.testing.dummies import make_cuts
+
+    tmp = tmp_path_factory.mktemp("data")
+    texts = ["hello world", "good morning", "thank you", "see you soon"]
+    sets = {
+        "train": make_cuts(tmp / "train", [{"id": f"t{i}", "text": t, "duration": 1.5}
+                                           for i, t in enumerate(texts)]),
+        "dev": make_cuts(tmp / "dev", [{"id": "d-en", "text": "hello there", "duration": 1.5},
+                                       {"id": "d-fr", "text": "bonjour", "language": "fr", "duration": 1.0}]),
+        "a": make_cuts(tmp / "a", [{"id": f"a{i}", "text": "alpha", "duration": 0.5} for i in range(4)]),
+        "b": make_cuts(tmp / "b", [{"id": f"b{i}", "text": "beta", "duration": 0.5} for i in range(4)]),
+        "bad": make_cuts(tmp / "bad", [{"id": "ok", "text": "fine"}, {"id": "no-text", "text": ""},
+                                       {"id": "broken", "text": "broken audio", "corrupt": True},
+                                       {"id": "ok2", "text": "also fine"}]),
+        "empty": make_cuts(tmp / "empty", [{"id": "e0", "text": ""}]),
+        "enfr": make_cuts(tmp / "enfr", [{"id": f"{lang}{i}", "text": "salut", "language": lang, "duration": 0.5}
+                                         for lang in ("en", "fr") for i in range(2)]),
+    }
+    return {name: save_manifest(cuts, tmp / f"{name}.jsonl.gz") for name, cuts in sets.items()}
+
+
+def _config(**train) -> RoundConfig:
+    return from_dict(RoundConfig, {
+        "name": "focus",
+        "lora": {"r": 4, "lora_dropout": 0.1},  # lora_alpha: its int default, read back from YAML as float
+        "train": {"lr": 1e-3, "micro_batch": 2, "precision": "fp32", **train},
+    })
+
+
+@pytest.fixture
+def extra_losses(monkeypatch):
+    """Register test-only losses through the real hook, for one test."""
+    import ilt.plugins as plugins
+
+    losses: dict = {}
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def ilt_register_losses(register):
+            for name, factory in losses.items():
+                register(name, factory)
+
+    pm = plugins.build_plugin_manager(load_entry_points=False)
+    pm.register(Plugin, name="tests:losses")
+    monkeypatch.setattr(plugins, "get_registry", lambda: plugins.Registry.from_plugin_manager(pm))
+    try:
+        yield losses.__setitem__
+    finally:
+        pm.unregister(Plugin)
+
+
+
+def test_tiny_run_writes_best_final_and_logs(base_dir, data, tmp_path):
+    config = _config(max_steps=4, eval_every=2, precision="bf16", gradient_checkpointing=True)
+    out = tmp_path / "focus"
+    with pytest.warns(UserWarning, match="training in fp32"):
+        result = train_round(config, base_dir, out, train_cuts=[(data["train"], 1.0)], dev_cuts=data["dev"],
+                             decode_config=FAST_DECODE, command="ilt train --config focus.yaml")
+
+    assert result.steps == 4 and result.seconds > 0 and result.skipped == {}
+    assert result.best_dir == out / "best" and result.final_dir == out / "final"
+    for name in ("best", "final"):
+        files = {p.name for p in (out / name).iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors", "round.yaml", "score.json",
+                "manifests.json"} <= files
+        assert not any(f.endswith(".bin") for f in files)
+    assert (out / "command.txt").read_text() == "ilt train --config focus.yaml\n"
+    saved = yaml.safe_load((out / "round.yaml").read_text())
+    assert saved["task"]["data"] == [{"cuts": str(data["train"]), "weight": 1.0, "languages": None}]
+    assert (out / "best" / "round.yaml").read_text() == (out / "round.yaml").read_text()
+    assert list(out.glob("tensorboard/**/events.out.tfevents.*"))
+
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "start" and log[0]["precision"] == "fp32"
+    assert [r["step"] for r in log if r["event"] == "step"] == [1, 2, 3, 4]
+    evals = [r for r in log if r["event"] == "eval"]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(set(r["per_language"]) == {"en", "fr"} and r["dev_loss"] > 0 for r in evals)
+
+    best = json.loads((out / "best" / "score.json").read_text())
+    winner = min(evals, key=lambda r: (r["dev_wer"], r["step"]))
+    assert best["step"] == winner["step"] and best["value"] == winner["dev_wer"] == result.best_metric
+    assert {row["group"] for row in best["rows"]} == {"en", "fr"} and "overall" in best
+    assert result.best_score["step"] == best["step"] and "best dev_wer" in result.summary()
+    final = json.loads((out / "final" / "score.json").read_text())
+    assert final["step"] == 4 and final["value"] == evals[-1]["dev_wer"]
+    manifests = json.loads((out / "manifests.json").read_text())
+    assert [m["role"] for m in manifests] == ["train", "dev"] and all(len(m["sha256"]) == 64 for m in manifests)
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4]
+
+
+def test_resume_gives_the_same_adapter(base_dir, data, tmp_path):
+    config = _config(max_steps=5, grad_accum=2, save_every=2, eval_every=3, warmup_steps=1)
+    kwargs = dict(train_cuts=[(data["train"], 1.0)], dev_cuts=data["dev"], decode_config=FAST_DECODE)
+    full = train_round(config, base_dir, tmp_path / "full", **kwargs)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(step, record):
+        if step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_round(config, base_dir, tmp_path / "cut", on_step=kill_at_3, **kwargs)
+    assert [s for s, _ in list_checkpoints(tmp_path / "cut")] == [2]
+    resumed = train_round(config, base_dir, tmp_path / "cut", **kwargs)
+
+    assert resumed.resumed_from == tmp_path / "cut" / "checkpoints" / "step-2"
+    assert resumed.steps == full.steps == 5
+    for name in ("final", "best"):
+        a = (tmp_path / "full" / name / "adapter_model.safetensors").read_bytes()
+        b = (tmp_path / "cut" / name / "adapter_model.safetensors").read_bytes()
+        assert a == b, f"{name} adapter differs after resume"
+    assert resumed.best_metric == full.best_metric
+    assert [s for s, _ in list_checkpoints(tmp_path / "cut")] == [4, 5]  # the last two kept
+
+    # A finished run re-run is a no-op that gives the same result.
+    again = train_round(config, base_dir, tmp_path / "cut", **kwargs)
+    assert again.steps == 5 and again.resumed_from.name == "step-5"
+    # Another config in the same directory is refused, not silently mixed.
+    with pytest.raises(IltInputError, match="different config"):
+        train_round(_config(max_steps=5, lr=0.5), base_dir, tmp_path / "cut", **kwargs)
+
+
+def test_nan_loss_names_step_and_cuts(base_dir, data, tmp_path, extra_losses):
+    calls = []
+
+    def nan_on_third_batch():
+        def loss(backbone, model, batch):
+            calls.append(list(batch.cut_ids))
+            value = backbone.loss(model, batch)
+            return value * float("nan") if len(calls) == 3 else value
+        return loss
+
+    extra_losses("nan-at-3", nan_on_third_batch)
+    config = from_dict(RoundConfig, {**yaml.safe_load(dump_yaml(_config(max_steps=5, save_every=1))),
+                                     "task": {"loss": "nan-at-3", "data": []}})
+    out = tmp_path / "nan"
+    with pytest.raises(IltInputError) as err:
+        train_round(config, base_dir, out, train_cuts=[(data["train"], 1.0)])
+    message = str(err.value)
+    assert "step 3" in message and "nan" in message
+    assert all(cut_id in message for cut_id in calls[2])
+    assert "checkpoints/step-2" in message
+    assert [s for s, _ in list_checkpoints(out)] == [1, 2]
+    assert not (out / "final").exists()
+
+
+def test_data_mix_follows_weights(base_dir, data, tmp_path, extra_losses):
+    seen: list[str] = []
+
+    def counting():  # no forward pass: only the sampled cut IDs matter here
+        def loss(backbone, model, batch):
+            seen.extend(batch.cut_ids)
+            return sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
+        return loss
+
+    extra_losses("count", counting)
+    fractions = []
+    for weights in ([0.8, 0.2], [0.2, 0.8]):
+        seen.clear()
+        config = from_dict(RoundConfig, {**yaml.safe_load(dump_yaml(_config(max_steps=30, micro_batch=2))),
+                                         "task": {"loss": "count", "data": [
+                                             {"cuts": str(data["a"]), "weight": weights[0]},
+                                             {"cuts": str(data["b"]), "weight": weights[1]}]}})
+        train_round(config, base_dir, tmp_path / f"mix{weights[0]}")
+        counts = Counter(cut_id[0] for cut_id in seen)
+        assert len(seen) == 60
+        fractions.append(counts["a"] / len(seen))
+        # Each source (4 cuts) is repeated as often as its weight asks.
+        assert max(Counter(seen).values()) > 4
+    assert 0.65 < fractions[0] < 0.95 and 0.05 < fractions[1] < 0.35, fractions
+
+    # A source's `languages` keeps only the cuts in those languages.
+    seen.clear()
+    config = from_dict(RoundConfig, {**yaml.safe_load(dump_yaml(_config(max_steps=3))),
+                                     "task": {"loss": "count", "data": [
+                                         {"cuts": str(data["enfr"]), "weight": 1.0, "languages": ["fr"]}]}})
+    train_round(config, base_dir, tmp_path / "fr-only-count")
+    assert seen and {cut_id[:2] for cut_id in seen} == {"fr"}
+
+
+def test_bad_cuts_are_counted_and_bad_sources_named(base_dir, data, tmp_path):
+    result = train_round(_config(max_steps=2), base_dir, tmp_path / "bad", train_cuts=[(data["bad"], 1.0)])
+    assert result.skipped == {"empty transcript": 1, "unreadable audio": 1}
+
+    with pytest.raises(IltInputError, match="empty.jsonl.gz.*no cuts with a transcript"):
+        train_round(_config(max_steps=2), base_dir, tmp_path / "e",
+                    train_cuts=[(data["train"], 1.0), (data["empty"], 1.0)])
+    with pytest.raises(IltInputError, match="missing.jsonl.gz.*not found"):
+        train_round(_config(max_steps=2), base_dir, tmp_path / "m", train_cuts=[(tmp_path / "missing.jsonl.gz", 1.0)])
+    with pytest.raises(IltInputError, match=r"enfr.jsonl.gz.*in languages \['de'\]"):
+        train_round(_config(max_steps=2), base_dir, tmp_path / "de", train_cuts=[(data["enfr"], 1.0, ["de"])])
+    with pytest.raises(IltInputError, match="no training data"):
+        train_round(_config(max_steps=2), base_dir, tmp_path / "n")
