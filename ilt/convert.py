@@ -31,8 +31,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ilt.errors import IltInputError
-from ilt.plugins.whisper import atomic_dir
-from ilt.utils import log
+from ilt.utils import atomic_dir, log
 
 SUPPORTED_BINARY_VERSIONS = (6,)
 

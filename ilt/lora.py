@@ -27,15 +27,13 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 from ilt import __version__
 from ilt.config import ConfigError, LoraSection, RoundConfig, config_hash, load_round, to_dict
 from ilt.errors import IltInputError
-from ilt.utils import atomic_path, write_json_atomic
+from ilt.utils import atomic_dir, write_json_atomic
 
 log = logging.getLogger("ilt")
 
@@ -265,14 +263,8 @@ def merge_adapter(
         "parent": _read_json(model_dir / LINEAGE_JSON),
     }
 
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
+    with atomic_dir(out_dir) as tmp:  # an existing out_dir is replaced only once this one is complete
         backbone.save(merged, tmp)
         write_json_atomic(tmp / LINEAGE_JSON, lineage)
-        if out_dir.exists():  # empty, or overwrite: moved aside only once the new one is complete
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-    shutil.rmtree(old, ignore_errors=True)
     log.info("merged %s + %s -> %s", model_dir, adapter_dir, out_dir)
     return out_dir

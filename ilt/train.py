@@ -62,7 +62,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -75,7 +74,7 @@ from ilt.config import (DataSource, DecodeConfig, RoundConfig, config_hash, dump
                         load_round, to_dict)
 from ilt.errors import IltInputError
 from ilt.lora import (MANIFESTS_JSON, ROUND_YAML, SCORE_JSON, attach_lora, describe_manifests)
-from ilt.utils import Skips, write_json_atomic, write_text_atomic
+from ilt.utils import Skips, atomic_dir, replace_dir, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("ilt")
 
@@ -138,22 +137,6 @@ class _CollateDataset:
 
     def __getitem__(self, cuts: Any) -> Any:
         return self.backbone.collate(cuts)
-
-
-def _replace_dir(tmp: Path, dst: Path) -> None:
-    """Put the complete directory ``tmp`` at ``dst``, replacing what is there."""
-    old = None
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-        os.replace(dst, old / dst.name)
-    os.replace(tmp, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _new_tmp_dir(dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
 
 
 def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
@@ -448,8 +431,13 @@ def train_round(
         from ilt.data.manifests import load_cuts
 
         dev = load_cuts(dev_cuts).filter(_has_text).to_eager()
-        if train.max_dev_cuts is not None:
-            dev = dev.subset(first=min(train.max_dev_cuts, len(dev)))
+        if train.max_dev_cuts is not None and len(dev) > train.max_dev_cuts:
+            # evenly spaced, so every language and accent of the dev set stays in
+            stride = len(dev) / train.max_dev_cuts
+            keep = {int(i * stride) for i in range(train.max_dev_cuts)}
+            from lhotse import CutSet
+
+            dev = CutSet.from_cuts(c for i, c in enumerate(dev) if i in keep)
         if len(dev) == 0:
             raise IltInputError(f"{dev_cuts}: dev set has no cuts with a transcript")
 
@@ -681,17 +669,12 @@ def _evaluate(accelerator: Any, backbone: Any, model: Any, loss_fn: Any, dev: An
 def _save_adapter(model: Any, dst: Path, config: RoundConfig, out_dir: Path, score_json: dict[str, Any]) -> None:
     """An adapter directory (PEFT safetensors + score.json, round.yaml,
     manifests.json), written to a temporary directory and renamed."""
-    tmp = _new_tmp_dir(dst)
-    try:
+    with atomic_dir(dst) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         write_json_atomic(tmp / SCORE_JSON, score_json)
         write_text_atomic(tmp / ROUND_YAML, dump_yaml(config))
         if (out_dir / MANIFESTS_JSON).is_file():
             shutil.copyfile(out_dir / MANIFESTS_JSON, tmp / MANIFESTS_JSON)
-        _replace_dir(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -743,7 +726,7 @@ def _save_checkpoint(accelerator: Any, out_dir: Path, step: int) -> None:
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
         for _, old in list_checkpoints(out_dir)[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

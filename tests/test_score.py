@@ -10,7 +10,7 @@ import jiwer
 import pytest
 from click.testing import CliRunner
 
-from ilt.data.text import normalize, split_cer_chars, tokens_for_scoring
+from ilt.data.text import normalize, tokens_for_scoring
 from ilt.errors import IltInputError
 from ilt.score import load_hypotheses, score, score_files
 

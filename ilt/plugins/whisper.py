@@ -15,15 +15,11 @@ loss is the mean cross-entropy over the text tokens and the end-of-text token
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -31,7 +27,7 @@ from ilt.backbone import SCOPES, Batch
 from ilt.decode import NO_SPACE_LANGUAGES
 from ilt.errors import IltInputError
 from ilt.hookspecs import hookimpl
-from ilt.utils import log
+from ilt.utils import atomic_dir, log
 
 #: Label value ignored by the loss.
 IGNORE_INDEX = -100
@@ -65,31 +61,6 @@ def resolve_dtype(dtype: Any) -> Any:
     if name is None:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}")
     return getattr(torch, name)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside ``path``; on success it replaces
-    ``path`` (an existing directory is swapped out and removed), on error it is
-    removed and ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; give it the usual mode
-    try:
-        yield tmp
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _ct2_hint(model_dir: Path) -> str:
@@ -551,5 +522,5 @@ def ilt_register_backbones(register: Any) -> None:
     register("whisper", load_whisper)
 
 
-__all__ = ["WhisperBackbone", "WhisperCollator", "load_whisper", "check_whisper_dir", "atomic_dir", "resolve_dtype",
+__all__ = ["WhisperBackbone", "WhisperCollator", "load_whisper", "check_whisper_dir", "resolve_dtype",
            "SCOPE_TARGETS", "IGNORE_INDEX"]
