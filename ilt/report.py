@@ -113,13 +113,13 @@ def describe_lineage(lineage: dict[str, Any]) -> str:
     parts = []
     chain = lineage
     while chain:
-        cfg = chain.get("round_config") or {}
+        cfg = chain.get("config") or {}
         lora = cfg.get("lora", {})
         dev = chain.get("dev_score") or {}
         overall = (dev.get("overall") or {}).get("error_rate") if isinstance(dev, dict) else None
         piece = str(chain.get("round") or cfg.get("name") or "?")
         if lora:
-            piece += f" (r={lora.get('r')}, alpha={lora.get('lora_alpha')}, {lora.get('target_modules')})"
+            piece += f" (r={lora.get('r')}, alpha={lora.get('lora_alpha'):g}, {lora.get('target_modules')})"
         if overall is not None:
             piece += f" dev {overall:.2f}%"
         parts.append(piece)
@@ -161,6 +161,7 @@ def plot(report: Report, path: str | Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
     names = [m.model for m in report.models]
@@ -190,3 +191,29 @@ def write_report(exp_dir: str | Path, split: str = "test", models: list[str] | N
     plot(report, out / f"report_{split}.png")
     log.info("report: %d model(s) -> %s", len(report.models), out)
     return report
+
+
+def ablation_table(exp_dirs: list[str | Path], split: str = "test") -> str:
+    """The paper's Table 2 shape: one row per experiment (its last model), one
+    column per language/accent, plus the base model M0 as the first row."""
+    reports = [collect(d, split) for d in exp_dirs]
+    labels: list[str] = []
+    for rep in reports:
+        labels += [label for label in rep.rows() if label not in labels]
+    head = ["configuration", "model", *labels]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(labels)]
+
+    def row(name: str, rep: Report, m: ModelScores) -> str:
+        cells = ["n/a" if (r := rep.rate(m, label)) is None else f"{r:.2f}" for label in labels]
+        return f"| {name} | {m.model} | " + " | ".join(cells) + " |"
+
+    base = next(((rep, m) for rep in reports for m in rep.models if m.model == "M0"), None)
+    if base is not None:
+        lines.append(row("base (M0)", *base))
+    for path, rep in zip(exp_dirs, reports):
+        last = rep.models[-1]
+        if last.model == "M0":
+            raise IltInputError(f"{path}: only M0 is decoded; run the rounds first")
+        lines.append(row(Path(path).name, rep, last))
+    return (f"Error rate (%) on `{split}` of the last model of each configuration "
+            "(WER, CER for ja/ko/th; Overall pooled).\n\n" + "\n".join(lines) + "\n")
