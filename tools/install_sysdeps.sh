@@ -5,7 +5,7 @@
 # anyone else it prints the exact command and fails.
 set -euo pipefail
 
-declare -A pkg_of=([espeak-ng]=espeak-ng [sox]=sox [sclite]=sctk)
+declare -A pkg_of=([espeak-ng]=espeak-ng [sox]=sox [sctk]=sctk)  # command -> package
 missing=()
 for cmd in "${!pkg_of[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")

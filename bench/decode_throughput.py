@@ -1,0 +1,247 @@
+"""Decoding throughput: ilt's ``decode_cuts`` against the transformers ASR
+pipeline (``pipeline("automatic-speech-recognition", ..., batch_size=B)``) on
+the same model, cuts, beam size, token limit and forced language/task; then a
+merged LoRA model against the base model and the unmerged PEFT model.
+
+Each side runs in a fresh subprocess of this script and decodes one batch
+untimed first (warm-up). Prints utterances/s, the real-time factor (decode
+seconds / audio seconds), WER (``ilt.score.score``) and peak memory of each,
+ilt / pipeline, and how many hypotheses agree. The LoRA part (in ilt's
+process, after its measurement) attaches a random, non-zero LoRA
+(``init_lora_weights=False``, its B scaled by ``--lora-noise`` so that the
+hypotheses, and with them the work, stay close to the base model's), decodes
+with the unmerged PEFT model, merges it (``merge_and_unload``) and decodes
+again: merged / base should be about 1.00.
+
+    .venv/bin/python bench/decode_throughput.py                   # CPU: tiny.en, 16 utterances
+    .venv/bin/python bench/decode_throughput.py --model large-v3 --precision bf16 \\
+        --r 512 --lora-scope wide --batch 16                      # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (add_common_args, bench_cuts, child_main, device_info, fmt, fmt_bytes,
+                    large_v3_parts, load_backbone, markdown_table, model_dir, peak_memory, ratio, record,
+                    references, reset_peak_memory, resolve_device, run_role, sync)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, batch=8)
+    parser.add_argument("--utts", type=int, default=16, help="espeak-ng utterances to decode")
+    parser.add_argument("--beam", type=int, default=6, help="beam size (ilt's default is 6)")
+    parser.add_argument("--max-new-tokens", type=int, default=440, help="token limit per utterance")
+    parser.add_argument("--fallback", action="store_true",
+                        help="keep ilt's repetition-loop fallback (the pipeline has none; off by default)")
+    parser.add_argument("--no-lora", action="store_true", help="skip the merged/unmerged LoRA comparison")
+    parser.add_argument("--lora-noise", type=float, default=0.01,
+                        help="scale of the random LoRA's B matrices (1: PEFT's plain random init)")
+    return parser.parse_args(argv)
+
+
+def _load_cuts(args: argparse.Namespace) -> Any:
+    from lhotse import CutSet
+
+    return CutSet.from_file(bench_cuts(args.utts, args.cache_dir)).to_eager()
+
+
+def _dtype(args: argparse.Namespace) -> Any:
+    from ilt.plugins.whisper import resolve_dtype
+
+    return resolve_dtype(args.precision)
+
+
+def _token_limit(model: Any, multilingual: bool, max_new_tokens: int) -> int:
+    """New tokens both sides may generate: ilt's ``generate`` caps its limit at
+    the decoder length minus the prompt (4 tokens multilingual, 2 English-only)."""
+    return max(1, min(max_new_tokens, model.config.max_target_positions - (4 if multilingual else 2)))
+
+
+def _wer(cuts: Any, hyps: dict[str, str]) -> float | None:
+    from ilt.score import score
+
+    return score(references(cuts), hyps).overall.error_rate
+
+
+def _summary(cuts: Any, hyps: dict[str, str], seconds: float) -> dict[str, Any]:
+    audio = sum(float(c.duration) for c in cuts)
+    return {"utts": len(hyps), "seconds": seconds, "audio_seconds": audio, "utt_per_s": len(hyps) / seconds,
+            "rtf": seconds / audio, "wer": _wer(cuts, hyps), "hyps": hyps}
+
+
+# --------------------------------------------------------------------------- ilt
+
+
+def _decode_ilt(backbone: Any, model: Any, cuts: Any, config: Any, device: str) -> tuple[dict[str, str], float]:
+    from ilt.decode import decode_cuts
+
+    sync(device)
+    start = time.perf_counter()
+    records = decode_cuts(backbone, model, cuts, config, progress=False)
+    sync(device)
+    return {r["id"]: r["text"] for r in records}, time.perf_counter() - start
+
+
+def _random_lora(backbone: Any, args: argparse.Namespace) -> Any:
+    """A PEFT model with a random, non-zero LoRA of the benchmark's shape."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ilt.plugins.whisper import SCOPE_TARGETS
+
+    torch.manual_seed(args.seed)
+    model = get_peft_model(backbone.model, LoraConfig(
+        r=args.r, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=list(SCOPE_TARGETS[args.lora_scope]),
+        init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(args.lora_noise)
+    model.eval()
+    return model
+
+
+def run_ilt(args: argparse.Namespace) -> dict[str, Any]:
+    from ilt.config import DecodeConfig
+
+    device = resolve_device(args.device)
+    cuts = _load_cuts(args)
+    reset_peak_memory(device)
+    backbone = load_backbone(args.model, args.cache_dir, dtype=_dtype(args), device=device)
+    config = DecodeConfig(
+        beam_size={"default": args.beam}, batch_size=args.batch, precision=args.precision,
+        max_new_tokens=_token_limit(backbone.model, backbone.is_multilingual, args.max_new_tokens),
+        **({} if args.fallback else {"compression_ratio_threshold": None, "fallback_temperatures": []}))
+    warm = cuts.subset(first=min(args.batch, len(cuts)))
+    _decode_ilt(backbone, backbone.model, warm, config, device)
+    hyps, seconds = _decode_ilt(backbone, backbone.model, cuts, config, device)
+    out = {"side": "ilt", **_summary(cuts, hyps, seconds), "peak_memory": peak_memory(device),
+           "info": device_info(device)}
+    if args.no_lora:
+        return out
+    peft_model = _random_lora(backbone, args)
+    _decode_ilt(backbone, peft_model, warm, config, device)
+    unmerged, unmerged_s = _decode_ilt(backbone, peft_model, cuts, config, device)
+    merged_model = peft_model.merge_and_unload()
+    merged_model.eval()
+    _decode_ilt(backbone, merged_model, warm, config, device)
+    merged, merged_s = _decode_ilt(backbone, merged_model, cuts, config, device)
+    out["lora"] = {"unmerged": _summary(cuts, unmerged, unmerged_s), "merged": _summary(cuts, merged, merged_s)}
+    return out
+
+
+# --------------------------------------------------------------------------- the transformers pipeline
+
+
+def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizer, pipeline
+
+    device = resolve_device(args.device)
+    cuts = _load_cuts(args)
+    dtype = _dtype(args)
+    reset_peak_memory(device)
+    if args.model == "large-v3":
+        model, feature_extractor, tokenizer = large_v3_parts(dtype, device)
+    else:
+        src = model_dir(args.model, args.cache_dir)
+        model = WhisperForConditionalGeneration.from_pretrained(
+            src, dtype=dtype, attn_implementation="sdpa", local_files_only=True, use_safetensors=True)
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(src, local_files_only=True)
+        tokenizer = WhisperTokenizer.from_pretrained(src, local_files_only=True)
+    model.to(device).eval()
+    multilingual = getattr(model.generation_config, "is_multilingual", None)
+    if multilingual is None:
+        multilingual = model.config.vocab_size >= 51865
+    asr = pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer,
+                   feature_extractor=feature_extractor, device=device, batch_size=args.batch)
+    generate_kwargs: dict[str, Any] = {
+        "num_beams": args.beam, "max_new_tokens": _token_limit(model, multilingual, args.max_new_tokens)}
+    if multilingual:
+        generate_kwargs.update(language="en", task="transcribe")
+    rate = int(feature_extractor.sampling_rate)
+
+    def transcribe(subset: Any) -> tuple[dict[str, str], float]:
+        sync(device)
+        start = time.perf_counter()
+        items = list(subset)
+        inputs = []
+        for cut in items:
+            c = cut if cut.sampling_rate == rate else cut.resample(rate)
+            inputs.append({"raw": np.asarray(c.load_audio(), dtype=np.float32).mean(axis=0), "sampling_rate": rate})
+        outputs = asr(inputs, batch_size=args.batch, generate_kwargs=generate_kwargs)
+        sync(device)
+        return ({cut.id: out["text"].strip() for cut, out in zip(items, outputs)}, time.perf_counter() - start)
+
+    transcribe(cuts.subset(first=min(args.batch, len(cuts))))
+    hyps, seconds = transcribe(cuts)
+    return {"side": "pipeline", **_summary(cuts, hyps, seconds), "peak_memory": peak_memory(device),
+            "info": device_info(device)}
+
+
+ROLES = {"ilt": run_ilt, "pipeline": run_pipeline}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _same(a: dict[str, str], b: dict[str, str]) -> str:
+    return f"{sum(' '.join(a[k].split()) == ' '.join(b.get(k, '').split()) for k in a)}/{len(a)}"
+
+
+def main() -> None:
+    args = parse_args()
+    if args.role:
+        child_main(args, ROLES)
+        return
+    device = resolve_device(args.device)
+    if args.model == "large-v3" and device != "cuda":
+        sys.exit("--model large-v3 needs a GPU (1.5 B parameters); use tiny or tiny.en on a CPU")
+    bench_cuts(args.utts, args.cache_dir)
+    model_dir(args.model, args.cache_dir)
+    ilt = run_role(__file__, "ilt", sys.argv[1:])
+    ref = run_role(__file__, "pipeline", sys.argv[1:])
+
+    settings = (f"model {args.model}, {args.utts} espeak-ng utterances ({ilt['audio_seconds']:.1f} s of audio), "
+                f"batch {args.batch}, beam {args.beam}, max {args.max_new_tokens} new tokens, {args.precision}, "
+                f"ilt fallback {'on' if args.fallback else 'off'}")
+    header = ["", "utt/s", "RTF", "WER %", f"peak memory ({ilt['peak_memory']['kind']})", "decode s"]
+    rows = []
+    for name, r in (("ilt (decode_cuts)", ilt), ("transformers pipeline", ref)):
+        rows.append([name, fmt(r["utt_per_s"], ".2f"), fmt(r["rtf"], ".4f"), fmt(r["wer"], ".2f"),
+                     fmt_bytes(r["peak_memory"]["bytes"]), fmt(r["seconds"], ".2f")])
+    rows.append(["ilt / pipeline", fmt(ratio(ilt["utt_per_s"], ref["utt_per_s"]), ".2f"),
+                 fmt(ratio(ilt["rtf"], ref["rtf"]), ".2f"), "",
+                 fmt(ratio(ilt["peak_memory"]["bytes"], ref["peak_memory"]["bytes"]), ".2f"),
+                 fmt(ratio(ilt["seconds"], ref["seconds"]), ".2f")])
+    tables = [markdown_table(header, rows),
+              f"Identical hypotheses, ilt vs pipeline: {_same(ilt['hyps'], ref['hyps'])}."]
+    if "lora" in ilt:
+        lora_rows = [["base (no LoRA)", fmt(ilt["utt_per_s"], ".2f"), "1.00", fmt(ilt["wer"], ".2f"), "-"]]
+        for name, key in (("unmerged PEFT LoRA", "unmerged"), ("merged (merge_and_unload)", "merged")):
+            r = ilt["lora"][key]
+            lora_rows.append([name, fmt(r["utt_per_s"], ".2f"), fmt(ratio(r["utt_per_s"], ilt["utt_per_s"]), ".2f"),
+                              fmt(r["wer"], ".2f"), _same(r["hyps"], ilt["hyps"])])
+        tables += [(f"Random LoRA {args.lora_scope} r {args.r} alpha {args.alpha:g} "
+                    f"(B scaled by {args.lora_noise:g}), decoded with ilt:"),
+                   markdown_table(["", "utt/s", "/ base", "WER %", "identical to base"], lora_rows),
+                   (f"Identical hypotheses, merged vs unmerged: "
+                    f"{_same(ilt['lora']['merged']['hyps'], ilt['lora']['unmerged']['hyps'])}.")]
+    info = ilt["info"]
+    text = "\n\n".join(tables)
+    print(f"\n{info['device']}\n{settings}\n\n{text}\n")
+    if args.record:
+        record("decode_throughput", info, settings, text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""Training throughput: ilt's loop (``ilt.train.train_round``) against the
+standard Hugging Face recipe (``Seq2SeqTrainer`` + PEFT ``get_peft_model`` + a
+speech seq2seq padding collator) on the same model, cuts, LoRA, precision,
+batch size, learning rate and warm-up, and number of optimiser steps.
+
+Each side runs in a fresh subprocess of this script. Prints samples/s (over the
+steady-state steps 2..N-1: the first step warms up and ilt writes its final
+checkpoint inside step N), peak memory (GPU: ``max_memory_allocated``; CPU:
+peak RSS of the process) and the final loss of each, and ilt / reference.
+
+    .venv/bin/python bench/train_throughput.py                    # CPU: tiny.en, batch 8, 10 steps
+    .venv/bin/python bench/train_throughput.py --model large-v3 --precision bf16 \\
+        --r 512 --lora-scope wide --batch 16                      # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (BENCH_BACKBONE, add_common_args, bench_cuts, child_main, device_info,
+                    effective_precision, fmt, fmt_bytes, large_v3_parts, markdown_table, model_dir,
+                    peak_memory, ratio, record, register_bench_backbone, reset_peak_memory, resolve_device,
+                    run_role, sync)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, batch=8)
+    parser.add_argument("--steps", type=int, default=10, help="optimiser steps (at least 3 for a steady-state rate)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=1, help="linear warm-up steps")
+    parser.add_argument("--cuts", type=int, default=32, help="distinct espeak-ng training utterances")
+    parser.add_argument("--force-precision", action="store_true",
+                        help="keep bf16 on a CPU (ilt's force_precision; the reference gets bf16 too)")
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- shared by both sides
+
+
+def _throughput(marks: list[dict[str, Any]], first: float | None) -> dict[str, Any]:
+    """Samples/s from per-step marks ``{"step", "t", "samples"}`` (taken after
+    each optimiser step, device synchronised). With 3+ steps: steps 2..N-1;
+    otherwise steps 1..N from the first batch (warm-up and final save included)."""
+    if len(marks) >= 3:
+        a, b = marks[0], marks[-2]
+        return {"samples_per_s": (b["samples"] - a["samples"]) / (b["t"] - a["t"]),
+                "timed_steps": f"{a['step'] + 1}..{b['step']}"}
+    if marks and first is not None:
+        b = marks[-1]
+        return {"samples_per_s": b["samples"] / (b["t"] - first),
+                "timed_steps": f"1..{b['step']} (incl. warm-up, ilt's final save)"}
+    return {"samples_per_s": None, "timed_steps": "none"}
+
+
+def _lora_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The LoRA both sides train: PEFT ``LoraConfig`` arguments (ilt's defaults
+    for what the flags leave open: dropout 0.05, no bias)."""
+    from ilt.config import LoraSection
+    from ilt.plugins.whisper import SCOPE_TARGETS
+
+    section = LoraSection(r=args.r, lora_alpha=args.alpha, target_modules=args.lora_scope)
+    return section.peft_kwargs(list(SCOPE_TARGETS[args.lora_scope]))
+
+
+# --------------------------------------------------------------------------- ilt
+
+
+def _preimport() -> None:
+    """Import what both sides load lazily, before their timers start, so that
+    the wall time compares work rather than import order."""
+    import importlib
+
+    for name in ("accelerate", "peft", "transformers.models.whisper.modeling_whisper",
+                 "torch.utils.tensorboard"):  # the last: Accelerate's tracker, used by ilt
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+def run_ilt(args: argparse.Namespace) -> dict[str, Any]:
+    from ilt.config import RoundConfig, from_dict
+    from ilt.train import train_round
+
+    _preimport()
+
+    device = resolve_device(args.device)
+    if device == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "1"  # as `accelerate launch --cpu` does
+    precision = effective_precision(args.precision, device, args.force_precision)
+    cuts = bench_cuts(args.cuts, args.cache_dir)
+    src = model_dir(args.model, args.cache_dir)
+    holder = register_bench_backbone(args.model, args.cache_dir)
+    lora = _lora_kwargs(args)
+    config = from_dict(RoundConfig, {
+        "name": "bench", "backbone": BENCH_BACKBONE,
+        "lora": {"r": lora["r"], "lora_alpha": lora["lora_alpha"], "lora_dropout": lora["lora_dropout"],
+                 "target_modules": args.lora_scope},
+        "train": {"max_steps": args.steps, "lr": args.lr, "warmup_steps": args.warmup,
+                  "micro_batch": args.batch, "precision": precision, "seed": args.seed,
+                  "eval_every": args.steps, "save_every": args.steps},
+    }, "<bench>")
+    marks: list[dict[str, Any]] = []
+
+    def on_step(step: int, rec: dict[str, Any]) -> None:
+        sync(device)
+        marks.append({"step": step, "t": time.perf_counter(), "samples": holder["cls"].samples,
+                      "loss": rec["loss"]})
+
+    work = Path(tempfile.mkdtemp(prefix="ilt-bench-train-"))
+    try:
+        reset_peak_memory(device)
+        start = time.perf_counter()
+        result = train_round(config, src or work / "large-v3-in-memory", work / "run",
+                             train_cuts=[(str(cuts), 1.0)], on_step=on_step,
+                             force_precision=precision == "bf16" and device == "cpu")
+        wall = time.perf_counter() - start
+        memory = peak_memory(device)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    losses = [m["loss"] for m in marks]
+    return {"side": "ilt", "precision": precision, "steps": result.steps, "wall_s": wall,
+            "samples": holder["cls"].samples, "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None, "peak_memory": memory,
+            **_throughput(marks, getattr(holder["cls"], "first", None)), "info": device_info(device)}
+
+
+# --------------------------------------------------------------------------- the reference
+
+
+class CutsDataset:
+    """A map-style torch dataset over Lhotse cuts, ``datasets``-free: log-mel
+    features from the feature extractor (padded to the 30 s window, as it does
+    by default) and the tokenizer's label ids (with its prefix tokens)."""
+
+    def __init__(self, cuts: Any, feature_extractor: Any, tokenizer: Any) -> None:
+        self.cuts = list(cuts)
+        self.feature_extractor = feature_extractor
+        self.tokenizer = tokenizer
+
+    def __len__(self) -> int:
+        return len(self.cuts)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        cut = self.cuts[index]
+        audio = cut.load_audio().mean(axis=0)
+        features = self.feature_extractor(audio, sampling_rate=self.feature_extractor.sampling_rate)
+        return {"input_features": features.input_features[0],
+                "labels": self.tokenizer(cut.supervisions[0].text).input_ids}
+
+
+@dataclass
+class DataCollatorSpeechSeq2SeqWithPadding:
+    """The collator of the Hugging Face Whisper fine-tuning recipe: pad the
+    features and the labels, mask label padding with -100 and drop a leading
+    decoder start token (the model prepends it again when it shifts the labels
+    right into decoder inputs)."""
+
+    feature_extractor: Any
+    tokenizer: Any
+    decoder_start_token_id: int
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.feature_extractor.pad([{"input_features": it["input_features"]} for it in items],
+                                           return_tensors="pt")
+        padded = self.tokenizer.pad([{"input_ids": it["labels"]} for it in items], return_tensors="pt")
+        labels = padded["input_ids"].masked_fill(padded["attention_mask"] != 1, -100)
+        if bool((labels[:, 0] == self.decoder_start_token_id).all()):
+            labels = labels[:, 1:]
+        batch["labels"] = labels
+        return batch
+
+
+def run_reference(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from lhotse import CutSet
+    from peft import LoraConfig, get_peft_model
+    from transformers import (Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration, WhisperTokenizer, set_seed)
+
+    _preimport()
+    device = resolve_device(args.device)
+    precision = effective_precision(args.precision, device, args.force_precision)
+    cuts = CutSet.from_file(bench_cuts(args.cuts, args.cache_dir)).to_eager()
+    work = Path(tempfile.mkdtemp(prefix="ilt-bench-hf-"))
+    marks: list[dict[str, Any]] = []
+
+    class CountingTrainer(Seq2SeqTrainer):
+        samples = 0
+        first: float | None = None
+
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            if CountingTrainer.first is None:
+                CountingTrainer.first = time.perf_counter()
+            CountingTrainer.samples += int(inputs["labels"].shape[0])
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    class Marks(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            sync(device)
+            marks.append({"step": state.global_step, "t": time.perf_counter(), "samples": CountingTrainer.samples})
+
+    try:
+        reset_peak_memory(device)
+        start = time.perf_counter()
+        set_seed(args.seed)  # as ilt does before loading the model and attaching the LoRA
+        if args.model == "large-v3":
+            model, feature_extractor, tokenizer = large_v3_parts(torch.float32, device)
+        else:
+            src = model_dir(args.model, args.cache_dir)
+            model = WhisperForConditionalGeneration.from_pretrained(
+                src, dtype=torch.float32, attn_implementation="sdpa", local_files_only=True, use_safetensors=True)
+            feature_extractor = WhisperFeatureExtractor.from_pretrained(src, local_files_only=True)
+            tokenizer = WhisperTokenizer.from_pretrained(src, local_files_only=True)
+        multilingual = getattr(model.generation_config, "is_multilingual", None)
+        if multilingual is None:
+            multilingual = model.config.vocab_size >= 51865
+        if multilingual:
+            tokenizer.set_prefix_tokens(language="en", task="transcribe", predict_timestamps=False)
+        model = get_peft_model(model, LoraConfig(**_lora_kwargs(args)))
+        training_args = Seq2SeqTrainingArguments(
+            output_dir=str(work), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
+            max_steps=args.steps, learning_rate=args.lr, warmup_steps=args.warmup, lr_scheduler_type="linear",
+            weight_decay=0.0, max_grad_norm=1.0,
+            optim="adamw_torch_fused" if device == "cuda" else "adamw_torch",  # what ilt uses
+            bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
+            logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
+            remove_unused_columns=False, label_names=["labels"], dataloader_num_workers=0,
+            seed=args.seed, disable_tqdm=True)
+        trainer = CountingTrainer(
+            model=model, args=training_args, train_dataset=CutsDataset(cuts, feature_extractor, tokenizer),
+            data_collator=DataCollatorSpeechSeq2SeqWithPadding(
+                feature_extractor, tokenizer, model.get_base_model().config.decoder_start_token_id),
+            callbacks=[Marks()])
+        trainer.train()
+        wall = time.perf_counter() - start
+        memory = peak_memory(device)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"side": "reference", "precision": precision, "steps": trainer.state.global_step, "wall_s": wall,
+            "samples": CountingTrainer.samples, "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None, "peak_memory": memory,
+            **_throughput(marks, CountingTrainer.first), "info": device_info(device)}
+
+
+ROLES = {"ilt": run_ilt, "reference": run_reference}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def main() -> None:
+    args = parse_args()
+    if args.role:
+        child_main(args, ROLES)
+        return
+    device = resolve_device(args.device)
+    if args.model == "large-v3" and device != "cuda":
+        sys.exit("--model large-v3 needs a GPU (1.5 B parameters); use tiny or tiny.en on a CPU")
+    if args.steps < 3:
+        print("note: fewer than 3 steps: samples/s includes the warm-up step and ilt's final checkpoint",
+              file=sys.stderr)
+    # made once, before the timed runs (both sides read the cache)
+    bench_cuts(args.cuts, args.cache_dir)
+    model_dir(args.model, args.cache_dir)
+    ilt = run_role(__file__, "ilt", sys.argv[1:])
+    ref = run_role(__file__, "reference", sys.argv[1:])
+
+    precision = ilt["precision"]
+    settings = (f"model {args.model}, batch {args.batch}, {args.steps} steps, {precision}"
+                f"{f' (asked {args.precision})' if precision != args.precision else ''}, "
+                f"LoRA {args.lora_scope} r {args.r} alpha {args.alpha:g}, lr {args.lr:g}, warm-up {args.warmup}, "
+                f"{args.cuts} espeak-ng cuts, seed {args.seed}")
+    header = ["", "samples/s", "timed steps", f"peak memory ({ilt['peak_memory']['kind']})", "final loss",
+              "first loss", "wall s"]
+    rows = []
+    for name, r in (("ilt (train_round)", ilt), ("reference (Seq2SeqTrainer + PEFT)", ref)):
+        rows.append([name, fmt(r["samples_per_s"], ".2f"), r["timed_steps"], fmt_bytes(r["peak_memory"]["bytes"]),
+                     fmt(r["final_loss"], ".4f"), fmt(r["first_loss"], ".4f"), fmt(r["wall_s"], ".1f")])
+    rows.append(["ilt / reference", fmt(ratio(ilt["samples_per_s"], ref["samples_per_s"]), ".2f"), "",
+                 fmt(ratio(ilt["peak_memory"]["bytes"], ref["peak_memory"]["bytes"]), ".2f"),
+                 fmt(ratio(ilt["final_loss"], ref["final_loss"]), ".2f"), "",
+                 fmt(ratio(ilt["wall_s"], ref["wall_s"]), ".2f")])
+    table = markdown_table(header, rows)
+    info = ilt["info"]
+    print(f"\n{info['device']}\n{settings}\n\n{table}\n")
+    notes = [("Loss definitions differ slightly: ilt masks the prompt tokens and prefixes the text with a space; "
+              "the reference (tokenizer labels) also scores the prompt's language/task/no-timestamps tokens."),
+             "Wall s includes model loading and, for ilt, its checkpoint and adapter writes."]
+    if args.record:
+        record("train_throughput", info, settings, table, notes=notes)
+
+
+if __name__ == "__main__":
+    main()
