@@ -194,6 +194,16 @@ def _parse_sources(values: tuple[str, ...]) -> list[tuple[str, float]] | None:
     return sources
 
 
+def _save_command(out_dir: str | Path) -> None:
+    """Write the exact command into ``out_dir/command.txt`` (main process only)."""
+    import os
+
+    from ilt.utils import write_text_atomic
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_text_atomic(Path(out_dir) / "command.txt", _command_line() + "\n")
+
+
 _override_option = click.option(
     "-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
     help="Override a config key, e.g. -o train.max_steps=10 (repeatable; validated like the file).")
@@ -250,6 +260,7 @@ def merge(model_dir, adapter_dir, out_dir, history, weights, overwrite):
                             overwrite=overwrite)
     except ValueError as exc:
         raise IltError(str(exc)) from None
+    _save_command(out)
     click.echo(f"merged {adapter_dir} into {model_dir} -> {out}")
 
 
@@ -268,6 +279,7 @@ def decode(model_dir, cuts_path, out_dir, conf_path, overrides):
 
     cfg = load_with_overrides(conf_path, DecodeConfig, overrides)
     records = decode_files(model_dir, cuts_path, out_dir, cfg)
+    _save_command(out_dir)
     click.echo(f"decoded {len(records)} cut(s) -> {out_dir}")
 
 

@@ -279,7 +279,16 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
                  config: DecodeConfig | None = None, *, device: Any = None,
                  progress: bool = True) -> list[dict[str, Any]]:
     """Load the backbone ``config.backbone`` from ``model_dir``, decode the
-    CutSet manifest ``cuts_path`` and write the outputs under ``out_dir``."""
+    CutSet manifest ``cuts_path`` and write the outputs under ``out_dir``.
+
+    Under ``accelerate launch`` (or torchrun) every process decodes its own
+    shard of the cuts on its own device; the main process gathers the
+    records and writes the outputs. ``device`` defaults to Accelerate's
+    choice (the process's GPU, else the CPU); bf16/fp16 on a CPU falls back
+    to fp32 with a warning.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
     from lhotse import CutSet
 
     from ilt.plugins import create
@@ -289,8 +298,25 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
     if not cuts_path.is_file():
         raise IltInputError(f"{cuts_path}: no such cut manifest")
     try:
-        cuts = CutSet.from_file(cuts_path)
+        cuts = list(CutSet.from_file(cuts_path))
     except Exception as exc:
         raise IltInputError(f"{cuts_path}: not a readable Lhotse CutSet: {exc}") from None
-    backbone = create("backbone", config.backbone, Path(model_dir), dtype=config.precision, device=device)
-    return decode_cuts(backbone, backbone.model, cuts, config, out_dir, progress=progress)
+    state = PartialState()
+    device = state.device if device is None else device
+    precision = config.precision
+    if getattr(device, "type", str(device)).startswith("cpu") and precision != "fp32":
+        log.warning("decode: precision %s on a CPU: decoding in fp32 instead", precision)
+        precision = "fp32"
+    backbone = create("backbone", config.backbone, Path(model_dir), dtype=precision, device=device)
+    shard = cuts[state.process_index::state.num_processes]
+    records = decode_cuts(backbone, backbone.model, shard, config,
+                          out_dir if state.num_processes == 1 else None,
+                          progress=progress and state.is_local_main_process)
+    if state.num_processes > 1:
+        records = gather_object(records)
+        order = {cut.id: n for n, cut in enumerate(cuts)}
+        records.sort(key=lambda r: order[r["id"]])
+        if state.is_main_process:
+            write_outputs(records, out_dir, config)
+        state.wait_for_everyone()
+    return records

