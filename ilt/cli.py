@@ -233,7 +233,7 @@ def train(config_path, model_dir, train_cuts, dev_cuts, out_dir, decode_config, 
     result = train_round(cfg, model_dir, out_dir, train_cuts=_parse_sources(train_cuts), dev_cuts=dev_cuts,
                          decode_config=load_decode(decode_config) if decode_config else None,
                          command=_command_line(), force_precision=force_precision)
-    click.echo(result.summary() if hasattr(result, "summary") else str(result))
+    click.echo(result.summary())
 
 
 @cli.command()
