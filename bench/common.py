@@ -431,3 +431,16 @@ def record(title: str, info: dict[str, Any], settings: str, table: str, notes: S
     with RESULTS_MD.open("a", encoding="utf-8") as fh:
         fh.write(text)
     print(f"recorded in {RESULTS_MD}", file=sys.stderr)
+
+
+def driver_start(args: argparse.Namespace,
+                 roles: dict[str, Callable[[argparse.Namespace], dict[str, Any]]]) -> str | None:
+    """Shared start of a benchmark's ``main``: run a child role and return
+    ``None``, or return the device the driver measures on (large-v3 needs CUDA)."""
+    if args.role:
+        child_main(args, roles)
+        return None
+    device = resolve_device(args.device)
+    if args.model == "large-v3" and device != "cuda":
+        sys.exit("--model large-v3 needs a GPU (1.5 B parameters); use tiny or tiny.en on a CPU")
+    return device

@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (add_common_args, bench_cuts, child_main, device_info, fmt, fmt_bytes,
+from common import (add_common_args, bench_cuts, driver_start, device_info, fmt, fmt_bytes,
                     large_v3_parts, load_backbone, markdown_table, model_dir, peak_memory, ratio, record,
                     references, reset_peak_memory, resolve_device, run_role, sync)
 
@@ -200,12 +200,9 @@ def _same(a: dict[str, str], b: dict[str, str]) -> str:
 
 def main() -> None:
     args = parse_args()
-    if args.role:
-        child_main(args, ROLES)
+    device = driver_start(args, ROLES)
+    if device is None:
         return
-    device = resolve_device(args.device)
-    if args.model == "large-v3" and device != "cuda":
-        sys.exit("--model large-v3 needs a GPU (1.5 B parameters); use tiny or tiny.en on a CPU")
     bench_cuts(args.utts, args.cache_dir)
     model_dir(args.model, args.cache_dir)
     ilt = run_role(__file__, "ilt", sys.argv[1:])

@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (BENCH_BACKBONE, add_common_args, bench_cuts, child_main, device_info,
+from common import (BENCH_BACKBONE, add_common_args, bench_cuts, driver_start, device_info,
                     effective_precision, fmt, fmt_bytes, large_v3_parts, markdown_table, model_dir,
                     peak_memory, ratio, record, register_bench_backbone, reset_peak_memory, resolve_device,
                     run_role, sync)
@@ -264,12 +264,9 @@ ROLES = {"ilt": run_ilt, "reference": run_reference}
 
 def main() -> None:
     args = parse_args()
-    if args.role:
-        child_main(args, ROLES)
+    device = driver_start(args, ROLES)
+    if device is None:
         return
-    device = resolve_device(args.device)
-    if args.model == "large-v3" and device != "cuda":
-        sys.exit("--model large-v3 needs a GPU (1.5 B parameters); use tiny or tiny.en on a CPU")
     if args.steps < 3:
         print("note: fewer than 3 steps: samples/s includes the warm-up step and ilt's final checkpoint",
               file=sys.stderr)
