@@ -289,18 +289,12 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
-    from lhotse import CutSet
 
+    from ilt.data.manifests import load_cuts
     from ilt.plugins import create
 
     config = config or DecodeConfig()
-    cuts_path = Path(cuts_path)
-    if not cuts_path.is_file():
-        raise IltInputError(f"{cuts_path}: no such cut manifest")
-    try:
-        cuts = list(CutSet.from_file(cuts_path))
-    except Exception as exc:
-        raise IltInputError(f"{cuts_path}: not a readable Lhotse CutSet: {exc}") from None
+    cuts = list(load_cuts(cuts_path))  # errors name the manifest
     state = PartialState()
     device = state.device if device is None else device
     precision = config.precision

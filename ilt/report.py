@@ -91,14 +91,15 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
+        rows = self.rows()
         return {
             "exp_dir": str(self.exp_dir),
             "split": self.split,
-            "rows": self.rows(),
+            "rows": rows,
             "models": [
                 {
                     "model": m.model,
-                    "error_rates": {label: self.rate(m, label) for label in self.rows()},
+                    "error_rates": {label: self.rate(m, label) for label in rows},
                     "by_language": m.by_language.to_dict(),
                     "by_accent": m.by_accent.to_dict(),
                     "lineage": m.lineage,
