@@ -295,6 +295,12 @@ class WhisperBackbone:
 
     name = "whisper"
 
+    #: Beam search computes each utterance's cross-attention keys and values
+    #: once instead of once per beam (:mod:`ilt.plugins.whisper_beam`; the same
+    #: hypotheses, several times faster). Set to False to decode with plain
+    #: ``generate``, for comparison.
+    share_cross_attention: bool = True
+
     def __init__(self, model: Any, feature_extractor: Any, tokenizer: Any) -> None:
         self.model = model
         self.feature_extractor = feature_extractor
@@ -485,8 +491,19 @@ class WhisperBackbone:
                 setattr(gen_config, key, value)
             else:
                 whisper_options[key] = value
+        shared = (self.share_cross_attention and gen_config.num_beams > 1
+                  and base.config._attn_implementation == "sdpa")
         with torch.inference_mode():
-            sequences = runner.generate(input_features=features, generation_config=gen_config, **whisper_options)
+            if shared:
+                from ilt.plugins.whisper_beam import beam_shared_attention, prefill
+
+                with beam_shared_attention(base):
+                    encoder_outputs, cache = prefill(base, features)
+                    sequences = runner.generate(encoder_outputs=encoder_outputs, past_key_values=cache,
+                                                generation_config=gen_config, **whisper_options)
+            else:
+                sequences = runner.generate(input_features=features, generation_config=gen_config,
+                                            **whisper_options)
         if not torch.is_tensor(sequences):
             sequences = sequences["sequences"]
         texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
