@@ -272,6 +272,31 @@ def register_bench_backbone(name: str, cache_dir: Path) -> dict[str, type]:
     return holder
 
 
+def text_token_loss(backbone: Any, model: Any, cuts_path: Path, batch_size: int) -> float:
+    """The trained model's loss on ``cuts_path`` under one definition for both
+    sides of a comparison: ilt's (mean cross-entropy over the text tokens and
+    end-of-text, prompt masked), weighted by tokens over all cuts, in eval
+    mode (no dropout), no gradients."""
+    import torch
+    from lhotse import CutSet
+
+    from ilt.plugins.whisper import IGNORE_INDEX
+
+    cuts = list(CutSet.from_file(cuts_path))
+    was_training = model.training
+    model.eval()
+    total = tokens = 0.0
+    device = next(p for p in model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(cuts), batch_size):
+            batch = backbone.collate(cuts[start:start + batch_size]).to(device)
+            n = int((batch.tensors["labels"] != IGNORE_INDEX).sum())
+            total += float(backbone.loss(model, batch)) * n
+            tokens += n
+    model.train(was_training)
+    return total / tokens
+
+
 # --------------------------------------------------------------------------- precision, memory, info
 
 

@@ -3,15 +3,18 @@ pipeline (``pipeline("automatic-speech-recognition", ..., batch_size=B)``) on
 the same model, cuts, beam size, token limit and forced language/task; then a
 merged LoRA model against the base model and the unmerged PEFT model.
 
-Each side runs in a fresh subprocess of this script and decodes one batch
-untimed first (warm-up). Prints utterances/s, the real-time factor (decode
-seconds / audio seconds), WER (``ilt.score.score``) and peak memory of each,
-ilt / pipeline, and how many hypotheses agree. The LoRA part (in ilt's
-process, after its measurement) attaches a random, non-zero LoRA
-(``init_lora_weights=False``, its B scaled by ``--lora-noise`` so that the
-hypotheses, and with them the work, stay close to the base model's), decodes
-with the unmerged PEFT model, merges it (``merge_and_unload``) and decodes
-again: merged / base should be about 1.00.
+Each side runs in a fresh subprocess of this script, decodes one batch
+untimed first (warm-up), then decodes all cuts ``--repeats`` times; the median
+is reported. Prints utterances/s, the real-time factor (decode seconds / audio
+seconds), WER (``ilt.score.score``) and peak memory of each, ilt / pipeline,
+and how many hypotheses agree, then ilt once more with plain ``generate``
+(``share_cross_attention`` off) to show what the shared cross-attention
+gives. The LoRA part (in ilt's process, after its measurement) attaches a
+random, non-zero LoRA (``init_lora_weights=False``, its B scaled by
+``--lora-noise`` so that the hypotheses, and with them the work, stay close
+to the base model's) and merges a copy of it (``merge_and_unload``); the base,
+unmerged and merged models then take turns ``--repeats`` times: merged / base
+should be 1.00 +- 0.03.
 
     .venv/bin/python bench/decode_throughput.py                   # CPU: tiny.en, 16 utterances
     .venv/bin/python bench/decode_throughput.py --model large-v3 --precision bf16 \\
@@ -43,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fallback", action="store_true",
                         help="keep ilt's repetition-loop fallback (the pipeline has none; off by default)")
     parser.add_argument("--no-lora", action="store_true", help="skip the merged/unmerged LoRA comparison")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed decodes per model (the median is reported; models take turns)")
     parser.add_argument("--lora-noise", type=float, default=0.01,
                         help="scale of the random LoRA's B matrices (1: PEFT's plain random init)")
     return parser.parse_args(argv)
@@ -110,7 +115,33 @@ def _random_lora(backbone: Any, args: argparse.Namespace) -> Any:
     return model
 
 
+def _median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values)
+
+
+def _timed(backbone: Any, models: dict[str, Any], cuts: Any, config: Any, device: str,
+           repeats: int) -> dict[str, dict[str, Any]]:
+    """Decode ``cuts`` with each model ``repeats`` times, the models taking
+    turns (a, b, c, a, b, c, ...) so that a slow spell of the machine hits
+    all of them; per model: the median seconds, every run's seconds, and the
+    hypotheses (the same in every run: decoding is deterministic)."""
+    warm = cuts.subset(first=min(config.batch_size, len(cuts)))
+    for model in models.values():
+        _decode_ilt(backbone, model, warm, config, device)
+    runs: dict[str, list[float]] = {name: [] for name in models}
+    hyps: dict[str, dict[str, str]] = {}
+    for _ in range(repeats):
+        for name, model in models.items():
+            hyps[name], seconds = _decode_ilt(backbone, model, cuts, config, device)
+            runs[name].append(seconds)
+    return {name: {**_summary(cuts, hyps[name], _median(runs[name])), "runs": runs[name]} for name in models}
+
+
 def run_ilt(args: argparse.Namespace) -> dict[str, Any]:
+    import copy
+
     from ilt.config import DecodeConfig
 
     device = resolve_device(args.device)
@@ -121,21 +152,19 @@ def run_ilt(args: argparse.Namespace) -> dict[str, Any]:
         beam_size={"default": args.beam}, batch_size=args.batch, precision=args.precision,
         max_new_tokens=_token_limit(backbone.model, backbone.is_multilingual, args.max_new_tokens),
         **({} if args.fallback else {"compression_ratio_threshold": None, "fallback_temperatures": []}))
-    warm = cuts.subset(first=min(args.batch, len(cuts)))
-    _decode_ilt(backbone, backbone.model, warm, config, device)
-    hyps, seconds = _decode_ilt(backbone, backbone.model, cuts, config, device)
-    out = {"side": "ilt", **_summary(cuts, hyps, seconds), "peak_memory": peak_memory(device),
-           "info": device_info(device)}
+    main = _timed(backbone, {"ilt": backbone.model}, cuts, config, device, args.repeats)["ilt"]
+    out = {"side": "ilt", **main, "peak_memory": peak_memory(device), "info": device_info(device)}
+    # the same decoding with plain `generate` (no shared cross-attention), for the profile of the gain
+    backbone.share_cross_attention = False
+    out["plain_generate"] = _timed(backbone, {"plain": backbone.model}, cuts, config, device, 1)["plain"]
+    backbone.share_cross_attention = True
     if args.no_lora:
         return out
+    base = copy.deepcopy(backbone.model).eval()
     peft_model = _random_lora(backbone, args)
-    _decode_ilt(backbone, peft_model, warm, config, device)
-    unmerged, unmerged_s = _decode_ilt(backbone, peft_model, cuts, config, device)
-    merged_model = peft_model.merge_and_unload()
-    merged_model.eval()
-    _decode_ilt(backbone, merged_model, warm, config, device)
-    merged, merged_s = _decode_ilt(backbone, merged_model, cuts, config, device)
-    out["lora"] = {"unmerged": _summary(cuts, unmerged, unmerged_s), "merged": _summary(cuts, merged, merged_s)}
+    merged = copy.deepcopy(peft_model).merge_and_unload().eval()
+    out["lora"] = _timed(backbone, {"base": base, "unmerged": peft_model, "merged": merged}, cuts, config, device,
+                         args.repeats)
     return out
 
 
@@ -183,9 +212,12 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         return ({cut.id: out["text"].strip() for cut, out in zip(items, outputs)}, time.perf_counter() - start)
 
     transcribe(cuts.subset(first=min(args.batch, len(cuts))))
-    hyps, seconds = transcribe(cuts)
-    return {"side": "pipeline", **_summary(cuts, hyps, seconds), "peak_memory": peak_memory(device),
-            "info": device_info(device)}
+    runs = []
+    for _ in range(args.repeats):
+        hyps, seconds = transcribe(cuts)
+        runs.append(seconds)
+    return {"side": "pipeline", **_summary(cuts, hyps, _median(runs)), "runs": runs,
+            "peak_memory": peak_memory(device), "info": device_info(device)}
 
 
 ROLES = {"ilt": run_ilt, "pipeline": run_pipeline}
@@ -196,6 +228,10 @@ ROLES = {"ilt": run_ilt, "pipeline": run_pipeline}
 
 def _same(a: dict[str, str], b: dict[str, str]) -> str:
     return f"{sum(' '.join(a[k].split()) == ' '.join(b.get(k, '').split()) for k in a)}/{len(a)}"
+
+
+def _runs(r: dict[str, Any]) -> str:
+    return " ".join(f"{t:.2f}" for t in r.get("runs", [r["seconds"]]))
 
 
 def main() -> None:
@@ -211,28 +247,39 @@ def main() -> None:
     settings = (f"model {args.model}, {args.utts} espeak-ng utterances ({ilt['audio_seconds']:.1f} s of audio), "
                 f"batch {args.batch}, beam {args.beam}, max {args.max_new_tokens} new tokens, {args.precision}, "
                 f"ilt fallback {'on' if args.fallback else 'off'}")
-    header = ["", "utt/s", "RTF", "WER %", f"peak memory ({ilt['peak_memory']['kind']})", "decode s"]
+    header = ["", "utt/s", "RTF", "WER %", f"peak memory ({ilt['peak_memory']['kind']})", "decode s (median)",
+              "all runs s"]
     rows = []
     for name, r in (("ilt (decode_cuts)", ilt), ("transformers pipeline", ref)):
         rows.append([name, fmt(r["utt_per_s"], ".2f"), fmt(r["rtf"], ".4f"), fmt(r["wer"], ".2f"),
-                     fmt_bytes(r["peak_memory"]["bytes"]), fmt(r["seconds"], ".2f")])
+                     fmt_bytes(r["peak_memory"]["bytes"]), fmt(r["seconds"], ".2f"), _runs(r)])
     rows.append(["ilt / pipeline", fmt(ratio(ilt["utt_per_s"], ref["utt_per_s"]), ".2f"),
                  fmt(ratio(ilt["rtf"], ref["rtf"]), ".2f"), "",
                  fmt(ratio(ilt["peak_memory"]["bytes"], ref["peak_memory"]["bytes"]), ".2f"),
-                 fmt(ratio(ilt["seconds"], ref["seconds"]), ".2f")])
+                 fmt(ratio(ilt["seconds"], ref["seconds"]), ".2f"), ""])
+    plain = ilt["plain_generate"]
     tables = [markdown_table(header, rows),
-              f"Identical hypotheses, ilt vs pipeline: {_same(ilt['hyps'], ref['hyps'])}."]
+              f"Identical hypotheses, ilt vs pipeline: {_same(ilt['hyps'], ref['hyps'])}.",
+              (f"ilt with plain `generate` (cross-attention keys/values per beam, reordered every step; "
+               f"one run): {plain['utt_per_s']:.2f} utt/s, WER {plain['wer']:.2f}%, "
+               f"{_same(plain['hyps'], ilt['hyps'])} hypotheses identical to ilt's; shared / plain = "
+               f"{ratio(ilt['utt_per_s'], plain['utt_per_s']):.2f}.")]
     if "lora" in ilt:
-        lora_rows = [["base (no LoRA)", fmt(ilt["utt_per_s"], ".2f"), "1.00", fmt(ilt["wer"], ".2f"), "-"]]
-        for name, key in (("unmerged PEFT LoRA", "unmerged"), ("merged (merge_and_unload)", "merged")):
-            r = ilt["lora"][key]
-            lora_rows.append([name, fmt(r["utt_per_s"], ".2f"), fmt(ratio(r["utt_per_s"], ilt["utt_per_s"]), ".2f"),
-                              fmt(r["wer"], ".2f"), _same(r["hyps"], ilt["hyps"])])
+        lora = ilt["lora"]
+        base = lora["base"]
+        lora_rows = []
+        for name, key in (("base (no LoRA)", "base"), ("unmerged PEFT LoRA", "unmerged"),
+                          ("merged (merge_and_unload)", "merged")):
+            r = lora[key]
+            lora_rows.append([name, fmt(r["utt_per_s"], ".2f"), fmt(ratio(r["utt_per_s"], base["utt_per_s"]), ".3f"),
+                              fmt(r["wer"], ".2f"), "-" if key == "base" else _same(r["hyps"], base["hyps"]),
+                              _runs(r)])
         tables += [(f"Random LoRA {args.lora_scope} r {args.r} alpha {args.alpha:g} "
-                    f"(B scaled by {args.lora_noise:g}), decoded with ilt:"),
-                   markdown_table(["", "utt/s", "/ base", "WER %", "identical to base"], lora_rows),
+                    f"(B scaled by {args.lora_noise:g}), decoded with ilt, the three models taking turns "
+                    f"{args.repeats} times (median):"),
+                   markdown_table(["", "utt/s", "/ base", "WER %", "identical to base", "all runs s"], lora_rows),
                    (f"Identical hypotheses, merged vs unmerged: "
-                    f"{_same(ilt['lora']['merged']['hyps'], ilt['lora']['unmerged']['hyps'])}.")]
+                    f"{_same(lora['merged']['hyps'], lora['unmerged']['hyps'])}.")]
     info = ilt["info"]
     text = "\n\n".join(tables)
     print(f"\n{info['device']}\n{settings}\n\n{text}\n")
