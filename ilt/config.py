@@ -91,7 +91,8 @@ class TrainSection:
     seed: int = 0
     eval_every: Union[int, None] = _field(None, min=1, help="optimiser steps between dev evaluations; default once per epoch")
     save_every: Union[int, None] = _field(None, min=1, help="optimiser steps between checkpoints; default eval_every")
-    num_buckets: int = _field(10, min=1)
+    num_buckets: int = _field(10, min=1, help="duration buckets of the sampler; fewer when the data cannot fill each "
+                              "with 2 full micro-batches; 1: no bucketing")
     num_workers: int = _field(0, min=0)
     gradient_checkpointing: bool = False
     max_dev_cuts: Union[int, None] = _field(

@@ -15,8 +15,10 @@ Data
     all sources hold together; its length in optimiser steps is counted once
     by a dry run of the sampler (batches are formed by Lhotse's
     ``DynamicBucketingSampler``: ``max_duration`` seconds per micro-batch, or
-    ``micro_batch`` cuts when no duration is set). ``max_steps``, when set,
-    replaces ``epochs``.
+    ``micro_batch`` cuts when no duration is set; a small training set gets
+    fewer duration buckets than ``num_buckets``, so that each can fill two
+    micro-batches, and one bucket means Lhotse's ``DynamicCutSampler``).
+    ``max_steps``, when set, replaces ``epochs``.
 
 Precision
     ``bf16`` and ``fp16`` are for GPUs. On a CPU both fall back to fp32 with a
@@ -236,8 +238,9 @@ def _open_source(source: DataSource, skips: Skips) -> tuple[Any, int, float]:
     return cuts.filter(functools.partial(_keep, languages=languages)), n, seconds
 
 
-def _training_stream(sources: Sequence[DataSource], seed: int, skips: Skips) -> tuple[Any, int]:
-    """The endless weighted mix of the sources and the number of cuts per epoch."""
+def _training_stream(sources: Sequence[DataSource], seed: int, skips: Skips) -> tuple[Any, int, float]:
+    """The endless weighted mix of the sources, and the number of cuts and
+    seconds of audio per epoch."""
     from lhotse import CutSet
 
     weights = [s.weight for s in sources]
@@ -248,30 +251,53 @@ def _training_stream(sources: Sequence[DataSource], seed: int, skips: Skips) -> 
         log.info("train source %s: %d cuts, %.1f h, weight %g", source.cuts, n, seconds / 3600, source.weight)
     repeated = [cuts.repeat(preserve_id=True) for cuts, _, _ in opened]
     stream = repeated[0] if len(repeated) == 1 else CutSet.mux(*repeated, weights=weights, seed=seed)
-    return stream, sum(n for _, n, _ in opened)
+    return stream, sum(n for _, n, _ in opened), sum(seconds for _, _, seconds in opened)
 
 
-def _make_sampler(stream: Any, train: Any, epoch_cuts: int, world_size: int, rank: int) -> Any:
-    from lhotse.dataset import DynamicBucketingSampler
+#: Lhotse's bucketing sampler keeps at most this many cuts in its buffer.
+_BUFFER_CUTS = 20000
+#: Each duration bucket should hold at least this many full micro-batches of
+#: the buffer: a bucket that cannot fill one yields short batches.
+_BATCHES_PER_BUCKET = 2
 
+
+def _bucket_count(train: Any, epoch_cuts: int, epoch_seconds: float) -> int:
+    """``train.num_buckets``, reduced so that each bucket of the sampler's
+    buffer holds :data:`_BATCHES_PER_BUCKET` full micro-batches.
+
+    Lhotse draws a batch from one bucket only; with more buckets than the
+    buffer can fill (a small training set), most batches come out short (on
+    32 cuts, 10 buckets and micro-batch 8, batches of 1 to 8 cuts, mean 4.4).
+    """
+    buffer_cuts = max(1, min(_BUFFER_CUTS, epoch_cuts))
+    if train.max_duration:
+        mean_seconds = epoch_seconds / max(1, epoch_cuts)
+        cuts_per_batch = max(1.0, train.max_duration / mean_seconds) if mean_seconds > 0 else 1.0
+    else:
+        cuts_per_batch = float(train.micro_batch)
+    fits = int(buffer_cuts // (_BATCHES_PER_BUCKET * cuts_per_batch))
+    return max(1, min(train.num_buckets, fits))
+
+
+def _make_sampler(stream: Any, train: Any, epoch_cuts: int, epoch_seconds: float, world_size: int,
+                  rank: int) -> Any:
+    """Lhotse's ``DynamicBucketingSampler`` (``DynamicCutSampler`` when the
+    data fill a single bucket)."""
+    from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+
+    common = dict(max_duration=train.max_duration, max_cuts=None if train.max_duration else train.micro_batch,
+                  shuffle=True, drop_last=False, seed=train.seed, world_size=world_size, rank=rank)
+    buckets = _bucket_count(train, epoch_cuts, epoch_seconds)
+    if buckets < 2:
+        return DynamicCutSampler(stream, **common)
     return DynamicBucketingSampler(
-        stream,
-        max_duration=train.max_duration,
-        max_cuts=None if train.max_duration else train.micro_batch,
-        num_buckets=max(1, min(train.num_buckets, epoch_cuts)),
-        shuffle=True,
-        drop_last=False,
-        seed=train.seed,
-        world_size=world_size,
-        rank=rank,
-        buffer_size=max(1, min(20000, epoch_cuts)),
-        num_cuts_for_bins_estimate=max(1, min(10000, epoch_cuts)),
-    )
+        stream, num_buckets=buckets, buffer_size=max(1, min(_BUFFER_CUTS, epoch_cuts)),
+        num_cuts_for_bins_estimate=max(1, min(10000, epoch_cuts)), **common)
 
 
-def _batches_per_epoch(stream: Any, train: Any, epoch_cuts: int) -> int:
+def _batches_per_epoch(stream: Any, train: Any, epoch_cuts: int, epoch_seconds: float) -> int:
     """Micro-batches one process draws for one epoch of cuts (a dry run, metadata only)."""
-    sampler = _make_sampler(stream, train, epoch_cuts, world_size=1, rank=0)
+    sampler = _make_sampler(stream, train, epoch_cuts, epoch_seconds, world_size=1, rank=0)
     seen = batches = 0
     for batch in sampler:
         seen += len(batch)
@@ -424,7 +450,12 @@ def train_round(
 
     # ---- data (read first: bad data fails before the model loads)
     skips = Skips("train")
-    stream, epoch_cuts = _training_stream(sources, train.seed, skips)
+    stream, epoch_cuts, epoch_seconds = _training_stream(sources, train.seed, skips)
+    buckets = _bucket_count(train, epoch_cuts, epoch_seconds)
+    if buckets < train.num_buckets:
+        log.info("%d duration bucket(s) instead of num_buckets %d: %d training cuts fill only %d bucket(s) "
+                 "with %d full micro-batches each", buckets, train.num_buckets, epoch_cuts, buckets,
+                 _BATCHES_PER_BUCKET)
 
     dev = None
     if dev_cuts is not None:
@@ -455,10 +486,12 @@ def train_round(
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
 
-    sampler = _make_sampler(stream, train, epoch_cuts, accelerator.num_processes, accelerator.process_index)
+    sampler = _make_sampler(stream, train, epoch_cuts, epoch_seconds, accelerator.num_processes,
+                            accelerator.process_index)
     steps_per_epoch = None
     if train.max_steps is None or train.eval_every is None:
-        per_process = math.ceil(_batches_per_epoch(stream, train, epoch_cuts) / accelerator.num_processes)
+        per_process = math.ceil(_batches_per_epoch(stream, train, epoch_cuts, epoch_seconds)
+                                / accelerator.num_processes)
         steps_per_epoch = max(1, math.ceil(per_process / train.grad_accum))
     total_steps = train.max_steps or train.epochs * steps_per_epoch
     eval_every = train.eval_every or steps_per_epoch

@@ -28,7 +28,7 @@ def base_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Manifests: ``train`` (4 cuts), ``dev`` (en + fr), sources ``a`` and ``b``, ``bad``,
-    ``empty``, ``enfr`` (2 en + 2 fr cuts)."""
+    ``empty``, ``enfr`` (2 en + 2 fr cuts), ``many`` (16 cuts of 0.5 to 2 s), ``32`` (1.9 to 3 s)."""
     from ilt.data.manifests import save_manifest
     from ilt.testing.dummies import make_cuts
 
@@ -45,6 +45,11 @@ def data(tmp_path_factory):
                                        {"id": "broken", "text": "broken audio", "corrupt": True},
                                        {"id": "ok2", "text": "also fine"}]),
         "empty": make_cuts(tmp / "empty", [{"id": "e0", "text": ""}]),
+        "many": make_cuts(tmp / "many", [{"id": f"m{i:02d}", "text": texts[i % 4], "duration": 0.5 + 0.1 * i}
+                                         for i in range(16)]),
+        # durations of the benchmark's 32 espeak-ng sentences (1.9 to 3 s)
+        "32": make_cuts(tmp / "32", [{"id": f"s{i:02d}", "text": texts[i % 4], "duration": 1.88 + 0.035 * i}
+                                     for i in range(32)]),
         "enfr": make_cuts(tmp / "enfr", [{"id": f"{lang}{i}", "text": "salut", "language": lang, "duration": 0.5}
                                          for lang in ("en", "fr") for i in range(2)]),
     }
@@ -122,9 +127,10 @@ def test_tiny_run_writes_best_final_and_logs(base_dir, data, tmp_path):
     assert [s for s, _ in list_checkpoints(out)] == [2, 4]
 
 
-def test_resume_gives_the_same_adapter(base_dir, data, tmp_path):
+@pytest.mark.parametrize("source", ["train", "many"])  # 4 cuts: one bucket; 16 cuts: 4 buckets
+def test_resume_gives_the_same_adapter(base_dir, data, tmp_path, source):
     config = _config(max_steps=5, grad_accum=2, save_every=2, eval_every=3, warmup_steps=1)
-    kwargs = dict(train_cuts=[(data["train"], 1.0)], dev_cuts=data["dev"], decode_config=FAST_DECODE)
+    kwargs = dict(train_cuts=[(data[source], 1.0)], dev_cuts=data["dev"], decode_config=FAST_DECODE)
     full = train_round(config, base_dir, tmp_path / "full", **kwargs)
 
     class Killed(Exception):
@@ -227,3 +233,32 @@ def test_bad_cuts_are_counted_and_bad_sources_named(base_dir, data, tmp_path):
         train_round(_config(max_steps=2), base_dir, tmp_path / "de", train_cuts=[(data["enfr"], 1.0, ["de"])])
     with pytest.raises(IltInputError, match="no training data"):
         train_round(_config(max_steps=2), base_dir, tmp_path / "n")
+
+
+def test_small_training_sets_get_full_micro_batches(data):
+    from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+
+    from ilt.config import DataSource
+    from ilt.train import _bucket_count, _make_sampler, _training_stream
+    from ilt.utils import Skips
+
+    stream, cuts, seconds = _training_stream([DataSource(str(data["32"]), 1.0)], 0, Skips("test"))
+    assert (cuts, round(seconds, 2)) == (32, 77.52)
+    train = _config(micro_batch=8, num_buckets=10).train
+    assert _bucket_count(train, cuts, seconds) == 2  # 32 cuts hold 2 buckets of 2 batches of 8
+    sampler = _make_sampler(stream, train, cuts, seconds, world_size=1, rank=0)
+    assert isinstance(sampler, DynamicBucketingSampler)
+    sizes = [len(batch) for _, batch in zip(range(16), sampler)]
+    assert sizes == [8] * 16, sizes
+    # what 10 buckets over the same 32-cut buffer gave: short batches
+    ten = DynamicBucketingSampler(stream, max_cuts=8, num_buckets=10, shuffle=True, seed=0, buffer_size=32,
+                                  num_cuts_for_bins_estimate=32)
+    assert min(len(batch) for _, batch in zip(range(16), ten)) < 8
+
+    # seconds per batch: 6 s of 2.4 s cuts is 2.5 cuts per batch -> 32 // 5 = 6 buckets
+    assert _bucket_count(_config(max_duration=6.0, num_buckets=10).train, cuts, seconds) == 6
+    assert _bucket_count(_config(max_duration=6.0, num_buckets=10).train, 20000, 48000.0) == 10
+    assert _bucket_count(_config(micro_batch=8).train, 15, 36.0) == 1
+    single = _make_sampler(stream, _config(micro_batch=2, num_buckets=1).train, cuts, seconds, 1, 0)
+    assert isinstance(single, DynamicCutSampler)
+    assert [len(batch) for _, batch in zip(range(5), single)] == [2] * 5
