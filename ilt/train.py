@@ -541,7 +541,9 @@ def train_round(
     seen_skips = {i for ids in skips.items.values() for i in ids}
     bar = tqdm(total=total_steps, initial=progress.step, disable=not accelerator.is_local_main_process,
                desc=f"train {config.name}", dynamic_ncols=True)
-    step_losses: list[float] = []
+    # (loss, cut IDs) of the micro-batches of the current optimiser step, losses
+    # kept on the device: one host sync per optimiser step, not per micro-batch
+    step_losses: list[tuple[Any, list[str]]] = []
     batches = iter(loader)
     try:
         while progress.step < total_steps:
@@ -556,26 +558,16 @@ def train_round(
             with accelerator.accumulate(model):
                 if len(batch):
                     loss = loss_fn(backbone, model, batch.to(device))
+                    step_losses.append((loss.detach(), batch.cut_ids))
                 else:  # every cut skipped: a zero loss keeps the processes in step
                     loss = sum((p * 0).sum() for p in params)
-                finite = bool(torch.isfinite(loss.detach()).all())
-                if accelerator.num_processes > 1:  # every process stops together
-                    flags = accelerator.gather(torch.tensor([int(not finite)], device=device))
-                    others_bad = bool(flags.any()) and finite
-                else:
-                    others_bad = False
-                if not finite or others_bad:
-                    last = list_checkpoints(out_dir)
-                    where = (f"the loss is {loss.item()} on the batch of cuts {', '.join(batch.cut_ids)}"
-                             if not finite else "the loss is not finite on another process")
-                    raise IltInputError(
-                        f"step {progress.step + 1}: {where}; training stopped"
-                        + (f" (the last good checkpoint is {last[-1][1]})" if last else ""))
-                if len(batch):
-                    step_losses.append(float(loss.detach()))
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and train.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, train.max_grad_norm)
+                if accelerator.sync_gradients:
+                    # before the optimiser step: a non-finite loss must not reach the weights
+                    step_loss = _check_finite(accelerator, step_losses, progress.step + 1, out_dir)
+                    step_losses = []
+                    if train.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(params, train.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
@@ -587,10 +579,9 @@ def train_round(
             record = {
                 "event": "step", "step": step,
                 "epoch": round(progress.cuts * accelerator.num_processes / epoch_cuts, 4),
-                "loss": sum(step_losses) / len(step_losses) if step_losses else None,
+                "loss": step_loss,
                 "lr": scheduler.get_last_lr()[0],
             }
-            step_losses = []
             write_log(record)
             accelerator.log({k: v for k, v in (("train/loss", record["loss"]), ("train/lr", record["lr"]))
                              if v is not None}, step=step)
@@ -631,6 +622,32 @@ def train_round(
         out_dir=out_dir, best_dir=out_dir / "best", final_dir=final_dir,
         best_metric=progress.best_metric, best_score=progress.best_score, steps=progress.step,
         seconds=seconds, skipped=counts, resumed_from=resumed_from)
+
+
+def _check_finite(accelerator: Any, losses: Sequence[tuple[Any, list[str]]], step: int,
+                  out_dir: Path) -> float | None:
+    """The mean loss of an optimiser step's micro-batches (``None`` when all
+    were empty), after one host sync; raises :class:`IltInputError` naming
+    the step and the cuts of each non-finite micro-batch, on every process
+    when any process has one."""
+    import torch
+
+    device = accelerator.device
+    values = torch.stack([loss.float() for loss, _ in losses]) if losses else torch.zeros(0, device=device)
+    bad = ~torch.isfinite(values)
+    flag = bad.any().reshape(1).int()
+    if accelerator.num_processes > 1:  # every process stops together
+        flag = accelerator.gather(flag).amax().reshape(1)
+    host = torch.cat([values.double(), flag.double()]).tolist()  # the one sync
+    values_host, any_bad = host[:-1], bool(host[-1])
+    if any_bad:
+        last = list_checkpoints(out_dir)
+        local = [(value, ids) for value, (_, ids) in zip(values_host, losses) if not math.isfinite(value)]
+        where = ("; ".join(f"the loss is {value} on the batch of cuts {', '.join(ids)}" for value, ids in local)
+                 if local else "the loss is not finite on another process")
+        raise IltInputError(f"step {step}: {where}; training stopped"
+                            + (f" (the last good checkpoint is {last[-1][1]})" if last else ""))
+    return sum(values_host) / len(values_host) if values_host else None
 
 
 # --------------------------------------------------------------------------- evaluation

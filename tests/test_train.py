@@ -162,7 +162,8 @@ def test_resume_gives_the_same_adapter(base_dir, data, tmp_path, source):
         train_round(_config(max_steps=5, lr=0.5), base_dir, tmp_path / "cut", **kwargs)
 
 
-def test_nan_loss_names_step_and_cuts(base_dir, data, tmp_path, extra_losses):
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_nan_loss_names_step_and_cuts(base_dir, data, tmp_path, extra_losses, grad_accum):
     calls = []
 
     def nan_on_third_batch():
@@ -173,16 +174,19 @@ def test_nan_loss_names_step_and_cuts(base_dir, data, tmp_path, extra_losses):
         return loss
 
     extra_losses("nan-at-3", nan_on_third_batch)
-    config = from_dict(RoundConfig, {**yaml.safe_load(dump_yaml(_config(max_steps=5, save_every=1))),
-                                     "task": {"loss": "nan-at-3", "data": []}})
+    config = from_dict(RoundConfig, {
+        **yaml.safe_load(dump_yaml(_config(max_steps=5, save_every=1, grad_accum=grad_accum))),
+        "task": {"loss": "nan-at-3", "data": []}})
     out = tmp_path / "nan"
     with pytest.raises(IltInputError) as err:
         train_round(config, base_dir, out, train_cuts=[(data["train"], 1.0)])
     message = str(err.value)
-    assert "step 3" in message and "nan" in message
+    # micro-batch 3 is in optimiser step 3 (no accumulation) or 2 (two micro-batches a step)
+    step = 3 if grad_accum == 1 else 2
+    assert f"step {step}:" in message and "nan" in message
     assert all(cut_id in message for cut_id in calls[2])
-    assert "checkpoints/step-2" in message
-    assert [s for s, _ in list_checkpoints(out)] == [1, 2]
+    assert message.count("the loss is") == 1  # only the bad micro-batch is named
+    assert (f"checkpoints/step-{step - 1}" in message) and [s for s, _ in list_checkpoints(out)] == list(range(1, step))
     assert not (out / "final").exists()
 
 
