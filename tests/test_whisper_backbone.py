@@ -304,3 +304,29 @@ def test_whisper_config_without_safetensors_weights(ml_dir, tmp_path):
     with pytest.raises(IltInputError, match="cannot load the Whisper weights") as err:
         WhisperBackbone.from_pretrained(bare)
     assert str(bare) in str(err.value)
+
+
+def test_features_run_on_the_models_gpu(ml, monkeypatch):
+    import ilt.plugins.whisper as whisper
+
+    audio = [torch.rand(4000).numpy()]
+    seen = []
+    original = ml.collator.features
+
+    def spy(audios, device=None):
+        seen.append(device)
+        return original(audios)
+
+    monkeypatch.setattr(ml.collator, "features", spy)
+    ml.features(audio)
+    assert seen == [None]  # a CPU model: the STFT stays on the CPU
+
+    class OnGpu:
+        device = torch.device("cuda", 0)
+
+    monkeypatch.setattr(whisper, "_first_float_param", lambda model: OnGpu)
+    ml.features(audio)
+    assert seen[-1] == torch.device("cuda", 0)
+    monkeypatch.undo()
+    assert torch.equal(ml.collator.features(audio, device="cpu")["input_features"],
+                       ml.features(audio)["input_features"])

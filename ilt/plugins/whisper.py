@@ -194,9 +194,11 @@ class WhisperCollator:
             text = " " + text
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def features(self, audios: Sequence[np.ndarray]) -> dict[str, Any]:
+    def features(self, audios: Sequence[np.ndarray], device: Any = None) -> dict[str, Any]:
         """Log-mel features of mono audio at :attr:`sampling_rate`, padded (or
-        cut) to the model's window: ``{"input_features": (B, n_mels, frames)}``."""
+        cut) to the model's window: ``{"input_features": (B, n_mels, frames)}``
+        (a CPU tensor). ``device`` (``"cuda"``...): where the STFT runs
+        (default: the CPU)."""
         arrays = [np.asarray(a, dtype=np.float32).reshape(-1) for a in audios]
         if not arrays:
             import torch
@@ -204,7 +206,8 @@ class WhisperCollator:
             return {"input_features": torch.zeros(0, self.feature_extractor.feature_size, self.num_frames)}
         out = self.feature_extractor(
             arrays, sampling_rate=self.sampling_rate, return_tensors="pt", padding="max_length",
-            max_length=self.num_samples, truncation=True, return_attention_mask=False)
+            max_length=self.num_samples, truncation=True, return_attention_mask=False,
+            device=str(device) if device is not None else "cpu")
         return {"input_features": out["input_features"]}
 
     def _load_mono(self, cut: Any) -> np.ndarray:
@@ -411,8 +414,11 @@ class WhisperBackbone:
     # ------------------------------------------------------------------ data
 
     def features(self, audios: Sequence[np.ndarray]) -> dict[str, Any]:
-        """See :meth:`WhisperCollator.features`."""
-        return self.collator.features(audios)
+        """See :meth:`WhisperCollator.features`; the STFT runs on the model's
+        GPU when it has one (the CPU would otherwise hold the GPU up while
+        decoding), else on the CPU."""
+        device = _first_float_param(self.model).device
+        return self.collator.features(audios, device=device if device.type == "cuda" else None)
 
     def collate(self, cuts: Any) -> Batch:
         """See :meth:`WhisperCollator.__call__`; ``self.collator`` is the same
