@@ -13,8 +13,8 @@ gives. The LoRA part (in ilt's process, after its measurement) attaches a
 random, non-zero LoRA (``init_lora_weights=False``, its B scaled by
 ``--lora-noise`` so that the hypotheses, and with them the work, stay close
 to the base model's) and merges a copy of it (``merge_and_unload``); the base,
-unmerged and merged models then take turns ``--repeats`` times: merged / base
-should be 1.00 +- 0.03.
+unmerged and merged models then take turns ``--repeats`` times, in a rotating
+order: merged / base should be 1.00 +- 0.03.
 
     .venv/bin/python bench/decode_throughput.py                   # CPU: tiny.en, 16 utterances
     .venv/bin/python bench/decode_throughput.py --model large-v3 --precision bf16 \\
@@ -124,17 +124,19 @@ def _median(values: list[float]) -> float:
 def _timed(backbone: Any, models: dict[str, Any], cuts: Any, config: Any, device: str,
            repeats: int) -> dict[str, dict[str, Any]]:
     """Decode ``cuts`` with each model ``repeats`` times, the models taking
-    turns (a, b, c, a, b, c, ...) so that a slow spell of the machine hits
-    all of them; per model: the median seconds, every run's seconds, and the
-    hypotheses (the same in every run: decoding is deterministic)."""
+    turns in a rotating order (a b c, b c a, c a b, ...) so that a slow spell
+    of the machine, or a slot in the order, hits all of them alike; per
+    model: the median seconds, every run's seconds, and the hypotheses (the
+    same in every run: decoding is deterministic)."""
     warm = cuts.subset(first=min(config.batch_size, len(cuts)))
     for model in models.values():
         _decode_ilt(backbone, model, warm, config, device)
     runs: dict[str, list[float]] = {name: [] for name in models}
     hyps: dict[str, dict[str, str]] = {}
-    for _ in range(repeats):
-        for name, model in models.items():
-            hyps[name], seconds = _decode_ilt(backbone, model, cuts, config, device)
+    names = list(models)
+    for turn in range(repeats):
+        for name in names[turn % len(names):] + names[:turn % len(names)]:
+            hyps[name], seconds = _decode_ilt(backbone, models[name], cuts, config, device)
             runs[name].append(seconds)
     return {name: {**_summary(cuts, hyps[name], _median(runs[name])), "runs": runs[name]} for name in models}
 

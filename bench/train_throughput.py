@@ -39,7 +39,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_args(parser, batch=8)
     parser.add_argument("--steps", type=int, default=10, help="optimiser steps (at least 3 for a steady-state rate)")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=1, help="linear warm-up steps")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="linear warm-up steps (0: both sides have the same schedule; with warm-up the "
+                             "Trainer's first step has learning rate 0, ilt's lr/(warm-up+1))")
+    parser.add_argument("--dropout", type=float, default=0.05,
+                        help="LoRA dropout of both sides (ilt's default 0.05; 0 leaves no randomness in training)")
+    parser.add_argument("--score-prompt", action="store_true",
+                        help="the reference's loss also scores the prompt tokens (the recipe's collator as is)")
+    parser.add_argument("--bare-text", action="store_true",
+                        help="the reference tokenizes the bare text, without Whisper's leading space")
+    parser.add_argument("--shuffle-reference", action="store_true",
+                        help="let the Trainer shuffle the cuts itself instead of replaying ilt's batches")
     parser.add_argument("--cuts", type=int, default=32, help="distinct espeak-ng training utterances")
     parser.add_argument("--force-precision", action="store_true",
                         help="keep bf16 on a CPU (ilt's force_precision; the reference gets bf16 too)")
@@ -66,12 +76,46 @@ def _throughput(marks: list[dict[str, Any]], first: float | None) -> dict[str, A
 
 def _lora_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The LoRA both sides train: PEFT ``LoraConfig`` arguments (ilt's defaults
-    for what the flags leave open: dropout 0.05, no bias)."""
+    for what the flags leave open: no bias)."""
     from ilt.config import LoraSection
     from ilt.plugins.whisper import SCOPE_TARGETS
 
-    section = LoraSection(r=args.r, lora_alpha=args.alpha, target_modules=args.lora_scope)
+    section = LoraSection(r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules=args.lora_scope)
     return section.peft_kwargs(list(SCOPE_TARGETS[args.lora_scope]))
+
+
+def _round_config(args: argparse.Namespace, precision: str) -> Any:
+    """The round ilt trains (and whose batches the reference replays)."""
+    from ilt.config import RoundConfig, from_dict
+
+    lora = _lora_kwargs(args)
+    return from_dict(RoundConfig, {
+        "name": "bench", "backbone": BENCH_BACKBONE,
+        "lora": {"r": lora["r"], "lora_alpha": lora["lora_alpha"], "lora_dropout": lora["lora_dropout"],
+                 "target_modules": args.lora_scope},
+        "train": {"max_steps": args.steps, "lr": args.lr, "warmup_steps": args.warmup,
+                  "micro_batch": args.batch, "precision": precision, "seed": args.seed,
+                  "eval_every": args.steps, "save_every": args.steps},
+    }, "<bench>")
+
+
+def ilt_batch_order(args: argparse.Namespace, cuts_path: Path, precision: str) -> list[str]:
+    """The cut IDs of ilt's first ``--steps`` micro-batches, in the order its
+    sampler draws them (ilt's own data code, metadata only)."""
+    from ilt.config import DataSource
+    from ilt.train import _make_sampler, _training_stream
+    from ilt.utils import Skips
+
+    train = _round_config(args, precision).train
+    stream, epoch_cuts, epoch_seconds = _training_stream([DataSource(str(cuts_path), 1.0)], train.seed,
+                                                         Skips("bench"))
+    sampler = _make_sampler(stream, train, epoch_cuts, epoch_seconds, world_size=1, rank=0)
+    order = []
+    for _, batch in zip(range(args.steps), sampler):
+        if len(batch) != args.batch:
+            sys.exit(f"ilt drew a batch of {len(batch)} cuts, not {args.batch}: the reference cannot replay it")
+        order += [cut.id for cut in batch]
+    return order
 
 
 # --------------------------------------------------------------------------- ilt
@@ -91,7 +135,6 @@ def _preimport() -> None:
 
 
 def run_ilt(args: argparse.Namespace) -> dict[str, Any]:
-    from ilt.config import RoundConfig, from_dict
     from ilt.train import train_round
 
     _preimport()
@@ -103,15 +146,7 @@ def run_ilt(args: argparse.Namespace) -> dict[str, Any]:
     cuts = bench_cuts(args.cuts, args.cache_dir)
     src = model_dir(args.model, args.cache_dir)
     holder = register_bench_backbone(args.model, args.cache_dir)
-    lora = _lora_kwargs(args)
-    config = from_dict(RoundConfig, {
-        "name": "bench", "backbone": BENCH_BACKBONE,
-        "lora": {"r": lora["r"], "lora_alpha": lora["lora_alpha"], "lora_dropout": lora["lora_dropout"],
-                 "target_modules": args.lora_scope},
-        "train": {"max_steps": args.steps, "lr": args.lr, "warmup_steps": args.warmup,
-                  "micro_batch": args.batch, "precision": precision, "seed": args.seed,
-                  "eval_every": args.steps, "save_every": args.steps},
-    }, "<bench>")
+    config = _round_config(args, precision)
     marks: list[dict[str, Any]] = []
 
     def on_step(step: int, rec: dict[str, Any]) -> None:
@@ -149,12 +184,19 @@ def run_ilt(args: argparse.Namespace) -> dict[str, Any]:
 class CutsDataset:
     """A map-style torch dataset over Lhotse cuts, ``datasets``-free: log-mel
     features from the feature extractor (padded to the 30 s window, as it does
-    by default) and the tokenizer's label ids (with its prefix tokens)."""
+    by default) and the tokenizer's label ids (with its prefix tokens).
 
-    def __init__(self, cuts: Any, feature_extractor: Any, tokenizer: Any) -> None:
+    The text gets Whisper's leading space (``" " + text``, as ilt's targets
+    and Whisper's own transcripts have it), unless ``leading_space`` is off:
+    the recipe's bare ``tokenizer(text)`` trains another target sequence
+    ("the" instead of " the"), and the two trained models could not be
+    compared on one loss."""
+
+    def __init__(self, cuts: Any, feature_extractor: Any, tokenizer: Any, leading_space: bool = True) -> None:
         self.cuts = list(cuts)
         self.feature_extractor = feature_extractor
         self.tokenizer = tokenizer
+        self.prefix = " " if leading_space else ""
 
     def __len__(self) -> int:
         return len(self.cuts)
@@ -164,7 +206,7 @@ class CutsDataset:
         audio = cut.load_audio().mean(axis=0)
         features = self.feature_extractor(audio, sampling_rate=self.feature_extractor.sampling_rate)
         return {"input_features": features.input_features[0],
-                "labels": self.tokenizer(cut.supervisions[0].text).input_ids}
+                "labels": self.tokenizer(self.prefix + cut.supervisions[0].text.strip()).input_ids}
 
 
 @dataclass
@@ -172,11 +214,18 @@ class DataCollatorSpeechSeq2SeqWithPadding:
     """The collator of the Hugging Face Whisper fine-tuning recipe: pad the
     features and the labels, mask label padding with -100 and drop a leading
     decoder start token (the model prepends it again when it shifts the labels
-    right into decoder inputs)."""
+    right into decoder inputs).
+
+    ``masked_prompt`` > 0 (the benchmark's default, ilt's objective) also
+    masks the first ``masked_prompt`` labels, the prompt tokens after the
+    start token (no-timestamps; language and task on a multilingual model),
+    and passes the decoder inputs explicitly: the model's own right shift
+    would turn masked labels into padding in its inputs."""
 
     feature_extractor: Any
     tokenizer: Any
     decoder_start_token_id: int
+    masked_prompt: int = 0
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.feature_extractor.pad([{"input_features": it["input_features"]} for it in items],
@@ -184,7 +233,14 @@ class DataCollatorSpeechSeq2SeqWithPadding:
         padded = self.tokenizer.pad([{"input_ids": it["labels"]} for it in items], return_tensors="pt")
         labels = padded["input_ids"].masked_fill(padded["attention_mask"] != 1, -100)
         if bool((labels[:, 0] == self.decoder_start_token_id).all()):
+            if self.masked_prompt:
+                batch["decoder_input_ids"] = padded["input_ids"][:, :-1]
             labels = labels[:, 1:]
+        elif self.masked_prompt:
+            raise ValueError("masked_prompt needs labels that start with the decoder start token")
+        if self.masked_prompt:
+            labels = labels.clone()
+            labels[:, :self.masked_prompt] = -100
         batch["labels"] = labels
         return batch
 
@@ -200,12 +256,19 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     precision = effective_precision(args.precision, device, args.force_precision)
     cuts = CutSet.from_file(bench_cuts(args.cuts, args.cache_dir)).to_eager()
+    if not args.shuffle_reference:  # replay ilt's batches, in ilt's order
+        cuts = [cuts[cut_id] for cut_id in ilt_batch_order(args, bench_cuts(args.cuts, args.cache_dir), precision)]
     work = Path(tempfile.mkdtemp(prefix="ilt-bench-hf-"))
     marks: list[dict[str, Any]] = []
 
     class CountingTrainer(Seq2SeqTrainer):
         samples = 0
         first: float | None = None
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if args.shuffle_reference:
+                return super()._get_train_sampler(train_dataset)
+            return torch.utils.data.SequentialSampler(self.train_dataset if train_dataset is None else train_dataset)
 
         def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
             if CountingTrainer.first is None:
@@ -246,9 +309,11 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
             remove_unused_columns=False, label_names=["labels"], dataloader_num_workers=0,
             seed=args.seed, disable_tqdm=True)
         trainer = CountingTrainer(
-            model=model, args=training_args, train_dataset=CutsDataset(cuts, feature_extractor, tokenizer),
+            model=model, args=training_args, train_dataset=CutsDataset(cuts, feature_extractor, tokenizer,
+                                                                       leading_space=not args.bare_text),
             data_collator=DataCollatorSpeechSeq2SeqWithPadding(
-                feature_extractor, tokenizer, model.get_base_model().config.decoder_start_token_id),
+                feature_extractor, tokenizer, model.get_base_model().config.decoder_start_token_id,
+                masked_prompt=0 if args.score_prompt else len(tokenizer.prefix_tokens) - 1),
             callbacks=[Marks()])
         trainer.train()
         wall = time.perf_counter() - start
@@ -289,7 +354,7 @@ def main() -> None:
     precision = ilt["precision"]
     settings = (f"model {args.model}, batch {args.batch}, {args.steps} steps, {precision}"
                 f"{f' (asked {args.precision})' if precision != args.precision else ''}, "
-                f"LoRA {args.lora_scope} r {args.r} alpha {args.alpha:g}, lr {args.lr:g}, warm-up {args.warmup}, "
+                f"LoRA {args.lora_scope} r {args.r} alpha {args.alpha:g} dropout {args.dropout:g}, lr {args.lr:g}, warm-up {args.warmup}, "
                 f"{args.cuts} espeak-ng cuts, seed {args.seed}")
     header = ["", "samples/s", "timed steps", f"peak memory ({ilt['peak_memory']['kind']})",
               "final loss (same definition)", "last step loss (own)", "first step loss (own)", "wall s"]
@@ -307,9 +372,11 @@ def main() -> None:
     print(f"\n{info['device']}\n{settings}\n\n{table}\n")
     notes = [("Final loss (same definition): each side's trained LoRA scored after training, in eval mode, on all "
               f"{args.cuts} training cuts with ilt's loss (text tokens and end-of-text, prompt masked, "
-              "token-weighted). The step losses are each side's own training loss and differ in definition: "
-              "ilt masks the prompt tokens and prefixes the text with a space; the reference (tokenizer labels) "
-              "also scores the prompt's language/task/no-timestamps tokens."),
+              "token-weighted). The reference's labels are the tokenizer's, of the text with Whisper's leading "
+              f"space{' (off: --bare-text)' if args.bare_text else ''}, with the prompt tokens "
+              f"{'scored (--score-prompt)' if args.score_prompt else 'masked as ilt masks them'}. Both sides "
+              "train on the same batches in the same order"
+              f"{' (not: --shuffle-reference)' if args.shuffle_reference else ''}."),
              "Wall s includes model loading and, for ilt, its checkpoint and adapter writes."]
     if args.record:
         record("train_throughput", info, settings, table, notes=notes)
