@@ -411,6 +411,36 @@ def run_role(script: str, role: str, argv: Sequence[str]) -> dict[str, Any]:
         return json.loads(result.read_text())
 
 
+def run_alternating(script: str, roles: Sequence[str], argv: Sequence[str], repeats: int) -> dict[str, list[dict[str, Any]]]:
+    """Run each role ``repeats`` times, one fresh process per run, the roles
+    taking turns in a rotating order (a b, b a, a b, ...) so that a slow spell
+    of a shared machine, or a slot in the order, hits every role alike.
+    Returns each role's results in run order."""
+    results: dict[str, list[dict[str, Any]]] = {role: [] for role in roles}
+    order = list(roles)
+    for turn in range(max(1, repeats)):
+        for role in order[turn % len(order):] + order[:turn % len(order)]:
+            results[role].append(run_role(script, role, argv))
+    return results
+
+
+def median_run(runs: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run whose ``key`` is the median (the lower middle one for an even
+    count), with ``runs_<key>`` listing every run's value and ``peak_memory``
+    the largest of all runs."""
+    import statistics
+
+    values = [r[key] for r in runs]
+    if any(v is None for v in values):
+        chosen = dict(runs[0])
+    else:
+        target = statistics.median_low(values)
+        chosen = dict(next(r for r in runs if r[key] == target))
+    chosen[f"runs_{key}"] = values
+    chosen["peak_memory"] = max((r["peak_memory"] for r in runs), key=lambda m: m["bytes"])
+    return chosen
+
+
 def write_result(path: Path | None, data: dict[str, Any]) -> None:
     if path is None:
         print(json.dumps(data, indent=2))

@@ -3,18 +3,22 @@ pipeline (``pipeline("automatic-speech-recognition", ..., batch_size=B)``) on
 the same model, cuts, beam size, token limit and forced language/task; then a
 merged LoRA model against the base model and the unmerged PEFT model.
 
-Each side runs in a fresh subprocess of this script, decodes one batch
-untimed first (warm-up), then decodes all cuts ``--repeats`` times; the median
-is reported. Prints utterances/s, the real-time factor (decode seconds / audio
-seconds), WER (``ilt.score.score``) and peak memory of each, ilt / pipeline,
-and how many hypotheses agree, then ilt once more with plain ``generate``
-(``share_cross_attention`` off) to show what the shared cross-attention
-gives. The LoRA part (in ilt's process, after its measurement) attaches a
-random, non-zero LoRA (``init_lora_weights=False``, its B scaled by
-``--lora-noise`` so that the hypotheses, and with them the work, stay close
-to the base model's) and merges a copy of it (``merge_and_unload``); the base,
-unmerged and merged models then take turns ``--repeats`` times, in a rotating
-order: merged / base should be 1.00 +- 0.03.
+Each run of a side is a fresh subprocess of this script: it loads the model,
+decodes one batch untimed (warm-up), then decodes all cuts once, timed. The
+two sides take turns, ``--repeats`` runs each (ilt, pipeline, pipeline, ilt,
+...), and the median run of each is reported: utterances/s, the real-time
+factor (decode seconds / audio seconds), WER (``ilt.score.score``), peak
+memory (the largest of the side's runs), ilt / pipeline, and how many
+hypotheses agree.
+
+A last process decodes variants with ilt, taking turns ``--repeats`` times in
+a rotating order: the base model with shared cross-attention (ilt's default),
+the same with plain ``generate`` (``share_cross_attention`` off: what the
+sharing gives), and, unless ``--no-lora``, a random non-zero LoRA
+(``init_lora_weights=False``, its B scaled by ``--lora-noise`` so that the
+hypotheses, and with them the work, stay close to the base model's) unmerged
+(PEFT) and merged into a copy (``merge_and_unload``): merged / base should be
+1.00 +- 0.03.
 
     .venv/bin/python bench/decode_throughput.py                   # CPU: tiny.en, 16 utterances
     .venv/bin/python bench/decode_throughput.py --model large-v3 --precision bf16 \\
@@ -33,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (add_common_args, bench_cuts, driver_start, device_info, fmt, fmt_bytes,
                     large_v3_parts, load_backbone, markdown_table, model_dir, peak_memory, ratio, record,
-                    references, reset_peak_memory, resolve_device, run_role, sync)
+                    median_run, references, reset_peak_memory, resolve_device, run_alternating, run_role,
+                    sync)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,9 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=440, help="token limit per utterance")
     parser.add_argument("--fallback", action="store_true",
                         help="keep ilt's repetition-loop fallback (the pipeline has none; off by default)")
-    parser.add_argument("--no-lora", action="store_true", help="skip the merged/unmerged LoRA comparison")
+    parser.add_argument("--no-lora", action="store_true", help="skip the merged/unmerged LoRA variants")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="timed decodes per model (the median is reported; models take turns)")
+                        help="timed runs per side and per variant (the median is reported; they take turns)")
     parser.add_argument("--lora-noise", type=float, default=0.01,
                         help="scale of the random LoRA's B matrices (1: PEFT's plain random init)")
     return parser.parse_args(argv)
@@ -121,29 +126,36 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def _timed(backbone: Any, models: dict[str, Any], cuts: Any, config: Any, device: str,
+def _timed(backbone: Any, models: dict[str, tuple[Any, bool]], cuts: Any, config: Any, device: str,
            repeats: int) -> dict[str, dict[str, Any]]:
-    """Decode ``cuts`` with each model ``repeats`` times, the models taking
-    turns in a rotating order (a b c, b c a, c a b, ...) so that a slow spell
-    of the machine, or a slot in the order, hits all of them alike; per
-    model: the median seconds, every run's seconds, and the hypotheses (the
-    same in every run: decoding is deterministic)."""
+    """Decode ``cuts`` with each ``(model, share_cross_attention)`` ``repeats``
+    times, taking turns in a rotating order (a b c, b c a, c a b, ...) so that
+    a slow spell of the machine, or a slot in the order, hits all of them
+    alike; per name: the median seconds, every run's seconds, and the
+    hypotheses (the same in every run: decoding is deterministic)."""
     warm = cuts.subset(first=min(config.batch_size, len(cuts)))
-    for model in models.values():
-        _decode_ilt(backbone, model, warm, config, device)
+
+    def decode(name: str, subset: Any) -> tuple[dict[str, str], float]:
+        model, shared = models[name]
+        backbone.share_cross_attention = shared
+        try:
+            return _decode_ilt(backbone, model, subset, config, device)
+        finally:
+            backbone.share_cross_attention = True
+
+    for name in models:
+        decode(name, warm)
     runs: dict[str, list[float]] = {name: [] for name in models}
     hyps: dict[str, dict[str, str]] = {}
     names = list(models)
     for turn in range(repeats):
         for name in names[turn % len(names):] + names[:turn % len(names)]:
-            hyps[name], seconds = _decode_ilt(backbone, models[name], cuts, config, device)
+            hyps[name], seconds = decode(name, cuts)
             runs[name].append(seconds)
     return {name: {**_summary(cuts, hyps[name], _median(runs[name])), "runs": runs[name]} for name in models}
 
 
-def run_ilt(args: argparse.Namespace) -> dict[str, Any]:
-    import copy
-
+def _ilt_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
     from ilt.config import DecodeConfig
 
     device = resolve_device(args.device)
@@ -154,20 +166,31 @@ def run_ilt(args: argparse.Namespace) -> dict[str, Any]:
         beam_size={"default": args.beam}, batch_size=args.batch, precision=args.precision,
         max_new_tokens=_token_limit(backbone.model, backbone.is_multilingual, args.max_new_tokens),
         **({} if args.fallback else {"compression_ratio_threshold": None, "fallback_temperatures": []}))
-    main = _timed(backbone, {"ilt": backbone.model}, cuts, config, device, args.repeats)["ilt"]
-    out = {"side": "ilt", **main, "peak_memory": peak_memory(device), "info": device_info(device)}
-    # the same decoding with plain `generate` (no shared cross-attention), for the profile of the gain
-    backbone.share_cross_attention = False
-    out["plain_generate"] = _timed(backbone, {"plain": backbone.model}, cuts, config, device, 1)["plain"]
-    backbone.share_cross_attention = True
-    if args.no_lora:
-        return out
+    return backbone, cuts, config, device
+
+
+def run_ilt(args: argparse.Namespace) -> dict[str, Any]:
+    """One timed ``decode_cuts`` of all cuts, after a warm-up batch."""
+    backbone, cuts, config, device = _ilt_setup(args)
+    main = _timed(backbone, {"ilt": (backbone.model, True)}, cuts, config, device, 1)["ilt"]
+    return {"side": "ilt", **main, "peak_memory": peak_memory(device), "info": device_info(device)}
+
+
+def run_variants(args: argparse.Namespace) -> dict[str, Any]:
+    """In one process, taking turns ``--repeats`` times: the base model with
+    shared cross-attention (ilt's default) and with plain ``generate``; unless
+    ``--no-lora``, a random LoRA unmerged (PEFT) and merged into a copy."""
+    import copy
+
+    backbone, cuts, config, device = _ilt_setup(args)
     base = copy.deepcopy(backbone.model).eval()
-    peft_model = _random_lora(backbone, args)
-    merged = copy.deepcopy(peft_model).merge_and_unload().eval()
-    out["lora"] = _timed(backbone, {"base": base, "unmerged": peft_model, "merged": merged}, cuts, config, device,
-                         args.repeats)
-    return out
+    models: dict[str, tuple[Any, bool]] = {"base": (base, True), "plain": (base, False)}
+    if not args.no_lora:
+        peft_model = _random_lora(backbone, args)
+        models["unmerged"] = (peft_model, True)
+        models["merged"] = (copy.deepcopy(peft_model).merge_and_unload().eval(), True)
+    return {"side": "variants", "variants": _timed(backbone, models, cuts, config, device, args.repeats),
+            "info": device_info(device)}
 
 
 # --------------------------------------------------------------------------- the transformers pipeline
@@ -214,15 +237,12 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         return ({cut.id: out["text"].strip() for cut, out in zip(items, outputs)}, time.perf_counter() - start)
 
     transcribe(cuts.subset(first=min(args.batch, len(cuts))))
-    runs = []
-    for _ in range(args.repeats):
-        hyps, seconds = transcribe(cuts)
-        runs.append(seconds)
-    return {"side": "pipeline", **_summary(cuts, hyps, _median(runs)), "runs": runs,
-            "peak_memory": peak_memory(device), "info": device_info(device)}
+    hyps, seconds = transcribe(cuts)
+    return {"side": "pipeline", **_summary(cuts, hyps, seconds), "peak_memory": peak_memory(device),
+            "info": device_info(device)}
 
 
-ROLES = {"ilt": run_ilt, "pipeline": run_pipeline}
+ROLES = {"ilt": run_ilt, "pipeline": run_pipeline, "variants": run_variants}
 
 
 # --------------------------------------------------------------------------- driver
@@ -232,10 +252,6 @@ def _same(a: dict[str, str], b: dict[str, str]) -> str:
     return f"{sum(' '.join(a[k].split()) == ' '.join(b.get(k, '').split()) for k in a)}/{len(a)}"
 
 
-def _runs(r: dict[str, Any]) -> str:
-    return " ".join(f"{t:.2f}" for t in r.get("runs", [r["seconds"]]))
-
-
 def main() -> None:
     args = parse_args()
     device = driver_start(args, ROLES)
@@ -243,45 +259,46 @@ def main() -> None:
         return
     bench_cuts(args.utts, args.cache_dir)
     model_dir(args.model, args.cache_dir)
-    ilt = run_role(__file__, "ilt", sys.argv[1:])
-    ref = run_role(__file__, "pipeline", sys.argv[1:])
+    runs = run_alternating(__file__, ["ilt", "pipeline"], sys.argv[1:], args.repeats)
+    ilt, ref = median_run(runs["ilt"], "seconds"), median_run(runs["pipeline"], "seconds")
+    variants = run_role(__file__, "variants", sys.argv[1:])["variants"]
 
     settings = (f"model {args.model}, {args.utts} espeak-ng utterances ({ilt['audio_seconds']:.1f} s of audio), "
                 f"batch {args.batch}, beam {args.beam}, max {args.max_new_tokens} new tokens, {args.precision}, "
-                f"ilt fallback {'on' if args.fallback else 'off'}")
+                f"ilt fallback {'on' if args.fallback else 'off'}, {args.repeats} run(s) per side")
     header = ["", "utt/s", "RTF", "WER %", f"peak memory ({ilt['peak_memory']['kind']})", "decode s (median)",
               "all runs s"]
     rows = []
     for name, r in (("ilt (decode_cuts)", ilt), ("transformers pipeline", ref)):
         rows.append([name, fmt(r["utt_per_s"], ".2f"), fmt(r["rtf"], ".4f"), fmt(r["wer"], ".2f"),
-                     fmt_bytes(r["peak_memory"]["bytes"]), fmt(r["seconds"], ".2f"), _runs(r)])
+                     fmt_bytes(r["peak_memory"]["bytes"]), fmt(r["seconds"], ".2f"),
+                     " ".join(f"{t:.2f}" for t in r["runs_seconds"])])
     rows.append(["ilt / pipeline", fmt(ratio(ilt["utt_per_s"], ref["utt_per_s"]), ".2f"),
                  fmt(ratio(ilt["rtf"], ref["rtf"]), ".2f"), "",
                  fmt(ratio(ilt["peak_memory"]["bytes"], ref["peak_memory"]["bytes"]), ".2f"),
                  fmt(ratio(ilt["seconds"], ref["seconds"]), ".2f"), ""])
-    plain = ilt["plain_generate"]
     tables = [markdown_table(header, rows),
-              f"Identical hypotheses, ilt vs pipeline: {_same(ilt['hyps'], ref['hyps'])}.",
-              (f"ilt with plain `generate` (cross-attention keys/values per beam, reordered every step; "
-               f"one run): {plain['utt_per_s']:.2f} utt/s, WER {plain['wer']:.2f}%, "
-               f"{_same(plain['hyps'], ilt['hyps'])} hypotheses identical to ilt's; shared / plain = "
-               f"{ratio(ilt['utt_per_s'], plain['utt_per_s']):.2f}.")]
-    if "lora" in ilt:
-        lora = ilt["lora"]
-        base = lora["base"]
-        lora_rows = []
-        for name, key in (("base (no LoRA)", "base"), ("unmerged PEFT LoRA", "unmerged"),
-                          ("merged (merge_and_unload)", "merged")):
-            r = lora[key]
-            lora_rows.append([name, fmt(r["utt_per_s"], ".2f"), fmt(ratio(r["utt_per_s"], base["utt_per_s"]), ".3f"),
-                              fmt(r["wer"], ".2f"), "-" if key == "base" else _same(r["hyps"], base["hyps"]),
-                              _runs(r)])
-        tables += [(f"Random LoRA {args.lora_scope} r {args.r} alpha {args.alpha:g} "
-                    f"(B scaled by {args.lora_noise:g}), decoded with ilt, the three models taking turns "
-                    f"{args.repeats} times (median):"),
-                   markdown_table(["", "utt/s", "/ base", "WER %", "identical to base", "all runs s"], lora_rows),
-                   (f"Identical hypotheses, merged vs unmerged: "
-                    f"{_same(lora['merged']['hyps'], lora['unmerged']['hyps'])}.")]
+              (f"Each side ran {args.repeats} time(s), one fresh process per run, ilt and the pipeline taking "
+               f"turns. Identical hypotheses, ilt vs pipeline: {_same(ilt['hyps'], ref['hyps'])}.")]
+    base = variants["base"]
+    variant_rows = []
+    names = {"base": "base, shared cross-attention (ilt)", "plain": "base, plain `generate`",
+             "unmerged": "unmerged PEFT LoRA", "merged": "merged LoRA (merge_and_unload)"}
+    for key, name in names.items():
+        if key not in variants:
+            continue
+        r = variants[key]
+        variant_rows.append([name, fmt(r["utt_per_s"], ".2f"), fmt(ratio(r["utt_per_s"], base["utt_per_s"]), ".3f"),
+                             fmt(r["wer"], ".2f"), "-" if key == "base" else _same(r["hyps"], base["hyps"]),
+                             " ".join(f"{t:.2f}" for t in r["runs"])])
+    lora = "" if args.no_lora else (f"; the LoRA is random, {args.lora_scope} r {args.r} alpha {args.alpha:g}, "
+                                    f"its B scaled by {args.lora_noise:g}")
+    tables += [(f"Variants decoded by ilt in one process, taking turns {args.repeats} times in a rotating order "
+                f"(median){lora}:"),
+               markdown_table(["", "utt/s", "/ base", "WER %", "identical to base", "all runs s"], variant_rows)]
+    if not args.no_lora:
+        tables.append(f"Identical hypotheses, merged vs unmerged: "
+                      f"{_same(variants['merged']['hyps'], variants['unmerged']['hyps'])}.")
     info = ilt["info"]
     text = "\n\n".join(tables)
     print(f"\n{info['device']}\n{settings}\n\n{text}\n")

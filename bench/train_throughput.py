@@ -3,10 +3,12 @@ standard Hugging Face recipe (``Seq2SeqTrainer`` + PEFT ``get_peft_model`` + a
 speech seq2seq padding collator) on the same model, cuts, LoRA, precision,
 batch size, learning rate and warm-up, and number of optimiser steps.
 
-Each side runs in a fresh subprocess of this script. Prints samples/s (over the
-steady-state steps 2..N-1: the first step warms up and ilt writes its final
-checkpoint inside step N), peak memory (GPU: ``max_memory_allocated``; CPU:
-peak RSS of the process) and the final loss of each, and ilt / reference.
+Each run of a side is a fresh subprocess of this script; with ``--repeats N``
+the sides take turns (ilt, reference, reference, ilt, ...) and the median run
+of each is reported. Prints samples/s (over the steady-state steps 2..N-1: the
+first step warms up and ilt writes its final checkpoint inside step N), peak
+memory (GPU: ``max_memory_allocated``; CPU: peak RSS of the process) and the
+final loss of each, and ilt / reference.
 
     .venv/bin/python bench/train_throughput.py                    # CPU: tiny.en, batch 8, 10 steps
     .venv/bin/python bench/train_throughput.py --model large-v3 --precision bf16 \\
@@ -27,10 +29,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (BENCH_BACKBONE, add_common_args, bench_cuts, driver_start, device_info,
+from common import (BENCH_BACKBONE, add_common_args, bench_cuts, device_info, driver_start,
                     effective_precision, fmt, fmt_bytes, large_v3_parts, load_backbone, markdown_table,
-                    model_dir, peak_memory, ratio, record, register_bench_backbone, reset_peak_memory,
-                    resolve_device, run_role, sync, text_token_loss)
+                    median_run, model_dir, peak_memory, ratio, record, register_bench_backbone,
+                    reset_peak_memory, resolve_device, run_alternating, sync, text_token_loss)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shuffle-reference", action="store_true",
                         help="let the Trainer shuffle the cuts itself instead of replaying ilt's batches")
     parser.add_argument("--cuts", type=int, default=32, help="distinct espeak-ng training utterances")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs per side, one process each, the sides taking turns (the median is reported)")
     parser.add_argument("--force-precision", action="store_true",
                         help="keep bf16 on a CPU (ilt's force_precision; the reference gets bf16 too)")
     return parser.parse_args(argv)
@@ -348,22 +352,23 @@ def main() -> None:
     # made once, before the timed runs (both sides read the cache)
     bench_cuts(args.cuts, args.cache_dir)
     model_dir(args.model, args.cache_dir)
-    ilt = run_role(__file__, "ilt", sys.argv[1:])
-    ref = run_role(__file__, "reference", sys.argv[1:])
+    runs = run_alternating(__file__, ["ilt", "reference"], sys.argv[1:], args.repeats)
+    ilt, ref = median_run(runs["ilt"], "samples_per_s"), median_run(runs["reference"], "samples_per_s")
 
     precision = ilt["precision"]
     settings = (f"model {args.model}, batch {args.batch}, {args.steps} steps, {precision}"
                 f"{f' (asked {args.precision})' if precision != args.precision else ''}, "
-                f"LoRA {args.lora_scope} r {args.r} alpha {args.alpha:g} dropout {args.dropout:g}, lr {args.lr:g}, warm-up {args.warmup}, "
-                f"{args.cuts} espeak-ng cuts, seed {args.seed}")
-    header = ["", "samples/s", "timed steps", f"peak memory ({ilt['peak_memory']['kind']})",
+                f"LoRA {args.lora_scope} r {args.r} alpha {args.alpha:g} dropout {args.dropout:g}, lr {args.lr:g}, "
+                f"warm-up {args.warmup}, {args.cuts} espeak-ng cuts, seed {args.seed}, {args.repeats} run(s) per side")
+    header = ["", "samples/s (median)", "all runs", "timed steps", f"peak memory ({ilt['peak_memory']['kind']})",
               "final loss (same definition)", "last step loss (own)", "first step loss (own)", "wall s"]
     rows = []
     for name, r in (("ilt (train_round)", ilt), ("reference (Seq2SeqTrainer + PEFT)", ref)):
-        rows.append([name, fmt(r["samples_per_s"], ".2f"), r["timed_steps"], fmt_bytes(r["peak_memory"]["bytes"]),
+        rows.append([name, fmt(r["samples_per_s"], ".2f"), " ".join(fmt(v, ".2f") for v in r["runs_samples_per_s"]),
+                     r["timed_steps"], fmt_bytes(r["peak_memory"]["bytes"]),
                      fmt(r["same_loss"], ".4f"), fmt(r["final_loss"], ".4f"), fmt(r["first_loss"], ".4f"),
                      fmt(r["wall_s"], ".1f")])
-    rows.append(["ilt / reference", fmt(ratio(ilt["samples_per_s"], ref["samples_per_s"]), ".2f"), "",
+    rows.append(["ilt / reference", fmt(ratio(ilt["samples_per_s"], ref["samples_per_s"]), ".2f"), "", "",
                  fmt(ratio(ilt["peak_memory"]["bytes"], ref["peak_memory"]["bytes"]), ".2f"),
                  fmt(ratio(ilt["same_loss"], ref["same_loss"]), ".3f"), "", "",
                  fmt(ratio(ilt["wall_s"], ref["wall_s"]), ".2f")])
