@@ -465,9 +465,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def record(title: str, info: dict[str, Any], settings: str, table: str, notes: Sequence[str] = ()) -> None:
     """Append one run to ``bench/RESULTS.md`` (format: see its header)."""
-    command = shlex.join([os.path.relpath(sys.executable, REPO_DIR)
-                          if Path(sys.executable).is_relative_to(REPO_DIR) else sys.executable,
-                          os.path.relpath(sys.argv[0], REPO_DIR), *sys.argv[1:]])
+    env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
+           if k.startswith(("MALLOC_", "OMP_", "MKL_", "ILT_", "CUDA_VISIBLE"))]
+    command = " ".join(env + [shlex.join([os.path.relpath(sys.executable, REPO_DIR)
+                                          if Path(sys.executable).is_relative_to(REPO_DIR) else sys.executable,
+                                          os.path.relpath(sys.argv[0], REPO_DIR), *sys.argv[1:]])])
     block = [
         f"## {now()}: {title}",
         "",

@@ -121,3 +121,17 @@ def test_attention_implementation_is_restored_even_on_error(ml, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         ml.generate(ml.model, ml.features(_audio(1)), language="en", num_beams=2, max_new_tokens=3)
     assert ml.model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("language, width", [("de", 1), (None, 64)])  # d_model 64; detection reads the states
+def test_generate_gets_narrow_encoder_states_unless_it_detects_the_language(ml, monkeypatch, language, width):
+    seen = []
+    original = ml.model.generate
+
+    def spy(**kwargs):
+        seen.append(kwargs["encoder_outputs"].last_hidden_state.shape)
+        return original(**kwargs)
+
+    monkeypatch.setattr(ml.model, "generate", spy)
+    ml.generate(ml.model, ml.features(_audio(2)), language=language, num_beams=2, max_new_tokens=3)
+    assert seen and seen[0][0] == 2 and seen[0][-1] == width

@@ -504,7 +504,9 @@ class WhisperBackbone:
                 from ilt.plugins.whisper_beam import beam_shared_attention, prefill
 
                 with beam_shared_attention(base):
-                    encoder_outputs, cache = prefill(base, features)
+                    # language detection (a multilingual model, no language given) reads the encoder states
+                    encoder_outputs, cache = prefill(base, features,
+                                                     keep_encoder_states=multilingual and language is None)
                     sequences = runner.generate(encoder_outputs=encoder_outputs, past_key_values=cache,
                                                 generation_config=gen_config, **whisper_options)
             else:

@@ -86,12 +86,18 @@ def _cache_class() -> type:
 _CACHE_CLASS: type | None = None
 
 
-def prefill(model: Any, input_features: Any) -> tuple[Any, Any]:
+def prefill(model: Any, input_features: Any, *, keep_encoder_states: bool = True) -> tuple[Any, Any]:
     """Run the encoder once and fill a cross-attention cache with one row per
     utterance. Returns ``(encoder_outputs, past_key_values)`` for ``generate``.
 
     ``model`` is the ``WhisperForConditionalGeneration`` (LoRA layers may be
-    injected in it).
+    injected in it). With ``keep_encoder_states=False`` the encoder output
+    handed to ``generate`` keeps its batch and frame sizes (from which
+    ``generate`` reads the batch size and the input length) but only one
+    feature: the decoder reads keys and values from the cache and never the
+    encoder states, so ``generate``'s copy of them for every beam shrinks from
+    ``batch x beams x frames x d_model`` to ``batch x beams x frames``. Keep
+    them when ``generate`` must detect the language from them.
     """
     global _CACHE_CLASS
     from transformers.cache_utils import DynamicCache
@@ -109,7 +115,8 @@ def prefill(model: Any, input_features: Any) -> tuple[Any, Any]:
         keys = attention.k_proj(hidden).view(shape).transpose(1, 2).contiguous()
         values = attention.v_proj(hidden).view(shape).transpose(1, 2).contiguous()
         cross.update(keys, values, index)
-    return BaseModelOutput(last_hidden_state=hidden), _CACHE_CLASS(DynamicCache(config=config), cross)
+    states = hidden if keep_encoder_states else hidden[..., :1]
+    return BaseModelOutput(last_hidden_state=states), _CACHE_CLASS(DynamicCache(config=config), cross)
 
 
 @contextlib.contextmanager
