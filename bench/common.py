@@ -425,9 +425,10 @@ def run_alternating(script: str, roles: Sequence[str], argv: Sequence[str], repe
 
 
 def median_run(runs: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
-    """The run whose ``key`` is the median (the lower middle one for an even
-    count), with ``runs_<key>`` listing every run's value and ``peak_memory``
-    the largest of all runs."""
+    """The median run by ``key`` (the lower middle one for an even count),
+    with ``key`` set to the median of all runs (for an even count the mean of
+    the two middle ones), ``runs_<key>`` listing every run's value and
+    ``peak_memory`` the largest of all runs."""
     import statistics
 
     values = [r[key] for r in runs]
@@ -436,6 +437,7 @@ def median_run(runs: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
     else:
         target = statistics.median_low(values)
         chosen = dict(next(r for r in runs if r[key] == target))
+        chosen[key] = statistics.median(values)
     chosen[f"runs_{key}"] = values
     chosen["peak_memory"] = max((r["peak_memory"] for r in runs), key=lambda m: m["bytes"])
     return chosen

@@ -17,8 +17,9 @@ the same with plain ``generate`` (``share_cross_attention`` off: what the
 sharing gives), and, unless ``--no-lora``, a random non-zero LoRA
 (``init_lora_weights=False``, its B scaled by ``--lora-noise`` so that the
 hypotheses, and with them the work, stay close to the base model's) unmerged
-(PEFT) and merged into a copy (``merge_and_unload``): merged / base should be
-1.00 +- 0.03.
+(PEFT) and merged into a copy (``merge_and_unload``). Last, ``--pairs``
+back-to-back pairs of one batch, base and merged, give merged / base as the
+median of the per-pair ratios: it should be 1.00 +- 0.03.
 
     .venv/bin/python bench/decode_throughput.py                   # CPU: tiny.en, 16 utterances
     .venv/bin/python bench/decode_throughput.py --model large-v3 --precision bf16 \\
@@ -53,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-lora", action="store_true", help="skip the merged/unmerged LoRA variants")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per side and per variant (the median is reported; they take turns)")
+    parser.add_argument("--pairs", type=int, default=12,
+                        help="back-to-back base/merged pairs of one batch for the merged / base ratio (0: none)")
     parser.add_argument("--lora-noise", type=float, default=0.01,
                         help="scale of the random LoRA's B matrices (1: PEFT's plain random init)")
     return parser.parse_args(argv)
@@ -189,8 +192,32 @@ def run_variants(args: argparse.Namespace) -> dict[str, Any]:
         peft_model = _random_lora(backbone, args)
         models["unmerged"] = (peft_model, True)
         models["merged"] = (copy.deepcopy(peft_model).merge_and_unload().eval(), True)
-    return {"side": "variants", "variants": _timed(backbone, models, cuts, config, device, args.repeats),
-            "info": device_info(device)}
+    out = {"side": "variants", "variants": _timed(backbone, models, cuts, config, device, args.repeats),
+           "info": device_info(device)}
+    if not args.no_lora and args.pairs:
+        out["pairs"] = _paired(backbone, base, models["merged"][0], cuts, config, device, args.pairs)
+    return out
+
+
+def _paired(backbone: Any, base: Any, merged: Any, cuts: Any, config: Any, device: str,
+            pairs: int) -> dict[str, Any]:
+    """Merged / base speed from back-to-back decodes of one batch: ``pairs``
+    pairs, the order within a pair alternating (base first, then merged
+    first), the ratio taken within each pair (seconds apart, so a slow spell
+    of a shared machine hits both of its halves) and its median reported."""
+    import statistics
+
+    batch = cuts.subset(first=min(config.batch_size, len(cuts)))
+    ratios = []
+    for i in range(pairs):
+        order = [("base", base), ("merged", merged)]
+        seconds = {}
+        for name, model in (order if i % 2 == 0 else order[::-1]):
+            seconds[name] = _decode_ilt(backbone, model, batch, config, device)[1]
+        ratios.append(seconds["base"] / seconds["merged"])  # = merged utt/s / base utt/s
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
+    return {"median": statistics.median(ratios), "q1": quartiles[0], "q3": quartiles[2], "ratios": ratios,
+            "utts": len(batch)}
 
 
 # --------------------------------------------------------------------------- the transformers pipeline
@@ -261,7 +288,10 @@ def main() -> None:
     model_dir(args.model, args.cache_dir)
     runs = run_alternating(__file__, ["ilt", "pipeline"], sys.argv[1:], args.repeats)
     ilt, ref = median_run(runs["ilt"], "seconds"), median_run(runs["pipeline"], "seconds")
-    variants = run_role(__file__, "variants", sys.argv[1:])["variants"]
+    for r in (ilt, ref):  # from the median seconds
+        r["utt_per_s"], r["rtf"] = r["utts"] / r["seconds"], r["seconds"] / r["audio_seconds"]
+    extra = run_role(__file__, "variants", sys.argv[1:])
+    variants = extra["variants"]
 
     settings = (f"model {args.model}, {args.utts} espeak-ng utterances ({ilt['audio_seconds']:.1f} s of audio), "
                 f"batch {args.batch}, beam {args.beam}, max {args.max_new_tokens} new tokens, {args.precision}, "
@@ -299,6 +329,11 @@ def main() -> None:
     if not args.no_lora:
         tables.append(f"Identical hypotheses, merged vs unmerged: "
                       f"{_same(variants['merged']['hyps'], variants['unmerged']['hyps'])}.")
+    if pairs := extra.get("pairs"):
+        tables.append(
+            f"Merged / base utt/s from {len(pairs['ratios'])} back-to-back pairs of one {pairs['utts']}-utterance "
+            f"batch (order alternating within the pairs): median {pairs['median']:.3f}, quartiles "
+            f"{pairs['q1']:.3f}-{pairs['q3']:.3f}; every pair: {' '.join(f'{r:.3f}' for r in pairs['ratios'])}.")
     info = ilt["info"]
     text = "\n\n".join(tables)
     print(f"\n{info['device']}\n{settings}\n\n{text}\n")
