@@ -66,8 +66,7 @@ def beam_shared_sdpa(module: Any, query: Any, key: Any, value: Any, attention_ma
 def _register() -> None:
     from transformers import AttentionInterface
 
-    if ATTENTION_NAME not in AttentionInterface._global_mapping:
-        AttentionInterface.register(ATTENTION_NAME, beam_shared_sdpa)
+    AttentionInterface.register(ATTENTION_NAME, beam_shared_sdpa)  # a dict entry: repeating it is harmless
 
 
 def _cache_class() -> type:
