@@ -239,6 +239,14 @@ def special_token_ids(tokenizer: Any) -> dict[str, int]:
     return {key: int(vocab[tok]) for key, tok in names.items() if tok in vocab}
 
 
+def special_token_config(ids: dict[str, int]) -> dict[str, int]:
+    """The ``WhisperConfig`` token arguments of a Whisper tokenizer with
+    :func:`special_token_ids` ``ids``: end-of-text pads, begins and ends,
+    start-of-transcript starts the decoder."""
+    return {"pad_token_id": ids["eot"], "bos_token_id": ids["eot"], "eos_token_id": ids["eot"],
+            "decoder_start_token_id": ids["sot"]}
+
+
 def language_token_ids(tokenizer: Any) -> dict[str, int]:
     """``{"<|en|>": id, ...}`` for every language token of ``tokenizer``."""
     pattern = re.compile(r"^<\|[a-z]{2,3}\|>$")
@@ -323,10 +331,7 @@ def infer_config(model: Ct2Model, tokenizer: Any) -> Any:
         activation_function="gelu",
         scale_embedding=False,
         tie_word_embeddings=True,
-        pad_token_id=ids["eot"],
-        bos_token_id=ids["eot"],
-        eos_token_id=ids["eot"],
-        decoder_start_token_id=ids["sot"],
+        **special_token_config(ids),
     )
 
 

@@ -65,7 +65,7 @@ def tiny_whisper_dir(path: str | Path, *, multilingual: bool = True, max_source_
     import torch
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from ilt.convert import build_generation_config, special_token_ids
+    from ilt.convert import build_generation_config, special_token_config, special_token_ids
     from ilt.plugins.whisper import atomic_dir
 
     path = Path(path)
@@ -84,10 +84,7 @@ def tiny_whisper_dir(path: str | Path, *, multilingual: bool = True, max_source_
         decoder_ffn_dim=ffn_dim,
         max_source_positions=max_source_positions,
         max_target_positions=max_target_positions,
-        pad_token_id=ids["eot"],
-        bos_token_id=ids["eot"],
-        eos_token_id=ids["eot"],
-        decoder_start_token_id=ids["sot"],
+        **special_token_config(ids),
         suppress_tokens=suppress,
         begin_suppress_tokens=[220, ids["eot"]],
     )
