@@ -261,6 +261,11 @@ _BUFFER_CUTS = 20000
 _BATCHES_PER_BUCKET = 2
 
 
+def _buffer_cuts(epoch_cuts: int) -> int:
+    """Cuts in the bucketing sampler's buffer: one epoch, at most :data:`_BUFFER_CUTS`."""
+    return max(1, min(_BUFFER_CUTS, epoch_cuts))
+
+
 def _bucket_count(train: Any, epoch_cuts: int, epoch_seconds: float) -> int:
     """``train.num_buckets``, reduced so that each bucket of the sampler's
     buffer holds :data:`_BATCHES_PER_BUCKET` full micro-batches.
@@ -269,7 +274,7 @@ def _bucket_count(train: Any, epoch_cuts: int, epoch_seconds: float) -> int:
     buffer can fill (a small training set), most batches come out short (on
     32 cuts, 10 buckets and micro-batch 8, batches of 1 to 8 cuts, mean 4.4).
     """
-    buffer_cuts = max(1, min(_BUFFER_CUTS, epoch_cuts))
+    buffer_cuts = _buffer_cuts(epoch_cuts)
     if train.max_duration:
         mean_seconds = epoch_seconds / max(1, epoch_cuts)
         cuts_per_batch = max(1.0, train.max_duration / mean_seconds) if mean_seconds > 0 else 1.0
@@ -291,7 +296,7 @@ def _make_sampler(stream: Any, train: Any, epoch_cuts: int, epoch_seconds: float
     if buckets < 2:
         return DynamicCutSampler(stream, **common)
     return DynamicBucketingSampler(
-        stream, num_buckets=buckets, buffer_size=max(1, min(_BUFFER_CUTS, epoch_cuts)),
+        stream, num_buckets=buckets, buffer_size=_buffer_cuts(epoch_cuts),
         num_cuts_for_bins_estimate=max(1, min(10000, epoch_cuts)), **common)
 
 

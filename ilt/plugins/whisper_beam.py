@@ -30,6 +30,7 @@ SDPA on the same values); the tests check that the hypotheses equal plain
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Iterator
 
 #: The name :func:`beam_shared_sdpa` is registered under in transformers'
@@ -69,6 +70,7 @@ def _register() -> None:
     AttentionInterface.register(ATTENTION_NAME, beam_shared_sdpa)  # a dict entry: repeating it is harmless
 
 
+@functools.cache
 def _cache_class() -> type:
     from transformers.cache_utils import EncoderDecoderCache
 
@@ -80,9 +82,6 @@ def _cache_class() -> type:
             self.self_attention_cache.reorder_cache(beam_idx)
 
     return BeamSharedCrossCache
-
-
-_CACHE_CLASS: type | None = None
 
 
 def prefill(model: Any, input_features: Any, *, keep_encoder_states: bool = True) -> tuple[Any, Any]:
@@ -98,12 +97,9 @@ def prefill(model: Any, input_features: Any, *, keep_encoder_states: bool = True
     ``batch x beams x frames x d_model`` to ``batch x beams x frames``. Keep
     them when ``generate`` must detect the language from them.
     """
-    global _CACHE_CLASS
     from transformers.cache_utils import DynamicCache
     from transformers.modeling_outputs import BaseModelOutput
 
-    if _CACHE_CLASS is None:
-        _CACHE_CLASS = _cache_class()
     hidden = model.model.encoder(input_features).last_hidden_state
     config = model.config.get_text_config(decoder=True)
     cross = DynamicCache(config=config)
@@ -115,7 +111,7 @@ def prefill(model: Any, input_features: Any, *, keep_encoder_states: bool = True
         values = attention.v_proj(hidden).view(shape).transpose(1, 2).contiguous()
         cross.update(keys, values, index)
     states = hidden if keep_encoder_states else hidden[..., :1]
-    return BaseModelOutput(last_hidden_state=states), _CACHE_CLASS(DynamicCache(config=config), cross)
+    return BaseModelOutput(last_hidden_state=states), _cache_class()(DynamicCache(config=config), cross)
 
 
 @contextlib.contextmanager
