@@ -4,8 +4,8 @@ import string
 
 import pytest
 
+from ilt.data.languages import CER_LANGUAGES
 from ilt.data.text import (
-    CER_LANGUAGES,
     PUNCTUATION,
     normalize,
     split_cer_chars,

@@ -140,7 +140,7 @@ def prepare_kaldi(
     Writes ``<name>_{recordings,supervisions,cuts}.jsonl.gz`` under ``out_dir``
     with Lhotse's own Kaldi importer; every supervision gets ``language``.
 
-    :param language: ISO 639-1 code of the speech (one of the MLC-SLM languages).
+    :param language: ISO 639-1 code of the speech (any language Whisper knows).
     :param name: manifest name prefix and the key of the result; the data
         directory's name by default.
     :param accent: if given, stored as ``custom["accent"]`` on every supervision.

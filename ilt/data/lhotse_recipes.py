@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 
 from lhotse import CutSet, RecordingSet, SupervisionSet
 
-from ilt.data.languages import ISO_TO_LANGUAGE, validate_language
+from ilt.data.languages import WHISPER_LANGUAGES, validate_language
 from ilt.data.manifests import manifest_paths, manifests_exist, save_manifests
 from ilt.errors import IltInputError
 
@@ -85,9 +85,9 @@ def prepare_lhotse(corpus_dir: Path, out_dir: Path, *, recipe: str = "", languag
 
         out: dict[str, CutSet] = {}
         for keys, parts in _walk(result):
-            lang = next((k for k in keys if k in ISO_TO_LANGUAGE), default_language)
-            split = "_".join(k for k in keys if k not in ISO_TO_LANGUAGE) or "all"
-            if len(keys) > 1 and any(k in ISO_TO_LANGUAGE for k in keys):
+            lang = next((k for k in keys if k in WHISPER_LANGUAGES), default_language)
+            split = "_".join(k for k in keys if k not in WHISPER_LANGUAGES) or "all"
+            if len(keys) > 1 and any(k in WHISPER_LANGUAGES for k in keys):
                 split = f"{lang}_{split}"
             paths = manifest_paths(out_dir, name, split)
             if manifests_exist(paths) and not force:
@@ -97,7 +97,7 @@ def prepare_lhotse(corpus_dir: Path, out_dir: Path, *, recipe: str = "", languag
             recordings: RecordingSet = parts["recordings"]
             # Recipes write names ("English") or nothing; ilt needs ISO 639-1 codes.
             supervisions = SupervisionSet.from_segments(
-                s if s.language in ISO_TO_LANGUAGE else replace(s, language=lang)
+                s if s.language in WHISPER_LANGUAGES else replace(s, language=lang)
                 for s in parts["supervisions"])
             if any(s.language is None for s in supervisions):
                 raise IltInputError(f"{corpus_dir}: {recipe} split {split!r} has no ISO language; "

@@ -21,11 +21,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import soundfile as sf
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from tqdm.auto import tqdm
 
-from ilt.data.languages import LANGUAGES
+from ilt.data.audio import AudioProblem, open_recording
 from ilt.data.manifests import load_cuts, manifest_paths, manifests_exist, save_manifests
 from ilt.errors import IltInputError
 from ilt.utils import Skips
@@ -33,6 +32,22 @@ from ilt.utils import Skips
 log = logging.getLogger(__name__)
 
 PREFIX = "mlc_slm"
+
+#: The challenge's 11 language directory names -> ISO 639-1 code. A directory
+#: with another name is not a language: it is skipped and counted.
+LANGUAGES: dict[str, str] = {
+    "English": "en",
+    "French": "fr",
+    "German": "de",
+    "Italian": "it",
+    "Japanese": "ja",
+    "Korean": "ko",
+    "Portuguese": "pt",
+    "Russian": "ru",
+    "Spanish": "es",
+    "Thai": "th",
+    "Vietnamese": "vi",
+}
 
 
 def centiseconds(t: float) -> str:
@@ -137,15 +152,9 @@ def _read_lines(conv: _Conversation, skips: Skips) -> bool:
 
 
 def _read_recording(conv: _Conversation, skips: Skips) -> Recording | None:
-    try:
-        sf.info(str(conv.wav))  # libsndfile's message is the clearest one
-        rec = Recording.from_file(conv.wav.resolve(), recording_id=conv.recording_id)
-    except Exception as exc:  # corrupt, truncated or not audio at all
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        skips.skip("unreadable audio", str(conv.wav), detail[:200])
-        return None
-    if rec.num_samples == 0:
-        skips.skip("empty audio", str(conv.wav))
+    rec = open_recording(conv.wav, conv.recording_id)
+    if isinstance(rec, AudioProblem):
+        skips.skip(rec.reason, str(conv.wav), rec.detail)
         return None
     return rec
 

@@ -23,18 +23,15 @@ from __future__ import annotations
 
 import re
 
+from ilt.data.languages import CER_LANGUAGES, base_language
+
 __all__ = [
-    "CER_LANGUAGES",
     "PUNCTUATION",
-    "base_language",
     "normalize",
     "split_cer_chars",
     "tokens_for_scoring",
     "unit_of",
 ]
-
-#: Languages scored by character error rate; every other language by word.
-CER_LANGUAGES = frozenset({"ja", "ko", "th"})
 
 #: Characters deleted by :func:`normalize`: ASCII punctuation without ``'``
 #: and ``-``, then the CJK and Spanish marks the challenge lists.
@@ -59,11 +56,6 @@ _CER_BLOCKS = (
     ("\u0e00", "\u0e7f"),
 )
 _CER_CHAR_RE = re.compile("([" + "".join(f"{lo}-{hi}" for lo, hi in _CER_BLOCKS) + "])")
-
-
-def base_language(language: str) -> str:
-    """``"JA"`` -> ``"ja"``, ``"pt-BR"`` -> ``"pt"``: the code that picks the unit."""
-    return re.split(r"[-_]", language.strip().lower(), maxsplit=1)[0]
 
 
 def unit_of(language: str) -> str:
@@ -93,7 +85,7 @@ def split_cer_chars(text: str) -> str:
 
 
 def tokens_for_scoring(text: str | None, language: str) -> list[str]:
-    """Normalised scoring units: words, or characters for :data:`CER_LANGUAGES`."""
+    """Normalised scoring units: words, or characters for :data:`ilt.data.languages.CER_LANGUAGES`."""
     normalised = normalize(text, language)
     if unit_of(language) == "char":
         normalised = split_cer_chars(normalised)

@@ -1,0 +1,140 @@
+"""Audio loading and the bad-audio checks (ilt.data.audio) on real small WAV files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from lhotse import Recording
+
+from ilt.data.audio import (
+    EMPTY,
+    NON_FINITE,
+    SILENT,
+    TOO_LONG,
+    UNREADABLE,
+    AudioProblem,
+    check_audio,
+    error_detail,
+    load_checked,
+    open_recording,
+)
+
+SR = 16000
+
+
+def tone(seconds: float, rate: int = SR, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(round(seconds * rate))) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def cut_of(path: Path, samples: np.ndarray, rate: int = SR, subtype: str = "PCM_16") -> object:
+    sf.write(path, samples, rate, subtype=subtype)
+    return Recording.from_file(path, recording_id=path.stem).to_cut()
+
+
+def test_good_wav_loads_as_mono_float32(tmp_path):
+    x = tone(1.0)
+    audio = load_checked(cut_of(tmp_path / "good.wav", x), SR)
+    assert isinstance(audio, np.ndarray)
+    assert audio.dtype == np.float32 and audio.shape == (SR,)
+    assert np.abs(audio - x).max() < 1e-3  # int16 quantisation only
+
+
+def test_stereo_channels_are_averaged(tmp_path):
+    x = tone(0.5)
+    audio = load_checked(cut_of(tmp_path / "stereo.wav", np.stack([x, 0.5 * x], axis=1), subtype="FLOAT"), SR)
+    assert audio.shape == (SR // 2,)
+    np.testing.assert_allclose(audio, 0.75 * x, atol=1e-6)
+
+
+def test_8khz_is_resampled_to_16khz(tmp_path):
+    audio = load_checked(cut_of(tmp_path / "8k.wav", tone(0.5, rate=8000), rate=8000), SR)
+    assert isinstance(audio, np.ndarray) and audio.shape == (SR // 2,)
+    spectrum = np.abs(np.fft.rfft(audio))
+    peak_hz = np.argmax(spectrum) * SR / audio.size
+    assert abs(peak_hz - 440.0) <= 4.0
+
+
+def test_empty_wav(tmp_path):
+    problem = load_checked(cut_of(tmp_path / "empty.wav", np.zeros(0, np.float32)), SR)
+    assert problem == AudioProblem(EMPTY) and str(problem) == "empty audio"
+    assert open_recording(tmp_path / "empty.wav", "empty") == AudioProblem(EMPTY)
+
+
+def test_garbage_file_is_unreadable(tmp_path):
+    cut = cut_of(tmp_path / "bad.wav", tone(0.5))
+    (tmp_path / "bad.wav").write_bytes(b"this is not a wav file" * 10)
+    problem = load_checked(cut, SR)
+    assert isinstance(problem, AudioProblem) and problem.reason == UNREADABLE == "unreadable audio"
+    assert str(problem).startswith("unreadable audio: ") and problem.detail
+    opened = open_recording(tmp_path / "bad.wav", "bad")
+    assert isinstance(opened, AudioProblem) and opened.reason == UNREADABLE
+    assert "LibsndfileError" in opened.detail and "\n" not in opened.detail
+
+
+def test_truncated_file_is_unreadable(tmp_path):
+    path = tmp_path / "trunc.wav"
+    cut = cut_of(path, tone(1.0))
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])  # the manifest still says 1 s
+    problem = load_checked(cut, SR)
+    assert isinstance(problem, AudioProblem) and problem.reason == UNREADABLE
+    assert len(problem.detail) <= 200 and "\n" not in problem.detail
+
+
+def test_missing_file_is_unreadable(tmp_path):
+    cut = cut_of(tmp_path / "gone.wav", tone(0.2))
+    (tmp_path / "gone.wav").unlink()
+    assert load_checked(cut, SR).reason == UNREADABLE
+    assert open_recording(tmp_path / "gone.wav", "gone").reason == UNREADABLE
+
+
+def test_non_finite_float_wav(tmp_path):
+    x = tone(0.5)
+    x[100] = np.nan
+    cut = cut_of(tmp_path / "nan.wav", x, subtype="FLOAT")
+    assert load_checked(cut, SR) == AudioProblem(NON_FINITE)
+    assert load_checked(cut, 8000) == AudioProblem(NON_FINITE)  # after resampling too
+    y = tone(0.5)
+    y[7] = np.inf
+    assert load_checked(cut_of(tmp_path / "inf.wav", y, subtype="FLOAT"), SR).reason == "non-finite audio"
+
+
+def test_silent_audio_only_when_asked(tmp_path):
+    cut = cut_of(tmp_path / "silent.wav", np.zeros(SR, np.float32))
+    audio = load_checked(cut, SR)  # decoding: silence is decoded
+    assert isinstance(audio, np.ndarray) and audio.shape == (SR,) and not audio.any()
+    problem = load_checked(cut, SR, reject_silent=True)
+    assert problem == AudioProblem(SILENT) and str(problem) == "silent audio (all zeros)"
+
+
+def test_too_long_only_with_a_window(tmp_path):
+    cut = cut_of(tmp_path / "long.wav", tone(2.0))
+    assert isinstance(load_checked(cut, SR), np.ndarray)  # decoding chunks long audio
+    problem = load_checked(cut, SR, max_samples=SR)
+    assert problem.reason == TOO_LONG
+    assert str(problem) == "audio too long: 2.00 s, the model window is 1 s"
+    assert isinstance(load_checked(cut, SR, max_samples=2 * SR), np.ndarray)  # exactly the window fits
+
+
+def test_check_order_and_passes():
+    assert check_audio(np.zeros(0, np.float32), SR, reject_silent=True, max_samples=1).reason == EMPTY
+    nan_long = np.full(10, np.nan, np.float32)
+    assert check_audio(nan_long, SR, reject_silent=True, max_samples=1).reason == NON_FINITE
+    assert check_audio(np.zeros(10, np.float32), SR, reject_silent=True, max_samples=1).reason == SILENT
+    assert check_audio(np.ones(10, np.float32), SR, reject_silent=True, max_samples=10) is None
+
+
+def test_open_recording_good_file(tmp_path):
+    sf.write(tmp_path / "ok.wav", tone(0.25), SR, subtype="PCM_16")
+    rec = open_recording(tmp_path / "ok.wav", "rec-1")
+    assert isinstance(rec, Recording)
+    assert rec.id == "rec-1" and rec.num_samples == SR // 4 and rec.sampling_rate == SR
+
+
+def test_error_detail_is_one_short_line():
+    assert error_detail(OSError("first line\nsecond line")) == "OSError: first line"
+    assert error_detail(ValueError("")) == "ValueError"
+    assert len(error_detail(RuntimeError("x" * 500))) == 200
