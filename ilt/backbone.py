@@ -63,9 +63,13 @@ class Backbone(Protocol):
         """Turn a Lhotse ``CutSet`` (with text and language on the first
         supervision) into a training batch with masked label padding."""
 
-    def loss(self, model: Any, batch: Batch) -> Any:
+    def loss(self, model: Any, batch: Batch, *, label_smoothing: float = 0.0) -> Any:
         """The generative cross-entropy loss of ``batch`` under ``model`` (a
-        scalar tensor); ``model`` may be the PEFT-wrapped model."""
+        scalar tensor, the mean over label tokens); ``model`` may be the
+        PEFT-wrapped model. ``label_smoothing`` in ``[0, 1)`` is the weight of
+        the uniform distribution mixed into the targets, as in
+        ``torch.nn.functional.cross_entropy`` (the ``ce`` loss's option); at 0
+        the loss is the plain cross-entropy."""
 
     def features(self, audios: Sequence[np.ndarray]) -> dict[str, Any]:
         """Model inputs for raw mono audio at :attr:`sampling_rate`, each at

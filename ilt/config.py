@@ -7,13 +7,22 @@ read in one place.
 
 The ``lora:`` block's keys are PEFT ``LoraConfig`` arguments; ``target_modules``
 may also be a scope name (``attention`` or ``wide``) that the backbone expands.
+
+A component chosen by name (``backbone``, ``task.loss``) is a
+:class:`ComponentSpec`, written either as a plain name (``loss: ce``) or as a
+mapping of the name plus the factory's options (``loss: {name: ce,
+label_smoothing: 0.1}``). The schema only checks the form;
+:func:`check_components` (run by ``ilt config check``) checks the name and the
+options against the registered factory.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
+import inspect
 import json
 import types
 import typing
@@ -32,6 +41,64 @@ def _field(default: Any = dataclasses.MISSING, *, default_factory: Any = datacla
            help: str = "", **constraints: Any) -> Any:
     return field(default=default, default_factory=default_factory,
                  metadata={"help": help, **constraints})
+
+
+# ---------------------------------------------------------------------------
+# Components
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A component chosen in YAML: a registered ``name`` plus its factory's ``options``.
+
+    YAML forms: ``loss: ce`` (no options) or ``loss: {name: ce, label_smoothing:
+    0.1}`` (every key but ``name`` is an option, so no factory option may be
+    called ``name``). :meth:`to_yaml` writes the plain name back when there are
+    no options, so configs and their hashes look as they did before options
+    existed. ``str(spec)`` is the name, for logs; JSON and YAML use
+    :func:`to_dict`.
+    """
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def to_yaml(self) -> str | dict[str, Any]:
+        """The plain name without options, else ``{name: ..., **options}``."""
+        if not self.options:
+            return self.name
+        return {"name": self.name, **copy.deepcopy(self.options)}
+
+    @classmethod
+    def from_yaml(cls, value: Any, where: str = "component") -> ComponentSpec:
+        """Parse either YAML form; a :class:`ConfigError` names ``where``."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            options: dict[str, Any] = {}
+            name: Any = value
+        elif isinstance(value, dict):
+            if "name" not in value:
+                raise ConfigError(f"{where}: a component mapping needs a 'name' key (the registered name), "
+                                  f"got keys {', '.join(map(str, value)) or '(none)'}")
+            options = {k: v for k, v in value.items() if k != "name"}
+            name = value["name"]
+            bad = [k for k in options if not isinstance(k, str)]
+            if bad:
+                raise ConfigError(f"{where}: option names must be strings, got {bad[0]!r}")
+        else:
+            raise ConfigError(f"{where}: expected a component name or a mapping {{name: NAME, OPTION: VALUE}}, "
+                              f"got {value!r}")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{where}.name: expected a non-empty string, got {name!r}")
+        return cls(name, copy.deepcopy(options))
+
+
+def _spec_field(default: str, kind: str, help: str) -> Any:
+    return _field(default_factory=lambda: ComponentSpec(default), kind=kind,
+                  help=f"{help}: a name, or {{name: NAME, OPTION: VALUE, ...}}")
 
 
 # ---------------------------------------------------------------------------
@@ -71,8 +138,11 @@ class DataSource:
 class TaskSection:
     """A knowledge task: a loss plus a weighted data mix."""
 
-    loss: str = _field("ce", help="name of a registered loss")
+    loss: ComponentSpec = _spec_field("ce", "loss", "a registered loss")
     data: list[DataSource] = _field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.loss = ComponentSpec.from_yaml(self.loss, "task.loss")
 
 
 @dataclass
@@ -109,18 +179,21 @@ class RoundConfig:
     """One ILT round (Focus, Feedback, Fix): a LoRA, a knowledge task, training."""
 
     name: str = _field(help="round name, used in lineage")
-    backbone: str = _field("whisper", help="name of a registered backbone")
+    backbone: ComponentSpec = _spec_field("whisper", "backbone", "a registered backbone")
     lora: LoraSection = _field(default_factory=LoraSection)
     task: TaskSection = _field(default_factory=TaskSection)
     train: TrainSection = _field(default_factory=TrainSection)
     select: SelectSection = _field(default_factory=SelectSection)
+
+    def __post_init__(self) -> None:
+        self.backbone = ComponentSpec.from_yaml(self.backbone, "backbone")
 
 
 @dataclass
 class DecodeConfig:
     """Decoding options (``conf/decode.yaml``)."""
 
-    backbone: str = _field("whisper", help="name of a registered backbone")
+    backbone: ComponentSpec = _spec_field("whisper", "backbone", "a registered backbone")
     beam_size: dict[str, int] = _field(
         default_factory=lambda: {"default": 6, "ja": 1, "th": 1, "vi": 1},
         help="beam size per ISO 639-1 language; 'default' for the rest", min=1)
@@ -135,6 +208,9 @@ class DecodeConfig:
         help="sampling temperatures tried in turn when a hypothesis loops")
     no_repeat_ngram_size: int = _field(0, min=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    def __post_init__(self) -> None:
+        self.backbone = ComponentSpec.from_yaml(self.backbone, "backbone")
 
     def beam_for(self, language: str | None) -> int:
         return self.beam_size.get(language or "", self.beam_size.get("default", 1))
@@ -196,6 +272,8 @@ def _convert(value: Any, tp: Any, where: str, meta: dict[str, Any]) -> Any:
         if value is not None:
             raise ConfigError(f"{where}: expected null, got {value!r}")
         return None
+    if tp is ComponentSpec:
+        return ComponentSpec.from_yaml(value, where)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
     if tp is bool:
@@ -293,6 +371,8 @@ def apply_overrides(data: dict[str, Any], overrides: Any, source: str = "--overr
         *parents, leaf = key.split(".")
         for part in parents:
             child = node.setdefault(part, {})
+            if isinstance(child, str):  # a plain component name gains options: task.loss.label_smoothing=0.1
+                child = node[part] = {"name": child}
             if not isinstance(child, dict):
                 raise ConfigError(f"{source}: {key}: {part!r} is not a mapping")
             node = child
@@ -320,19 +400,125 @@ def load_decode(path: str | Path | None) -> DecodeConfig:
 
 def schema_for(data: dict[str, Any]) -> type:
     """The schema of a parsed file, recognised by its top-level keys."""
-    if "lora" in data or "task" in data or "train" in data:
+    if data.keys() & {"name", "lora", "task", "train", "select"}:  # keys only a round has
         return RoundConfig
     return DecodeConfig
 
 
-def check_file(path: str | Path) -> Any:
-    """Validate any project YAML, choosing its schema from its content."""
+def check_file(path: str | Path, *, registry: Any = None) -> Any:
+    """Validate any project YAML, choosing its schema from its content.
+
+    :param registry: an :class:`ilt.plugins.Registry` (``get_registry()``):
+        also check component names and options against the registered
+        factories (:func:`check_components`).
+    """
     data = read_yaml(path)
-    return from_dict(schema_for(data), data, path)
+    config = from_dict(schema_for(data), data, path)
+    if registry is not None:
+        check_components(config, registry, path)
+    return config
+
+
+# ---------------------------------------------------------------------------
+# Components against the plugin registry
+
+
+def component_specs(config: Any, where: str = "") -> list[tuple[str, str, ComponentSpec]]:
+    """Every ``(dotted key, kind, spec)`` in a loaded config, in field order."""
+    found = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = f"{where}{f.name}"
+        if isinstance(value, ComponentSpec):
+            found.append((key, f.metadata["kind"], value))
+        elif dataclasses.is_dataclass(value):
+            found.extend(component_specs(value, f"{key}."))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    found.extend(component_specs(item, f"{key}[{i}]."))
+    return found
+
+
+def check_components(config: Any, registry: Any, source: str | Path = "<config>") -> None:
+    """Check each component's name and options against its factory in
+    ``registry`` (an :class:`ilt.plugins.Registry`; this module does not import
+    the plugin layer, the caller hands the registry down).
+
+    Raises :class:`ConfigError` naming ``source`` and the dotted key for an
+    unknown name (listing the known ones), an unknown option (listing the
+    accepted ones), an option the caller sets itself (a backbone's ``dtype``),
+    a missing required option, or a value of the wrong type where the factory
+    annotates a simple type (``bool``, ``int``, ``float``, ``str``, their
+    ``Optional``, ``Literal``, lists and mappings of them).
+    """
+    for key, kind, spec in component_specs(config):
+        try:
+            component = registry.get(kind, spec.name)
+        except Exception as exc:  # the registry's PluginError: an unknown name
+            raise ConfigError(f"{source}: {key}: {exc}") from None
+        problem = _option_problem(component, spec, key)
+        if problem:
+            raise ConfigError(f"{source}: {problem}")
+
+
+def _option_problem(component: Any, spec: ComponentSpec, key: str) -> str | None:
+    """The first problem of ``spec``'s options for ``component``, as ``key...: why``."""
+    what = f"{component.kind} {component.name!r} (package {component.package!r})"
+    accepted = component.options()
+    for option, value in spec.options.items():
+        if option in component.caller_options():
+            return f"{key}.{option}: set by ilt itself, not in the config; remove it"
+        if accepted is None:
+            continue
+        if option not in accepted:
+            close = _suggest(option, list(accepted))
+            hint = f" (did you mean {close!r}?)" if close else ""
+            known = f"accepted options: {', '.join(accepted)}" if accepted else f"{what} takes no options"
+            return f"{key}.{option}: unknown option of {what}{hint}; {known}"
+        hint_type = component.option_types().get(option)
+        if hint_type is not None and _simple_type(hint_type):
+            try:
+                _convert(value, hint_type, f"{key}.{option}", {})
+            except ConfigError as exc:
+                return str(exc)
+    missing = [name for name, p in (accepted or {}).items()
+               if p.default is inspect.Parameter.empty and name not in spec.options]
+    if missing:
+        return f"{key}: {what} needs option(s) {', '.join(missing)}; write {{name: {spec.name}, {missing[0]}: ...}}"
+    return None
+
+
+def _simple_type(tp: Any) -> bool:
+    """Whether :func:`_convert` can check values of ``tp`` (scalars and containers of them)."""
+    if tp in (bool, int, float, str, type(None)):
+        return True
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return True
+    if origin in (Union, types.UnionType, list, dict):
+        args = typing.get_args(tp)
+        if origin is dict and args and args[0] is not str:
+            return False
+        return bool(args) and all(_simple_type(a) for a in args)
+    return False
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ComponentSpec):
+        return value.to_yaml()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return copy.deepcopy(value)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """Plain data (for JSON and YAML): components as a name, or ``{name, **options}``."""
+    return _plain(config)
 
 
 def config_hash(config: Any) -> str:

@@ -10,12 +10,24 @@ and the plugin calls it once per component it provides::
         register("majority", MajorityVoter)
 
 ``register(name, factory)`` stores ``factory`` under ``name`` for the hook's
-kind. The factory is called later, by name, with the keyword arguments the
-caller documents for that kind. Plugins return nothing: the order in which
-pluggy calls hooks (last registered first) never decides anything, because
-components are always chosen by name from configuration.
+kind. Plugins return nothing: the order in which pluggy calls hooks (last
+registered first) never decides anything, because components are always
+chosen by name from configuration.
 
-A name registered twice within one kind is an error naming both packages.
+The factory is called later through ``ilt.plugins.create(kind, name_or_spec,
+*args, **options)``: with the positional arguments the hook documents (a
+backbone's ``model_dir``) and, as keyword arguments, the options the YAML gives
+(``loss: {name: ce, label_smoothing: 0.1}``). Declare options as keyword
+parameters with defaults and simple annotations (``float``, ``int``, ``str``,
+``bool``, ``Literal``...): ``ilt config check`` checks option names and types
+against the factory's signature. A factory taking ``**options`` accepts
+anything. What each factory returns is a protocol of :mod:`ilt.components`
+(or :class:`ilt.backbone.Backbone`). A factory rejects bad option values by
+raising :class:`ilt.config.ConfigError`; any other exception is reported as a
+:class:`ilt.plugins.PluginError` naming the component and its package.
+
+A name registered twice within one kind is an error naming both packages. A
+plugin that fails to import, or whose hook raises, is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -35,11 +47,15 @@ def ilt_register_backbones(register: Register) -> None:
     """Register speech model backbones.
 
     :param register: call ``register(name, factory)``. ``factory(model_dir, *,
-        dtype=None, device=None)`` must return an object implementing
+        dtype=None, device=None, **options)`` must return an object implementing
         :class:`ilt.backbone.Backbone`: it loads a model and its processor from a
         local directory, names LoRA target modules for a scope (``attention``,
         ``wide``) or accepts explicit names, collates Lhotse cuts into batches,
         computes the generative loss, generates hypotheses and saves a full model.
+        ``model_dir``, ``dtype`` and ``device`` come from the caller; other
+        keyword parameters are options of the YAML's ``backbone:`` (round and
+        decode configs). A missing or wrong ``model_dir`` is an
+        :class:`ilt.errors.IltInputError` naming it.
     """
 
 
@@ -48,9 +64,11 @@ def ilt_register_augmenters(register: Register) -> None:
     """Register audio or text augmenters (for example TTS engines).
 
     :param register: call ``register(name, factory)``. ``factory(**options)``
-        returns an object whose ``augment(cuts, out_dir)`` takes a Lhotse
-        ``CutSet`` and returns a new ``CutSet`` of augmented cuts whose audio was
-        written under ``out_dir``.
+        returns an :class:`ilt.components.Augmenter`: ``augment(prompts,
+        targets, out_dir) -> CutSet`` produces one new cut per
+        :class:`ilt.components.AugmentTarget` (ID, text, language, prompt cut),
+        prompted by the audio and transcripts of the ``prompts`` cuts, with its
+        audio written under ``out_dir``.
     """
 
 
@@ -59,8 +77,9 @@ def ilt_register_selectors(register: Register) -> None:
     """Register data selectors (for example speaker-embedding similarity).
 
     :param register: call ``register(name, factory)``. ``factory(**options)``
-        returns an object whose ``select(pool, reference)`` takes two Lhotse
-        ``CutSet`` objects and returns the subset of ``pool`` to keep.
+        returns an :class:`ilt.components.Selector`: ``select(pool, reference)
+        -> CutSet`` returns the cuts of ``pool`` to keep, in order; a scoring
+        selector sets ``cut.custom["select_score"]`` on each kept cut.
     """
 
 
@@ -69,8 +88,10 @@ def ilt_register_voters(register: Register) -> None:
     """Register hypothesis voters for pseudo-labelling.
 
     :param register: call ``register(name, factory)``. ``factory(**options)``
-        returns a callable ``vote(hypotheses: list[str]) -> str`` that picks or
-        builds one label from the hypotheses of N models for one utterance.
+        returns an :class:`ilt.components.Voter`: ``vote(hypotheses, language)
+        -> Vote`` builds one pseudo-label (and its agreement in ``[0, 1]``) from
+        the :class:`ilt.components.Hypothesis` of each of N models (text, mean
+        token log-probability, model name, optional tokens) for one utterance.
     """
 
 
@@ -79,9 +100,10 @@ def ilt_register_losses(register: Register) -> None:
     """Register training losses for knowledge tasks.
 
     :param register: call ``register(name, factory)``. ``factory(**options)``
-        returns a callable ``loss(backbone, model, batch) -> torch.Tensor``
-        giving a scalar loss for one collated batch. The round YAML names the
-        loss in ``task.loss``.
+        returns an :class:`ilt.components.Loss`: a callable ``loss(backbone,
+        model, batch) -> torch.Tensor`` giving a scalar loss for one collated
+        batch. The round YAML names the loss and its options in ``task.loss``
+        (``ce``, or ``{name: ce, label_smoothing: 0.1}``).
     """
 
 
@@ -90,7 +112,8 @@ def ilt_register_corpora(register: Register) -> None:
     """Register corpus preparation functions.
 
     :param register: call ``register(name, factory)``. The factory is the
-        prepare function itself: ``factory(corpus_dir, out_dir, **options)`` reads a corpus from ``corpus_dir``, writes Lhotse
+        prepare function itself: ``factory(corpus_dir, out_dir, **options)``
+        reads a corpus from ``corpus_dir``, writes Lhotse
         manifests (``*.jsonl.gz``) atomically under ``out_dir`` and returns a
         dict mapping split names to ``CutSet`` objects. It is exposed as
         ``ilt prepare NAME``; its keyword-only options with defaults become

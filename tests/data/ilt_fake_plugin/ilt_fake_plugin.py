@@ -1,42 +1,49 @@
-"""A third-party plugin implementing every ilt hook once."""
+"""A third-party plugin implementing every ilt hook once, with the contracts of
+ilt.components and options declared as keyword parameters."""
 
-from ilt import hookspecs
-
-hookimpl = hookspecs.hookimpl
+from ilt import hookimpl
+from ilt.components import Vote
 
 
 class FakeBackbone:
     name = "fake-backbone"
 
-    def __init__(self, model_dir, *, dtype=None, device=None):
+    def __init__(self, model_dir, *, dtype=None, device=None, flavour: str = "plain"):
         self.model_dir = model_dir
+        self.flavour = flavour
 
 
 class FakeAugmenter:
-    def __init__(self, **options):
-        self.options = options
+    def __init__(self, *, speed: float = 1.0):
+        self.speed = speed
 
-    def augment(self, cuts, out_dir):
-        return cuts
+    def augment(self, prompts, targets, out_dir):
+        return prompts
 
 
 class FakeSelector:
-    def __init__(self, **options):
-        self.options = options
+    def __init__(self, *, keep: int = 10):
+        self.keep = keep
 
     def select(self, pool, reference):
         return pool
 
 
-def fake_voter(**options):
-    def vote(hypotheses):
-        return max(hypotheses, key=len)
-    return vote
+class LongestVoter:
+    """Votes for the longest hypothesis; agreement is the share of models that produced it."""
+
+    def vote(self, hypotheses, language):
+        best = max(hypotheses, key=lambda h: len(h.text))
+        return Vote(best.text, sum(h.text == best.text for h in hypotheses) / len(hypotheses))
 
 
-def fake_loss(**options):
+def fake_voter():
+    return LongestVoter()
+
+
+def fake_loss(*, scale: float = 0.0):
     def loss(backbone, model, batch):
-        return 0.0
+        return scale
     return loss
 
 
