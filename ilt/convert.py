@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ilt.errors import IltInputError
-from ilt.utils import atomic_dir, log
+from ilt.utils import atomic_dir, log, sha256_file
 
 SUPPORTED_BINARY_VERSIONS = (6,)
 
@@ -338,15 +338,48 @@ def infer_config(model: Ct2Model, tokenizer: Any) -> Any:
 # --------------------------------------------------------------------------- conversion
 
 
-def convert_ct2(src_dir: str | Path, out_dir: str | Path) -> Path:
+def _build_model(config: Any, state: dict[str, np.ndarray], gen: Any, bin_path: Path) -> Any:
+    """A ``WhisperForConditionalGeneration`` holding the mapped weights (strict, tied output projection)."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(config)
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
+    model.load_state_dict(tensors, strict=True, assign=True)
+    model.tie_weights()
+    if not torch.equal(model.proj_out.weight, model.model.decoder.embed_tokens.weight):
+        raise IltInputError(f"{bin_path}: the output projection is not the token embedding")
+    model.generation_config = gen
+    model.eval()
+    return model
+
+
+def _feature_extractor(src_dir: Path, num_mel_bins: int) -> Any:
+    """The source's ``preprocessor_config.json`` when it has one (checked), else Whisper's default."""
+    from transformers import WhisperFeatureExtractor
+
+    if not (src_dir / "preprocessor_config.json").is_file():
+        return WhisperFeatureExtractor(feature_size=num_mel_bins)
+    feature_extractor = WhisperFeatureExtractor.from_pretrained(src_dir)
+    if feature_extractor.feature_size != num_mel_bins:
+        raise IltInputError(f"{src_dir}/preprocessor_config.json: {feature_extractor.feature_size} mel bins, "
+                            f"the model takes {num_mel_bins}")
+    return feature_extractor
+
+
+def convert_ct2(src_dir: str | Path, out_dir: str | Path, *, source: str | None = None) -> Path:
     """Convert the CTranslate2 Whisper in ``src_dir`` into a Hugging Face
     Whisper directory ``out_dir`` (written atomically) and return ``out_dir``.
 
     The weights are saved as float32 safetensors. The written model is loaded
     back and must have no missing or unexpected keys.
+
+    :param source: what the model is, recorded in ``conversion.json`` (the
+        model's identity, see :mod:`ilt.lineage`); default: the name of
+        ``src_dir`` and the sha256 of its ``model.bin``, never a local path.
     """
-    import torch
-    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import WhisperForConditionalGeneration
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     start = time.perf_counter()
@@ -389,23 +422,8 @@ def convert_ct2(src_dir: str | Path, out_dir: str | Path) -> Path:
     if leftover:
         raise IltInputError(f"{bin_path}: unexpected CTranslate2 variables: {', '.join(leftover[:8])}")
 
-    with torch.device("meta"):
-        model = WhisperForConditionalGeneration(config)
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
-    model.load_state_dict(tensors, strict=True, assign=True)
-    model.tie_weights()
-    if not torch.equal(model.proj_out.weight, model.model.decoder.embed_tokens.weight):
-        raise IltInputError(f"{bin_path}: the output projection is not the token embedding")
-    model.generation_config = gen
-    model.eval()
-
-    if (src_dir / "preprocessor_config.json").is_file():
-        feature_extractor = WhisperFeatureExtractor.from_pretrained(src_dir)
-        if feature_extractor.feature_size != config.num_mel_bins:
-            raise IltInputError(f"{src_dir}/preprocessor_config.json: {feature_extractor.feature_size} mel bins, "
-                                f"the model takes {config.num_mel_bins}")
-    else:
-        feature_extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+    model = _build_model(config, state, gen, bin_path)
+    feature_extractor = _feature_extractor(src_dir, config.num_mel_bins)
 
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
@@ -418,7 +436,7 @@ def convert_ct2(src_dir: str | Path, out_dir: str | Path) -> Path:
         if problems:
             raise RuntimeError(f"converted model does not load cleanly: {problems}")
         (tmp / "conversion.json").write_text(json.dumps({
-            "source": str(src_dir.resolve()),
+            "source": source or f"{src_dir.resolve().name} (model.bin sha256 {sha256_file(bin_path)[:12]})",
             "spec": ct2.spec,
             "spec_revision": ct2.revision,
             "source_dtypes": source_dtypes,

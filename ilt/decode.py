@@ -13,7 +13,8 @@
   above ``compression_ratio_threshold`` is decoded again by sampling at each
   ``fallback_temperatures`` in turn (seeded) until one passes; the result with
   the lowest ratio is kept.
-* Unreadable audio and unsupported languages are counted, logged skips.
+* Unreadable, empty or non-finite audio (:func:`ilt.data.audio.load_checked`)
+  and unsupported languages are counted, logged skips.
 
 Only the :class:`ilt.backbone.Backbone` protocol is used (``features``,
 ``generate``, ``sampling_rate``, ``max_input_seconds``).
@@ -33,12 +34,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ilt.config import DecodeConfig, dump_yaml
+from ilt.data.audio import AudioProblem, load_checked
+from ilt.data.languages import NO_SPACE_LANGUAGES
 from ilt.errors import IltInputError
 from ilt.utils import Skips, log, write_json_atomic, write_text_atomic
-
-#: Languages written without spaces between words: chunk hypotheses are
-#: concatenated without a space.
-NO_SPACE_LANGUAGES = frozenset({"zh", "yue", "ja", "th", "lo", "my", "km"})
 
 #: Base seed of the sampling fallback (one seed per temperature step).
 FALLBACK_SEED = 1234
@@ -60,6 +59,7 @@ def split_evenly(audio: np.ndarray, sampling_rate: int, window_seconds: float) -
 
 
 def join_chunks(texts: Sequence[str], language: str | None) -> str:
+    """Join chunk hypotheses: with a space, or without one for :data:`NO_SPACE_LANGUAGES`."""
     sep = "" if language in NO_SPACE_LANGUAGES else " "
     return sep.join(t.strip() for t in texts if t.strip())
 
@@ -83,15 +83,6 @@ class DecodeStats:
         return out
 
 
-def _load_audio(cut: Any, sampling_rate: int) -> np.ndarray:
-    if cut.sampling_rate != sampling_rate:
-        cut = cut.resample(sampling_rate)
-    audio = np.asarray(cut.load_audio(), dtype=np.float32)
-    if audio.ndim == 2:
-        audio = audio.mean(axis=0)
-    return audio.reshape(-1)
-
-
 def _supervision(cut: Any) -> Any:
     return cut.supervisions[0] if cut.supervisions else None
 
@@ -105,6 +96,43 @@ def _accent(cut: Any) -> str | None:
     sup = _supervision(cut)
     custom = (sup.custom or {}) if sup is not None else {}
     return custom.get("accent")
+
+
+def _load_batch(batch: Sequence[Any], sampling_rate: int, window: float,
+                skips: Skips) -> list[tuple[Any, list[np.ndarray], float]]:
+    """``(cut, chunks, duration)`` of each cut with usable audio; the others are counted skips.
+
+    Silent audio is decoded, and audio longer than ``window`` is split into
+    chunks: only unreadable, empty and non-finite audio is skipped.
+    """
+    loaded = []
+    for cut in batch:
+        audio = load_checked(cut, sampling_rate)
+        if isinstance(audio, AudioProblem):
+            skips.skip(audio.reason, cut.id, audio.detail)
+            continue
+        loaded.append((cut, split_evenly(audio, sampling_rate, window), audio.size / sampling_rate))
+    return loaded
+
+
+def _records(loaded: Sequence[tuple[Any, list[np.ndarray], float]], texts: Sequence[str],
+             language: str | None, stats: DecodeStats) -> list[dict[str, Any]]:
+    """One output record per loaded cut, its chunk hypotheses (in ``texts``, in order) joined."""
+    records, pos = [], 0
+    for cut, chunks, duration in loaded:
+        parts = texts[pos:pos + len(chunks)]
+        pos += len(chunks)
+        records.append({
+            "id": cut.id,
+            "text": join_chunks(parts, language),
+            "language": language,
+            "accent": _accent(cut),
+            "duration": round(duration, 3),
+            "num_chunks": len(chunks),
+        })
+        stats.chunks += len(chunks)
+        stats.audio_seconds += duration
+    return records
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -202,22 +230,7 @@ def decode_cuts(backbone: Any, model: Any, cuts: Iterable[Any], config: DecodeCo
                         skips.skip("unsupported language", cut.id, unsupported)
                     bar.update(len(batch))
                     continue
-                loaded: list[tuple[Any, list[np.ndarray], float]] = []
-                for cut in batch:
-                    try:
-                        audio = _load_audio(cut, sampling_rate)
-                    except Exception as exc:  # any decoder error is a counted skip
-                        detail = (str(exc).strip().splitlines() or [""])[0][:200]
-                        skips.skip("unreadable audio", cut.id, f"{type(exc).__name__}: {detail}")
-                        continue
-                    if audio.size == 0:
-                        skips.skip("empty audio", cut.id)
-                        continue
-                    if not np.isfinite(audio).all():
-                        skips.skip("non-finite audio", cut.id)
-                        continue
-                    duration = audio.size / sampling_rate
-                    loaded.append((cut, split_evenly(audio, sampling_rate, window), duration))
+                loaded = _load_batch(batch, sampling_rate, window, skips)
                 flat = [chunk for _, chunks, _ in loaded for chunk in chunks]
                 try:
                     texts = decoder.decode(flat, language) if flat else []
@@ -227,20 +240,7 @@ def decode_cuts(backbone: Any, model: Any, cuts: Iterable[Any], config: DecodeCo
                         skips.skip("unsupported language", cut.id, unsupported)
                     bar.update(len(batch))
                     continue
-                pos = 0
-                for cut, chunks, duration in loaded:
-                    parts = texts[pos:pos + len(chunks)]
-                    pos += len(chunks)
-                    records.append({
-                        "id": cut.id,
-                        "text": join_chunks(parts, language),
-                        "language": language,
-                        "accent": _accent(cut),
-                        "duration": round(duration, 3),
-                        "num_chunks": len(chunks),
-                    })
-                    stats.chunks += len(chunks)
-                    stats.audio_seconds += duration
+                records.extend(_records(loaded, texts, language, stats))
                 bar.update(len(batch))
     finally:
         bar.close()
@@ -276,10 +276,14 @@ def write_outputs(records: Sequence[dict[str, Any]], out_dir: str | Path, config
 
 
 def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Path,
-                 config: DecodeConfig | None = None, *, device: Any = None,
-                 progress: bool = True) -> list[dict[str, Any]]:
+                 config: DecodeConfig | None = None, *, adapter: str | Path | None = None,
+                 device: Any = None, progress: bool = True) -> list[dict[str, Any]]:
     """Load the backbone ``config.backbone`` from ``model_dir``, decode the
     CutSet manifest ``cuts_path`` and write the outputs under ``out_dir``.
+
+    With ``adapter`` (a round's ``best/`` or ``final/``, or a training
+    checkpoint ``checkpoints/step-N``), the LoRA is put on top of the model
+    unmerged: a checkpoint of any step decodes without being merged first.
 
     Under ``accelerate launch`` (or torchrun) every process decodes its own
     shard of the cuts on its own device; the main process gathers the
@@ -302,8 +306,14 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
         log.warning("decode: precision %s on a CPU: decoding in fp32 instead", precision)
         precision = "fp32"
     backbone = create("backbone", config.backbone, Path(model_dir), dtype=precision, device=device)
+    model = backbone.model
+    if adapter is not None:
+        from ilt.adapter import load_adapter
+
+        model = load_adapter(backbone, adapter)
+        model.eval()
     shard = cuts[state.process_index::state.num_processes]
-    records = decode_cuts(backbone, backbone.model, shard, config,
+    records = decode_cuts(backbone, model, shard, config,
                           out_dir if state.num_processes == 1 else None,
                           progress=progress and state.is_local_main_process)
     if state.num_processes > 1:
@@ -314,3 +324,26 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
             write_outputs(records, out_dir, config)
         state.wait_for_everyone()
     return records
+
+
+def write_submission(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Write hypotheses as a Kaldi-style ``text`` file, the challenge's submission format.
+
+    One ``<utterance-id> <hypothesis>`` line per record, sorted by ID (byte
+    order, as ``LC_ALL=C sort``), the hypothesis on one line with its
+    whitespace collapsed; an empty hypothesis leaves the ID alone on its
+    line. The MLC-SLM baseline scores from such a file. Written atomically.
+
+    :raises IltInputError: an ID with whitespace, or an ID seen twice.
+    """
+    lines: dict[str, str] = {}
+    for record in records:
+        utt_id, text = str(record["id"]), " ".join(str(record.get("text") or "").split())
+        if not utt_id or any(c.isspace() for c in utt_id):
+            raise IltInputError(f"utterance ID {utt_id!r} is empty or has whitespace: "
+                                "it cannot go in a Kaldi text file")
+        if utt_id in lines:
+            raise IltInputError(f"utterance ID {utt_id!r} appears twice")
+        lines[utt_id] = f"{utt_id} {text}" if text else utt_id
+    write_text_atomic(path, "".join(lines[k] + "\n" for k in sorted(lines)))
+    return Path(path)

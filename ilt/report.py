@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ilt.errors import IltInputError
+from ilt.lineage import describe as lineage_describe, root_identity
 from ilt.score import ScoreResult, load_hypotheses, load_references, score
 from ilt.utils import atomic_path, write_json_atomic, write_text_atomic
 
@@ -110,7 +111,8 @@ class Report:
 
 
 def describe_lineage(lineage: dict[str, Any]) -> str:
-    """One line per model: its round, LoRA and parent, from ``lineage.json``."""
+    """One line per model: its round, LoRA and parent, from ``lineage.json``,
+    ending with the identity of the chain's first model (no local paths)."""
     parts = []
     chain = lineage
     while chain:
@@ -123,12 +125,12 @@ def describe_lineage(lineage: dict[str, Any]) -> str:
             piece += f" (r={lora.get('r')}, alpha={lora.get('lora_alpha'):g}, {lora.get('target_modules')})"
         if overall is not None:
             piece += f" dev {overall:.2f}%"
+        history = chain.get("history_merge")
+        if history:
+            piece += f" history merge {history.get('weights')}"
         parts.append(piece)
         chain = chain.get("parent")
-    base = lineage
-    while base.get("parent"):
-        base = base["parent"]
-    return " <- ".join(parts) + f" <- {base.get('base', '?')}"
+    return " <- ".join(parts) + f" <- {lineage_describe(root_identity(lineage))}"
 
 
 def collect(exp_dir: str | Path, split: str = "test", models: list[str] | None = None) -> Report:

@@ -51,7 +51,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from ilt.data.text import normalize, tokens_for_scoring, unit_of
 from ilt.errors import IltInputError
@@ -67,6 +67,8 @@ __all__ = [
     "group_label",
     "load_hypotheses",
     "load_references",
+    "reference_of",
+    "references",
     "score",
     "score_files",
 ]
@@ -357,37 +359,52 @@ def _log_skips(result: ScoreResult) -> None:
 # --------------------------------------------------------------------------- files
 
 
-def load_references(path: str | Path) -> dict[str, Reference]:
-    """Read a CutSet: cut ID -> (language, text, accent).
+def reference_of(cut: Any, where: str = "") -> Reference:
+    """A cut's reference: ``(language, text, accent)``.
 
-    A cut's supervisions are joined in time order and must share one
-    language; the accent is the first supervision's ``custom["accent"]``.
-    A cut without supervisions has no text (it is skipped when scored).
+    The cut's supervisions are joined in time order and must share one
+    language; the accent is the first supervision's ``custom["accent"]``. A
+    cut without supervisions (or without text) has no text: it is skipped
+    when scored. Training's dev evaluation reads references through this
+    function too, so both agree on the same cuts.
+
+    :param where: the manifest, named in errors.
     """
+    sups = sorted(cut.supervisions, key=lambda s: s.start)
+    languages = {s.language for s in sups if s.text and s.text.strip()}
+    if len(languages) > 1:
+        prefix = f"{where}: " if where else ""
+        raise IltInputError(f"{prefix}cut {cut.id!r} mixes languages {sorted(map(str, languages))}")
+    language = languages.pop() if languages else (sups[0].language if sups else None)
+    text = " ".join(s.text for s in sups if s.text) or None
+    accent = (sups[0].custom or {}).get("accent") if sups else None
+    return (language, text, accent)
+
+
+def references(cuts: Iterable[Any], where: str = "") -> dict[str, Reference]:
+    """Cut ID -> :func:`reference_of` for every cut; a repeated ID is an error."""
+    refs: dict[str, Reference] = {}
+    for cut in cuts:
+        if cut.id in refs:
+            raise IltInputError(f"{where or 'cuts'}: cut ID {cut.id!r} appears twice")
+        refs[cut.id] = reference_of(cut, where)
+    return refs
+
+
+def load_references(path: str | Path) -> dict[str, Reference]:
+    """Read a CutSet: cut ID -> (language, text, accent), see :func:`reference_of`."""
     from lhotse import CutSet, load_manifest_lazy
 
     path = Path(path)
-    refs: dict[str, Reference] = {}
     try:
         cuts = load_manifest_lazy(path)
         if not isinstance(cuts, CutSet):
             raise IltInputError(f"{path}: expected a CutSet, found {type(cuts).__name__}")
-        for cut in cuts:
-            if cut.id in refs:
-                raise IltInputError(f"{path}: cut ID {cut.id!r} appears twice")
-            sups = sorted(cut.supervisions, key=lambda s: s.start)
-            languages = {s.language for s in sups if s.text and s.text.strip()}
-            if len(languages) > 1:
-                raise IltInputError(f"{path}: cut {cut.id!r} mixes languages {sorted(map(str, languages))}")
-            language = languages.pop() if languages else (sups[0].language if sups else None)
-            text = " ".join(s.text for s in sups if s.text) or None
-            accent = (sups[0].custom or {}).get("accent") if sups else None
-            refs[cut.id] = (language, text, accent)
+        return references(cuts, str(path))
     except IltInputError:
         raise
     except Exception as exc:  # lhotse/gzip/json errors surface while iterating
         raise IltInputError(f"{path}: cannot read reference cuts: {type(exc).__name__}: {exc}") from None
-    return refs
 
 
 def _read_lines(path: Path) -> Iterable[tuple[int, str]]:
@@ -491,3 +508,14 @@ def score_files(
     log.info("score: %s: %d utterance(s), overall %.2f%% (%d errors / %d units) -> %s",
              hyp_path, overall.utts, overall.error_rate or 0.0, overall.errors, overall.ref_units, out_dir)
     return result
+
+
+def has_references(path: str | Path) -> bool:
+    """Whether the CutSet at ``path`` has reference text to score.
+
+    An evaluation set (the challenge's eval set: supervisions without text)
+    has none: it is decoded, and its hypotheses are written as a submission,
+    but it is not scored. Text that normalises to nothing counts as none.
+    """
+    refs = load_references(path).values()
+    return any(text and normalize(text, language or "") for language, text, _ in refs)

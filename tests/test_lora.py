@@ -9,7 +9,9 @@ import torch
 
 from ilt.config import LoraSection, RoundConfig, config_hash, dump_yaml, from_dict
 from ilt.errors import IltInputError
-from ilt.lora import attach_lora, lora_config, merge_adapter, sha256_file
+from ilt.lineage import weights_sha256
+from ilt.lora import attach_lora, lora_config, merge_adapter
+from ilt.utils import sha256_file
 from ilt.plugins import create
 
 
@@ -106,13 +108,18 @@ def test_merge_equals_peft_model_and_writes_lineage(base_dir, manifest, tmp_path
     base_logits = _logits(create("backbone", "whisper", base_dir).model)
     assert (base_logits - peft_logits).abs().max() > 1e-3  # the LoRA did change the model
 
-    lineage = json.loads((out / "lineage.json").read_text())
-    assert lineage["base"] == str(base_dir.resolve())
-    assert lineage["adapter"] == str(adapter.resolve())
+    lineage_text = (out / "lineage.json").read_text()
+    lineage = json.loads(lineage_text)
+    assert str(tmp_path) not in lineage_text and str(base_dir.parent) not in lineage_text  # identities, no paths
+    assert lineage["base"] == {"name": "M0", "source": "local directory", "sha256": weights_sha256(base_dir)}
+    assert lineage["model"] == {"name": "M1", "source": "ilt merge of round focus", "sha256": weights_sha256(out)}
+    assert lineage["model"]["sha256"] != lineage["base"]["sha256"] and len(lineage["model"]["sha256"]) == 12
+    assert lineage["adapter"] == {"round": "focus", "step": 7,
+                                  "sha256": sha256_file(adapter / "adapter_model.safetensors")[:12]}
     assert lineage["round"] == "focus" and lineage["backbone"] == "whisper"
     assert lineage["config_hash"] == config_hash(config)
     assert lineage["config"]["lora"]["target_modules"] == "wide"
-    assert lineage["data"] == [{"role": "train", "cuts": str(manifest.resolve()), "weight": 1.0,
+    assert lineage["data"] == [{"role": "train", "cuts": str(manifest), "weight": 1.0,
                                 "languages": None, "sha256": sha256_file(manifest)}]
     assert lineage["dev_score"]["value"] == 12.5
     assert lineage["parent"] is None and lineage["history_merge"] is None
@@ -129,6 +136,7 @@ def test_merge_equals_peft_model_and_writes_lineage(base_dir, manifest, tmp_path
     assert lineage2["parent"]["round"] == "focus"
     assert lineage2["parent"]["config_hash"] == config_hash(config)
     assert lineage2["parent"]["parent"] is None
+    assert lineage2["base"] == lineage["model"]  # M2's base is M1, by identity
 
     with pytest.raises(IltInputError, match="not empty"):
         merge_adapter(base_dir, adapter, out)
@@ -139,23 +147,58 @@ def test_merge_equals_peft_model_and_writes_lineage(base_dir, manifest, tmp_path
     assert all(torch.equal(before[k], v) for k, v in _weights(out).items())
 
 
-def test_history_weighted_merge(base_dir, manifest, tmp_path):
-    config = _config("focus", manifest)
-    adapter = tmp_path / "best"
-    _trained_adapter(base_dir, adapter, config, seed=3, wer=20.0)
-    plain = _weights(merge_adapter(base_dir, adapter, tmp_path / "plain"))
+def test_weighted_average_arithmetic_on_tiny_tensors():
+    from ilt.lora import weighted_average
 
-    same = _weights(merge_adapter(base_dir, adapter, tmp_path / "one", weights=[1.0]))
-    assert same.keys() == plain.keys()
-    assert all(torch.equal(same[k], plain[k]) for k in plain)
+    new = {"w": torch.tensor([1.0, 2.0]), "h": torch.tensor([0.5], dtype=torch.bfloat16),
+           "ids": torch.tensor([3, 4])}
+    older = {"w": torch.tensor([3.0, -2.0]), "h": torch.tensor([1.5], dtype=torch.bfloat16),
+             "ids": torch.tensor([3, 4])}
+    oldest = {"w": torch.tensor([0.0, 10.0]), "h": torch.tensor([2.5], dtype=torch.bfloat16),
+              "ids": torch.tensor([3, 4])}
+    out = weighted_average(new, [older, oldest], [0.5, 0.3, 0.2], ["M1", "M0"])
+    torch.testing.assert_close(out["w"], torch.tensor([0.5 + 0.9 + 0.0, 1.0 - 0.6 + 2.0]))
+    assert out["h"].dtype == torch.bfloat16 and float(out["h"]) == pytest.approx(0.25 + 0.45 + 0.5, abs=1e-2)
+    assert "ids" not in out  # integer tensors are not averaged ...
+    with pytest.raises(IltInputError, match="M0: non-float tensor ids differs"):  # ... and must agree
+        weighted_average(new, [older, {**oldest, "ids": torch.tensor([3, 5])}], [0.5, 0.3, 0.2], ["M1", "M0"])
+    with pytest.raises(IltInputError, match="M1 has a different architecture"):
+        weighted_average(new, [{"w": older["w"]}], [0.5, 0.5], ["M1"])
 
-    out = merge_adapter(base_dir, adapter, tmp_path / "half", history=[base_dir], weights=[0.5, 0.5])
-    half, base = _weights(out), _weights(base_dir)
+
+def test_history_merge_is_eq3_over_models_before_the_base(base_dir, manifest, tmp_path):
+    """M_t = w0 (M_{t-1} + ΔM) + w1 M_{t-2}: the history starts before the base."""
+    import shutil
+
+    adapter1, adapter2 = tmp_path / "focus", tmp_path / "feedback"
+    _trained_adapter(base_dir, adapter1, _config("focus", manifest), seed=3, wer=20.0)
+    m1 = merge_adapter(base_dir, adapter1, tmp_path / "M1")
+    _trained_adapter(m1, adapter2, _config("feedback", manifest), seed=6, wer=15.0)
+    plain = _weights(merge_adapter(m1, adapter2, tmp_path / "M2"))
+
+    same = _weights(merge_adapter(m1, adapter2, tmp_path / "one", weights=[1.0]))
+    assert same.keys() == plain.keys() and all(torch.equal(same[k], plain[k]) for k in plain)
+
+    out = merge_adapter(m1, adapter2, tmp_path / "M2h", history=[base_dir], weights=[0.8, 0.2])
+    mixed, m0, m1w = _weights(out), _weights(base_dir), _weights(m1)
+    changed = 0
     for key, value in plain.items():
-        torch.testing.assert_close(half[key], 0.5 * value + 0.5 * base[key], atol=1e-6, rtol=0)
+        torch.testing.assert_close(mixed[key], 0.8 * value + 0.2 * m0[key], atol=1e-6, rtol=0)
+        # not the scaled-down LoRA M_{t-1} + 0.8 ΔM that a history starting at M_{t-1} gives
+        scaled = m1w[key] + 0.8 * (value - m1w[key])
+        changed += int(not torch.allclose(mixed[key], scaled, atol=1e-6))
+    assert changed > 0
     lineage = json.loads((out / "lineage.json").read_text())
-    assert lineage["history_merge"]["weights"] == [0.5, 0.5]
-    assert lineage["history_merge"]["models"][1] == str(base_dir.resolve())
+    assert lineage["history_merge"] == {"models": ["(this merge)", json.loads((tmp_path / "M1" / "lineage.json")
+                                                                              .read_text())["base"]],
+                                        "weights": [0.8, 0.2]}
+
+    # the base itself (by path, or a copy with the same weights) is not history
+    with pytest.raises(IltInputError, match="base model M_\\(t-1\\) itself"):
+        merge_adapter(m1, adapter2, tmp_path / "bad", history=[m1], weights=[0.8, 0.2])
+    shutil.copytree(m1, tmp_path / "M1copy")
+    with pytest.raises(IltInputError, match="M1copy: this is the base model"):
+        merge_adapter(m1, adapter2, tmp_path / "bad", history=[tmp_path / "M1copy"], weights=[0.8, 0.2])
 
 
 def test_history_merge_rejects_bad_weights_and_models(base_dir, manifest, tmp_path):

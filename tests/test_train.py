@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
 import pytest
@@ -243,26 +244,110 @@ def test_small_training_sets_get_full_micro_batches(data):
     from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 
     from ilt.config import DataSource
-    from ilt.train import _bucket_count, _make_sampler, _training_stream
+    from ilt.data.mix import Mix, bucket_count, make_sampler, training_stream
     from ilt.utils import Skips
 
-    stream, cuts, seconds = _training_stream([DataSource(str(data["32"]), 1.0)], 0, Skips("test"))
-    assert (cuts, round(seconds, 2)) == (32, 77.52)
+    mix = training_stream([DataSource(str(data["32"]), 1.0)], 0, Skips("test"))
+    assert (mix.epoch_cuts, round(mix.epoch_seconds, 2)) == (32, 77.52)
     train = _config(micro_batch=8, num_buckets=10).train
-    assert _bucket_count(train, cuts, seconds) == 2  # 32 cuts hold 2 buckets of 2 batches of 8
-    sampler = _make_sampler(stream, train, cuts, seconds, world_size=1, rank=0)
+    assert bucket_count(train, mix) == 2  # 32 cuts hold 2 buckets of 2 batches of 8
+    sampler = make_sampler(mix, train)
     assert isinstance(sampler, DynamicBucketingSampler)
     sizes = [len(batch) for _, batch in zip(range(16), sampler)]
     assert sizes == [8] * 16, sizes
     # what 10 buckets over the same 32-cut buffer gave: short batches
-    ten = DynamicBucketingSampler(stream, max_cuts=8, num_buckets=10, shuffle=True, seed=0, buffer_size=32,
+    ten = DynamicBucketingSampler(mix.stream, max_cuts=8, num_buckets=10, shuffle=True, seed=0, buffer_size=32,
                                   num_cuts_for_bins_estimate=32)
     assert min(len(batch) for _, batch in zip(range(16), ten)) < 8
 
     # seconds per batch: 6 s of 2.4 s cuts is 2.5 cuts per batch -> 32 // 5 = 6 buckets
-    assert _bucket_count(_config(max_duration=6.0, num_buckets=10).train, cuts, seconds) == 6
-    assert _bucket_count(_config(max_duration=6.0, num_buckets=10).train, 20000, 48000.0) == 10
-    assert _bucket_count(_config(micro_batch=8).train, 15, 36.0) == 1
-    single = _make_sampler(stream, _config(micro_batch=2, num_buckets=1).train, cuts, seconds, 1, 0)
+    assert bucket_count(_config(max_duration=6.0, num_buckets=10).train, mix) == 6
+    assert bucket_count(_config(max_duration=6.0, num_buckets=10).train, Mix(None, 20000, 48000.0)) == 10
+    assert bucket_count(_config(micro_batch=8).train, Mix(None, 15, 36.0)) == 1
+    single = make_sampler(mix, _config(micro_batch=2, num_buckets=1).train)
     assert isinstance(single, DynamicCutSampler)
     assert [len(batch) for _, batch in zip(range(5), single)] == [2] * 5
+
+
+def test_checkpoints_are_mergeable_and_decodable_adapters(base_dir, data, tmp_path):
+    """Every checkpoint holds a complete adapter directory: `ilt merge` and
+    `ilt decode --adapter` take it as they take best/."""
+    import torch
+
+    from ilt.adapter import load_adapter, resolve_adapter_dir
+    from ilt.decode import decode_files
+    from ilt.lora import merge_adapter
+    from ilt.plugins import create
+
+    out = tmp_path / "focus"
+    train_round(_config(max_steps=3, save_every=1), base_dir, out, train_cuts=[(data["train"], 1.0)])
+    assert [s for s, _ in list_checkpoints(out)] == [2, 3]
+    step2 = out / "checkpoints" / "step-2"
+    adapter = resolve_adapter_dir(step2)
+    assert adapter == step2 / "adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors", "round.yaml", "manifests.json",
+            "score.json"} <= {p.name for p in adapter.iterdir()}
+    assert json.loads((adapter / "score.json").read_text())["step"] == 2
+    assert (adapter / "round.yaml").read_text() == (out / "round.yaml").read_text()
+
+    merged = merge_adapter(base_dir, step2, tmp_path / "M1-step2")
+    assert json.loads((merged / "lineage.json").read_text())["adapter"]["step"] == 2
+    features = {"input_features": torch.randn(1, 80, 200, generator=torch.Generator().manual_seed(0)),
+                "decoder_input_ids": torch.tensor([[50258, 50259, 50360, 50364, 23748]])}
+    with torch.no_grad():
+        unmerged = load_adapter(create("backbone", "whisper", base_dir), step2).eval()(**features).logits
+        full = create("backbone", "whisper", merged).model.eval()(**features).logits
+        final = load_adapter(create("backbone", "whisper", base_dir), out / "final").eval()(**features).logits
+    torch.testing.assert_close(full, unmerged, atol=1e-5, rtol=1e-5)
+    assert (final - unmerged).abs().max() > 1e-4  # step 2 is not the final adapter
+
+    hyps_adapter = decode_files(base_dir, data["dev"], tmp_path / "dec-adapter", FAST_DECODE, adapter=step2,
+                                progress=False)
+    hyps_merged = decode_files(merged, data["dev"], tmp_path / "dec-merged", FAST_DECODE, progress=False)
+    assert [r["text"] for r in hyps_adapter] == [r["text"] for r in hyps_merged]
+    with pytest.raises(IltInputError, match="not an adapter directory"):
+        merge_adapter(base_dir, out / "checkpoints", tmp_path / "nope")
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state with its mixed precision: a
+    bf16 run after fp32 runs in the same (test) process needs a fresh one."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_frozen_base_loads_in_the_rounds_precision(base_dir, data, tmp_path, fresh_accelerate_state):
+    """bf16 rounds load the frozen base in bf16 and keep the LoRA in fp32; the
+    merge of such an adapter is the fp32 W + (alpha/r) B A."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ilt.lora import merge_adapter
+    from ilt.train import load_for_training
+
+    config = _config(max_steps=1, precision="bf16")
+    for mixed, dtype in (("bf16", torch.bfloat16), ("no", torch.float32)):
+        _, model = load_for_training(config, base_dir, mixed)
+        frozen = {p.dtype for n, p in model.named_parameters() if "lora_" not in n}
+        lora = {(p.dtype, p.requires_grad) for n, p in model.named_parameters() if "lora_" in n}
+        assert frozen == {dtype} and lora == {(torch.float32, True)}, (mixed, frozen, lora)
+
+    out = tmp_path / "bf16"
+    train_round(config, base_dir, out, train_cuts=[(data["train"], 1.0)], force_precision=True)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["precision"] == "bf16" and math.isfinite(log[1]["loss"])
+    lora = load_file(out / "best" / "adapter_model.safetensors")
+    assert {t.dtype for t in lora.values()} == {torch.float32}
+
+    merged = load_file(merge_adapter(base_dir, out / "best", tmp_path / "M1") / "model.safetensors")
+    base = load_file(base_dir / "model.safetensors")
+    key = "model.encoder.layers.0.self_attn.q_proj"
+    a = lora[f"base_model.model.{key}.lora_A.weight"]
+    b = lora[f"base_model.model.{key}.lora_B.weight"]
+    expected = base[f"{key}.weight"] + (config.lora.lora_alpha / config.lora.r) * (b @ a)
+    assert (b @ a).abs().max() > 0  # one bf16 step moved the LoRA
+    torch.testing.assert_close(merged[f"{key}.weight"], expected, atol=1e-6, rtol=0)

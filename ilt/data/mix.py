@@ -1,0 +1,165 @@
+"""A knowledge task's data mix: the sources, their weighted interleaving and the sampler.
+
+Each source of the mix is read lazily, cuts without text are dropped (counted),
+cuts outside the source's ``languages`` (when given) are left out, each source
+is repeated endlessly and the sources are interleaved with ``CutSet.mux`` by
+their weights: a weight is the share of the training stream drawn from that
+source, so a small source with a large weight is seen several times per epoch.
+An *epoch* is as many cuts as all sources hold together; its length in
+micro-batches is counted once by a dry run of the sampler
+(:func:`batches_per_epoch`).
+
+Batches are formed by Lhotse's ``DynamicBucketingSampler``: ``max_duration``
+seconds per micro-batch, or ``micro_batch`` cuts when no duration is set. A
+small training set gets fewer duration buckets than ``num_buckets``, so that
+each can fill two micro-batches, and one bucket means Lhotse's
+``DynamicCutSampler``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ilt.config import DataSource, TrainSection
+from ilt.errors import IltInputError
+from ilt.utils import Skips
+
+log = logging.getLogger("ilt")
+
+#: Lhotse's bucketing sampler keeps at most this many cuts in its buffer.
+BUFFER_CUTS = 20000
+#: Each duration bucket should hold at least this many full micro-batches of
+#: the buffer: a bucket that cannot fill one yields short batches.
+BATCHES_PER_BUCKET = 2
+
+
+def has_text(cut: Any) -> bool:
+    """Whether a cut has a transcript to train on (its first supervision's text)."""
+    return bool(cut.supervisions) and bool((cut.supervisions[0].text or "").strip())
+
+
+def _in_languages(cut: Any, languages: frozenset[str] | None) -> bool:
+    return languages is None or (cut.supervisions[0].language or "").lower() in languages
+
+
+def _keep(cut: Any, languages: frozenset[str] | None) -> bool:
+    return has_text(cut) and _in_languages(cut, languages)
+
+
+@dataclass
+class Mix:
+    """The endless weighted stream of training cuts and the size of one epoch."""
+
+    stream: Any
+    epoch_cuts: int
+    epoch_seconds: float
+
+
+def open_source(source: DataSource, skips: Skips) -> tuple[Any, int, float]:
+    """A lazy CutSet of the cuts of ``source`` to train on (with text, in its
+    ``languages``), their number and total duration; cuts without text are
+    counted as skips, cuts in other languages are left out silently."""
+    from lhotse import CutSet
+
+    path = Path(source.cuts)
+    languages = frozenset(lang.lower() for lang in source.languages) if source.languages is not None else None
+    if not path.is_file():
+        raise IltInputError(f"{path}: training cut manifest not found")
+    n, seconds, other = 0, 0.0, 0
+    try:
+        cuts = CutSet.from_jsonl_lazy(path)
+        for cut in cuts:
+            if not has_text(cut):
+                skips.skip("empty transcript", cut.id, str(path))
+            elif not _in_languages(cut, languages):
+                other += 1
+            else:
+                n += 1
+                seconds += float(cut.duration)
+    except IltInputError:
+        raise
+    except Exception as exc:  # corrupt gzip, bad JSON, not a cut manifest
+        raise IltInputError(f"{path}: cannot read cut manifest: {type(exc).__name__}: {exc}") from None
+    if n == 0:
+        where = f" in languages {sorted(languages)}" if languages is not None else ""
+        raise IltInputError(f"{path}: training source has no cuts with a transcript{where}")
+    if other:
+        log.info("train source %s: %d cut(s) in other languages than %s left out", path, other, sorted(languages))
+    return cuts.filter(functools.partial(_keep, languages=languages)), n, seconds
+
+
+def training_stream(sources: Sequence[DataSource], seed: int, skips: Skips) -> Mix:
+    """The endless weighted mix of the sources, and the number of cuts and
+    seconds of audio per epoch."""
+    from lhotse import CutSet
+
+    weights = [s.weight for s in sources]
+    if not sum(weights) > 0:
+        raise IltInputError(f"the data mix weights {weights} sum to zero: give at least one source a weight")
+    opened = [open_source(source, skips) for source in sources]
+    for source, (_, n, seconds) in zip(sources, opened):
+        log.info("train source %s: %d cuts, %.1f h, weight %g", source.cuts, n, seconds / 3600, source.weight)
+    repeated = [cuts.repeat(preserve_id=True) for cuts, _, _ in opened]
+    stream = repeated[0] if len(repeated) == 1 else CutSet.mux(*repeated, weights=weights, seed=seed)
+    return Mix(stream, sum(n for _, n, _ in opened), sum(seconds for _, _, seconds in opened))
+
+
+def buffer_cuts(epoch_cuts: int) -> int:
+    """Cuts in the bucketing sampler's buffer: one epoch, at most :data:`BUFFER_CUTS`."""
+    return max(1, min(BUFFER_CUTS, epoch_cuts))
+
+
+def bucket_count(train: TrainSection, mix: Mix) -> int:
+    """``train.num_buckets``, reduced so that each bucket of the sampler's
+    buffer holds :data:`BATCHES_PER_BUCKET` full micro-batches.
+
+    Lhotse draws a batch from one bucket only; with more buckets than the
+    buffer can fill (a small training set), most batches come out short (on
+    32 cuts, 10 buckets and micro-batch 8, batches of 1 to 8 cuts, mean 4.4).
+    """
+    if train.max_duration:
+        mean_seconds = mix.epoch_seconds / max(1, mix.epoch_cuts)
+        cuts_per_batch = max(1.0, train.max_duration / mean_seconds) if mean_seconds > 0 else 1.0
+    else:
+        cuts_per_batch = float(train.micro_batch)
+    fits = int(buffer_cuts(mix.epoch_cuts) // (BATCHES_PER_BUCKET * cuts_per_batch))
+    return max(1, min(train.num_buckets, fits))
+
+
+def make_sampler(mix: Mix, train: TrainSection, world_size: int = 1, rank: int = 0) -> Any:
+    """Lhotse's ``DynamicBucketingSampler`` (``DynamicCutSampler`` when the
+    data fill a single bucket), for one of ``world_size`` processes."""
+    from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+
+    common = dict(max_duration=train.max_duration, max_cuts=None if train.max_duration else train.micro_batch,
+                  shuffle=True, drop_last=False, seed=train.seed, world_size=world_size, rank=rank)
+    buckets = bucket_count(train, mix)
+    if buckets < 2:
+        return DynamicCutSampler(mix.stream, **common)
+    return DynamicBucketingSampler(
+        mix.stream, num_buckets=buckets, buffer_size=buffer_cuts(mix.epoch_cuts),
+        num_cuts_for_bins_estimate=max(1, min(10000, mix.epoch_cuts)), **common)
+
+
+def batches_per_epoch(mix: Mix, train: TrainSection) -> int:
+    """Micro-batches one process draws for one epoch of cuts (a dry run, metadata only)."""
+    seen = batches = 0
+    for batch in make_sampler(mix, train):
+        seen += len(batch)
+        batches += 1
+        if seen >= mix.epoch_cuts:
+            break
+    return batches
+
+
+def log_buckets(train: TrainSection, mix: Mix) -> None:
+    """Say when the data cannot fill ``num_buckets`` duration buckets."""
+    buckets = bucket_count(train, mix)
+    if buckets < train.num_buckets:
+        log.info("%d duration bucket(s) instead of num_buckets %d: %d training cuts fill only %d bucket(s) "
+                 "with %d full micro-batches each", buckets, train.num_buckets, mix.epoch_cuts, buckets,
+                 BATCHES_PER_BUCKET)
