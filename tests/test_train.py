@@ -351,3 +351,23 @@ def test_frozen_base_loads_in_the_rounds_precision(base_dir, data, tmp_path, fre
     expected = base[f"{key}.weight"] + (config.lora.lora_alpha / config.lora.r) * (b @ a)
     assert (b @ a).abs().max() > 0  # one bf16 step moved the LoRA
     torch.testing.assert_close(merged[f"{key}.weight"], expected, atol=1e-6, rtol=0)
+
+
+def test_ilt_train_runs_with_a_broken_third_party_plugin(base_dir, data, tmp_path, broken_plugin_env):
+    """A plugin that fails to import is reported once; `ilt train` with
+    built-in components (whisper, ce) still trains and writes its adapter."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = tmp_path / "focus.yaml"
+    config.write_text(dump_yaml(_config(max_steps=1)))
+    ilt = Path(sys.executable).parent / "ilt"
+    proc = subprocess.run([str(ilt), "train", "--config", str(config), "--model", str(base_dir),
+                           "--train", str(data["train"]), "--out", str(tmp_path / "out")],
+                          env=broken_plugin_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("plugin skipped: package 'ilt-broken-plugin'") == 1
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "out" / "best" / "adapter_model.safetensors").is_file()
+    assert "1 steps in" in proc.stdout
