@@ -371,3 +371,21 @@ def test_ilt_train_runs_with_a_broken_third_party_plugin(base_dir, data, tmp_pat
     assert "Traceback" not in proc.stderr
     assert (tmp_path / "out" / "best" / "adapter_model.safetensors").is_file()
     assert "1 steps in" in proc.stdout
+
+
+def test_loss_options_from_the_round_yaml_reach_the_loss(base_dir, data, tmp_path, extra_losses):
+    received = []
+
+    def scaled(factor: float = 1.0):
+        received.append(factor)
+        return lambda backbone, model, batch: factor * backbone.loss(model, batch)
+
+    extra_losses("scaled", scaled)
+    config = from_dict(RoundConfig, yaml.safe_load(
+        "name: focus\nlora: {r: 4}\ntask: {loss: {name: scaled, factor: 2.5}}\n"
+        "train: {lr: 0.001, micro_batch: 2, precision: fp32, max_steps: 1}\n"), "round.yaml")
+    out = tmp_path / "scaled"
+    train_round(config, base_dir, out, train_cuts=[(data["train"], 1.0)])
+    assert received == [2.5]
+    assert yaml.safe_load((out / "round.yaml").read_text())["task"]["loss"] == {"name": "scaled", "factor": 2.5}
+    assert yaml.safe_load((out / "best" / "round.yaml").read_text())["task"]["loss"]["factor"] == 2.5
