@@ -147,6 +147,11 @@ def collect(exp_dir: str | Path, split: str = "test", models: list[str] | None =
                                 f"found: {', '.join(found) or 'none'}")
         found = models
     if not found:
+        unscored = sorted(p.parent.parent.name for p in decode_root.glob(f"*/{split}/hyps.jsonl"))
+        if unscored:
+            raise IltInputError(f"{decode_root}: the {split!r} set of {', '.join(unscored)} was decoded but not scored "
+                                f"(no reference text): nothing to report; its submissions are "
+                                f"{decode_root}/*/{split}/text")
         raise IltInputError(f"{decode_root}: no */{split}/scores.json; run `ilt score` first")
     report = Report(exp_dir, split)
     for model in found:

@@ -123,3 +123,30 @@ def test_cli_prepare_kaldi(tmp_path):
     assert load_cuts(out / "fr_test_cuts.jsonl.gz")[0].supervisions[0].language == "fr"
     res = CliRunner().invoke(cli, ["prepare", "kaldi", str(d), str(out), "--language", "zz"])
     assert res.exit_code == 1 and "unknown language code 'zz'" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("segments", [True, False])
+def test_evaluation_set_without_transcripts(tmp_path, segments):
+    from ilt.score import has_references
+
+    d = kaldi_dir(tmp_path, segments=segments)
+    (d / "text").unlink()
+    with pytest.raises(IltInputError, match=r"missing Kaldi file\(s\): text \(an evaluation set without "
+                                            r"transcripts: pass --no-transcripts\)"):
+        prepare_kaldi(d, tmp_path / "out", name="ev")
+    cuts = prepare_kaldi(d, tmp_path / "out", name="ev", transcripts=False)["ev"]
+    ids = ["utt1", "utt2", "utt3"] if segments else ["rec1", "rec2"]
+    assert [c.id for c in cuts] == ids
+    assert all(c.supervisions[0].text is None and c.supervisions[0].language == "en" for c in cuts)
+    assert not has_references(tmp_path / "out" / "ev_cuts.jsonl.gz")
+
+
+def test_cli_no_transcripts_flag(tmp_path):
+    from ilt.cli import cli
+
+    d = kaldi_dir(tmp_path)
+    (d / "text").unlink()
+    res = CliRunner().invoke(cli, ["prepare", "kaldi", str(d), str(tmp_path / "out"), "--name", "ev",
+                                   "--no-transcripts"])
+    assert res.exit_code == 0, res.output
+    assert "kaldi: ev: 3 cuts" in res.output

@@ -82,8 +82,9 @@ def _check_wav_scp(data_dir: Path, sampling_rate: int) -> int:
     return next(iter(rates))
 
 
-def _check_utterances(data_dir: Path) -> None:
-    """segments (optional), text and utt2spk must agree; errors name file and line."""
+def _check_utterances(data_dir: Path, transcripts: bool = True) -> None:
+    """segments (optional), text (when ``transcripts``) and utt2spk must agree;
+    errors name file and line."""
     rec_ids = {fields[0] for _, fields in _read_table(data_dir / "wav.scp", 2, 2)}
     segments = data_dir / "segments"
     if segments.is_file():
@@ -104,13 +105,31 @@ def _check_utterances(data_dir: Path) -> None:
     dup = sorted({u for u in utts if utts.count(u) > 1}) if len(set(utts)) != len(utts) else []
     if dup:
         raise IltInputError(f"{segments}: utterance(s) listed twice: {', '.join(dup[:5])}")
-    for name in ("text", "utt2spk"):
+    for name in ("text", "utt2spk") if transcripts else ("utt2spk",):
         path = data_dir / name
         have = {fields[0] for _, fields in _read_table(path, 1 if name == "text" else 2)}
         missing = [u for u in utts if u not in have]
         if missing:
             more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
             raise IltInputError(f"{path}: no entry for utterance(s) {', '.join(missing[:5])}{more}")
+
+
+def _load_untranscribed(data_dir: Path, sampling_rate: int) -> tuple[RecordingSet, SupervisionSet]:
+    """Lhotse's importer on a directory without ``text``: Lhotse reads ``text``
+    whenever there are ``segments``, so it gets a view of the directory (links
+    to its files) whose ``text`` lists each utterance with an empty transcript."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ilt-kaldi-") as tmp:
+        view = Path(tmp)
+        for item in data_dir.iterdir():
+            if item.name != "text" and item.is_file():
+                (view / item.name).symlink_to(item.resolve())
+        if (data_dir / "segments").is_file():
+            utts = [fields[0] for _, fields in _read_table(data_dir / "segments", 4, 4)]
+            (view / "text").write_text("".join(f"{u}\n" for u in utts), encoding="utf-8")
+        recordings, supervisions, _ = load_kaldi_data_dir(view, sampling_rate=sampling_rate)
+    return recordings, supervisions
 
 
 def _absolute_sources(recordings: RecordingSet) -> RecordingSet:
@@ -124,6 +143,34 @@ def _absolute_sources(recordings: RecordingSet) -> RecordingSet:
     return RecordingSet.from_recordings(fix(r) for r in recordings)
 
 
+def _usable_supervisions(data_dir: Path, name: str, recordings: RecordingSet, supervisions: SupervisionSet, *,
+                         language: str, accent: str, tolerance: float, transcripts: bool) -> list:
+    """The supervisions to keep, with ``language`` (and ``accent``) set and
+    segments clipped to their audio; empty transcripts (when ``transcripts``)
+    and segments past the end of the audio are counted skips."""
+    skips = Skips(f"prepare kaldi {name}")
+    kept = []
+    for sup in supervisions:
+        rec = recordings[sup.recording_id]
+        where = f"{data_dir / 'text'} ({sup.id})"
+        if transcripts and not (sup.text or "").strip():
+            skips.skip("empty transcript", where)
+            continue
+        if sup.end > rec.duration + tolerance:
+            skips.skip("segment past end of audio", where, f"ends at {sup.end} s, audio is {rec.duration} s")
+            continue
+        custom = dict(sup.custom or {})
+        if accent:
+            custom["accent"] = accent
+        kept.append(fastcopy(sup, language=language, text=" ".join(sup.text.split()) if transcripts else None,
+                             duration=round(min(sup.end, rec.duration) - sup.start, 6),
+                             custom=custom or None))
+    skips.report()
+    if not kept:
+        raise IltInputError(f"{data_dir}: no usable utterance ({skips.total} skipped)")
+    return kept
+
+
 def prepare_kaldi(
     data_dir: Path,
     out_dir: Path,
@@ -133,12 +180,16 @@ def prepare_kaldi(
     accent: str = "",
     sampling_rate: int = 0,
     tolerance: float = 0.05,
+    transcripts: bool = True,
     force: bool = False,
 ) -> dict[str, CutSet]:
     """Kaldi data directory (wav.scp, text, utt2spk, optional segments).
 
     Writes ``<name>_{recordings,supervisions,cuts}.jsonl.gz`` under ``out_dir``
     with Lhotse's own Kaldi importer; every supervision gets ``language``.
+    An evaluation set without transcripts (``--no-transcripts``) needs no
+    ``text`` file: its supervisions have no text, so it is decoded but not
+    scored.
 
     :param language: ISO 639-1 code of the speech (any language Whisper knows).
     :param name: manifest name prefix and the key of the result; the data
@@ -148,6 +199,9 @@ def prepare_kaldi(
         when wav.scp holds commands).
     :param tolerance: seconds a segment may run past the end of its audio (it is
         then clipped); beyond that it is skipped.
+    :param transcripts: the directory has a ``text`` file and utterances with
+        an empty transcript are skipped; ``False``: an unlabelled set, any
+        ``text`` file is ignored.
     :param force: rebuild manifests that already exist.
     :return: ``{name: CutSet}``.
     """
@@ -163,37 +217,23 @@ def prepare_kaldi(
 
     if not data_dir.is_dir():
         raise IltInputError(f"{data_dir}: Kaldi data directory not found")
-    missing = [f for f in REQUIRED if not (data_dir / f).is_file()]
+    missing = [f for f in REQUIRED if not (data_dir / f).is_file() and (transcripts or f != "text")]
     if missing:
-        raise IltInputError(f"{data_dir}: missing Kaldi file(s): {', '.join(missing)}")
+        hint = " (an evaluation set without transcripts: pass --no-transcripts)" if missing == ["text"] else ""
+        raise IltInputError(f"{data_dir}: missing Kaldi file(s): {', '.join(missing)}{hint}")
     rate = _check_wav_scp(data_dir, sampling_rate)
-    _check_utterances(data_dir)
+    _check_utterances(data_dir, transcripts)
     try:
-        recordings, supervisions, _ = load_kaldi_data_dir(data_dir, sampling_rate=rate)
+        if transcripts:
+            recordings, supervisions, _ = load_kaldi_data_dir(data_dir, sampling_rate=rate)
+        else:
+            recordings, supervisions = _load_untranscribed(data_dir, rate)
     except Exception as exc:  # anything our checks missed: still name the directory
         raise IltInputError(f"{data_dir}: cannot import Kaldi data directory: {type(exc).__name__}: {exc}") from None
     recordings = _absolute_sources(recordings)
 
-    skips = Skips(f"prepare kaldi {name}")
-    kept = []
-    for sup in supervisions:
-        rec = recordings[sup.recording_id]
-        where = f"{data_dir / 'text'} ({sup.id})"
-        if not (sup.text or "").strip():
-            skips.skip("empty transcript", where)
-            continue
-        if sup.end > rec.duration + tolerance:
-            skips.skip("segment past end of audio", where, f"ends at {sup.end} s, audio is {rec.duration} s")
-            continue
-        custom = dict(sup.custom or {})
-        if accent:
-            custom["accent"] = accent
-        kept.append(fastcopy(sup, language=language, text=" ".join(sup.text.split()),
-                             duration=round(min(sup.end, rec.duration) - sup.start, 6),
-                             custom=custom or None))
-    skips.report()
-    if not kept:
-        raise IltInputError(f"{data_dir}: no usable utterance ({skips.total} skipped)")
+    kept = _usable_supervisions(data_dir, name, recordings, supervisions, language=language, accent=accent,
+                                tolerance=tolerance, transcripts=transcripts)
     sups = SupervisionSet.from_segments(kept)
     used = {s.recording_id for s in kept}
     recs = RecordingSet.from_recordings(r for r in recordings if r.id in used)
