@@ -40,6 +40,7 @@ demo: install sysdeps
 bench: install sysdeps
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/decode_throughput.py
+	$(BIN)/python bench/precision_load.py
 
 clean-venv:
 	rm -rf $(VENV)

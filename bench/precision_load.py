@@ -8,7 +8,7 @@ in: ``fp32-load`` (what ilt did before) and ``round-load`` (bf16/fp16, what
 sides take turns (``--repeats``). Prints the parameter memory, peak memory,
 the median training step time and the losses, and the ratios round/fp32.
 
-    .venv/bin/python bench/precision_load.py                  # CPU: tiny.en, batch 8, bf16 autocast
+    .venv/bin/python bench/precision_load.py                  # CPU: tiny.en, batch 2, 2 steps, bf16 autocast
     .venv/bin/python bench/precision_load.py --model large-v3 --r 512 --lora-scope wide --batch 16   # GPU
 """
 
@@ -71,9 +71,10 @@ def _one_side(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, batch=8)
-    parser.add_argument("--steps", type=int, default=3, help="training steps per run (the first is warm-up)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per side, taking turns")
+    # CPU defaults: bf16 autocast training is slow on a CPU (about 49 s a step at batch 2 for tiny.en)
+    add_common_args(parser, batch=2)
+    parser.add_argument("--steps", type=int, default=2, help="training steps per run (the first is warm-up)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per side, taking turns")
     parser.set_defaults(precision="bf16")
     args = parser.parse_args(argv)
     if args.precision == "fp32":
