@@ -346,10 +346,9 @@ class Registry:
     def get(self, kind: str, name: str) -> Component:
         if kind not in self.components:
             raise PluginError(f"unknown component kind {kind!r}; known kinds: {', '.join(KINDS)}")
-        try:
-            return self.components[kind][name]
-        except KeyError:
-            pass
+        found = self.components[kind].get(name)
+        if found is not None:
+            return found
         known = sorted(self.components[kind])
         close = difflib.get_close_matches(str(name), known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
