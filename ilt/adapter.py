@@ -19,14 +19,14 @@ stay relative) plus its sha256: the data's identity, not where it lay.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 from ilt.config import ConfigError, RoundConfig, dump_yaml, load_round
 from ilt.errors import IltInputError
-from ilt.utils import atomic_dir, sha256_file, write_json_atomic, write_text_atomic
+from ilt.lineage import SHORT_HASH
+from ilt.utils import atomic_dir, read_json, sha256_file, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("ilt")
 
@@ -37,17 +37,6 @@ SCORE_JSON = "score.json"
 MANIFESTS_JSON = "manifests.json"
 #: the adapter directory inside a training checkpoint ``checkpoints/step-N/``
 CHECKPOINT_ADAPTER = "adapter"
-
-
-def read_json(path: str | Path) -> Any:
-    """The JSON in ``path``; ``None`` when the file does not exist."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise IltInputError(f"{path}: cannot read JSON: {exc}") from None
 
 
 def describe_manifests(sources: Sequence[tuple[Any, ...]], role: str = "train") -> list[dict[str, Any]]:
@@ -131,7 +120,7 @@ def adapter_provenance(adapter_dir: str | Path) -> dict[str, Any]:
         "config": config,
         "data": manifests,
         "dev_score": read_json(adapter_dir / SCORE_JSON),
-        "sha256": sha256_file(weights)[:12] if weights.is_file() else None,
+        "sha256": sha256_file(weights)[:SHORT_HASH] if weights.is_file() else None,
     }
 
 

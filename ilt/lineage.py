@@ -25,8 +25,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from ilt.adapter import read_json
-from ilt.utils import sha256_file
+from ilt.utils import read_json, sha256_file
 
 LINEAGE_JSON = "lineage.json"
 CONVERSION_JSON = "conversion.json"

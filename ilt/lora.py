@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ilt import __version__
-from ilt.adapter import adapter_provenance, load_adapter, read_json, resolve_adapter_dir
+from ilt.adapter import adapter_provenance, load_adapter, resolve_adapter_dir
 from ilt.config import LoraSection, config_hash, to_dict
 from ilt.errors import IltInputError
 from ilt.lineage import LINEAGE_JSON, model_identity, weights_sha256
-from ilt.utils import atomic_dir, write_json_atomic
+from ilt.utils import atomic_dir, read_json, write_json_atomic
 
 log = logging.getLogger("ilt")
 
@@ -154,9 +154,13 @@ def _check_inputs(model_dir: Path, adapter_dir: Path, out_dir: Path, history: li
         raise IltInputError(f"{out_dir}: the output must be a new directory, not an input of the merge")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise IltInputError(f"{out_dir}: exists and is not empty; choose another --out or overwrite it")
-    base_hash = weights_sha256(model_dir)
-    for path in history:
-        if path.resolve() == model_dir.resolve() or (base_hash and weights_sha256(path) == base_hash):
+
+
+def _check_history(model_dir: Path, base: dict[str, Any], history: list[Path],
+                   identities: list[dict[str, Any]]) -> None:
+    """The base model ``M_{t-1}`` (by path, or a copy: by weight hash) is not a history model."""
+    for path, identity in zip(history, identities):
+        if path.resolve() == model_dir.resolve() or (base["sha256"] and identity["sha256"] == base["sha256"]):
             raise IltInputError(
                 f"--history {path}: this is the base model M_(t-1) itself, which the merged model already "
                 f"contains; the history starts at M_(t-2) (the model the base was trained from)")
@@ -198,6 +202,8 @@ def merge_adapter(
     history = [Path(h) for h in (history or [])]
     phis = check_weights(len(history), weights)
     _check_inputs(model_dir, adapter_dir, out_dir, history, overwrite)
+    base, history_ids = model_identity(model_dir), [model_identity(h) for h in history]
+    _check_history(model_dir, base, history, history_ids)
     adapter = adapter_provenance(adapter_dir)
     config = adapter["config"]
 
@@ -214,7 +220,7 @@ def merge_adapter(
         "ilt_version": __version__,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": None,  # filled in once the weights are written
-        "base": model_identity(model_dir),
+        "base": base,
         "adapter": {"round": config.name, "step": (adapter["dev_score"] or {}).get("step"),
                     "sha256": adapter["sha256"]},
         "round": config.name,
@@ -223,7 +229,7 @@ def merge_adapter(
         "config": to_dict(config),
         "data": adapter["data"],
         "dev_score": adapter["dev_score"],
-        "history_merge": ({"models": ["(this merge)", *(model_identity(h) for h in history)], "weights": phis}
+        "history_merge": ({"models": ["(this merge)", *history_ids], "weights": phis}
                           if history else None),
         "parent": read_json(model_dir / LINEAGE_JSON),
     }

@@ -82,6 +82,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``; ``None`` when the file does not exist; an
+    :class:`ilt.errors.IltInputError` naming the file when it cannot be read."""
+    from ilt.errors import IltInputError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise IltInputError(f"{path}: cannot read JSON: {exc}") from None
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
