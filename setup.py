@@ -25,6 +25,7 @@ setup(
         "pluggy>=1.5",
         "click>=8.1",
         "jiwer>=3.0",
+        "rapidfuzz>=3.0",  # alignment of the rover voter (also a dependency of jiwer)
         "sentencepiece",
         "soundfile",
         "pyyaml",
@@ -44,6 +45,7 @@ setup(
         "ilt": [
             "corpora = ilt.plugins.corpora",
             "losses = ilt.plugins.losses",
+            "voters = ilt.plugins.voters",
             "whisper = ilt.plugins.whisper",
         ],
     },

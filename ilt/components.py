@@ -123,8 +123,8 @@ class Voter(Protocol):
         """Vote on one utterance.
 
         :param hypotheses: one per model that decoded the utterance, at least
-            one, in the order of the models in the configuration; voters break
-            ties by that order so the result is deterministic.
+            one. The result must not depend on their order: break ties by
+            scores and texts (and model names), never by position.
         :param language: the utterance's ISO 639-1 code (``None``: unknown), for
             language-specific tokenisation (characters for ``ja``, ``th``...).
         :returns: the label and its agreement.

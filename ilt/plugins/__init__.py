@@ -49,6 +49,7 @@ BUILTIN_PACKAGE = "ilt"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "ilt.plugins.corpora",
     "ilt.plugins.losses",
+    "ilt.plugins.voters",
     "ilt.plugins.whisper",
 )
 
