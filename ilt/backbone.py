@@ -80,5 +80,13 @@ class Backbone(Protocol):
         """Decode one batch of ``features()`` output in ``language`` (``None``:
         let the model decide) and return the hypothesis texts."""
 
+    def score(self, model: Any, inputs: dict[str, Any], texts: Sequence[str], *,
+              language: str | None) -> list[tuple[float, int]]:
+        """The confidence of hypotheses: for each text, its mean token
+        log-probability given its audio (one batch of ``features()`` output,
+        in order) and the number of tokens scored, teacher-forced over the
+        tokens training would use for that text (so any search method's
+        output, and any pseudo-label, is scored alike)."""
+
     def save(self, model: Any, out_dir: str | Path) -> None:
         """Write a full model (safetensors) plus its processor to ``out_dir``."""

@@ -372,6 +372,8 @@ def _decode_options(fn):
         click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False)),
         click.option("--conf", "conf_path", type=click.Path(exists=True, dir_okay=False),
                      help="Decoding YAML (default: built-in defaults, see conf/decode.yaml)."),
+        click.option("--scores", is_flag=True,
+                     help="Add each hypothesis' confidence (mean token log-probability) to hyps.jsonl."),
         _override_option,
     ]
     for option in reversed(options):
@@ -379,12 +381,12 @@ def _decode_options(fn):
     return fn
 
 
-def _decode(model_dir, adapter_dir, cuts_path, out_dir, conf_path, overrides) -> list[dict[str, Any]]:
+def _decode(model_dir, adapter_dir, cuts_path, out_dir, conf_path, scores, overrides) -> list[dict[str, Any]]:
     from ilt.config import DecodeConfig
     from ilt.decode import decode_files
 
     cfg = _load_config(conf_path, DecodeConfig, overrides)
-    return decode_files(model_dir, cuts_path, out_dir, cfg, adapter=adapter_dir)
+    return decode_files(model_dir, cuts_path, out_dir, cfg, adapter=adapter_dir, scores=scores)
 
 
 @cli.command()

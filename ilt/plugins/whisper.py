@@ -256,6 +256,20 @@ class WhisperCollator:
             seqs.append(seq)
             prompt_lens.append(len(prompt))
 
+        decoder_input_ids, labels = self.decoder_tensors(seqs, prompt_lens)
+        tensors = {
+            "input_features": self.features(audios)["input_features"],
+            "decoder_input_ids": decoder_input_ids,
+            "labels": labels,
+        }
+        return Batch(tensors=tensors, cut_ids=ids, skipped=skipped)
+
+    def decoder_tensors(self, seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> tuple[Any, Any]:
+        """``(decoder_input_ids, labels)`` for teacher forcing: each sequence
+        (prompt, text, end of text) shifted by one and padded; the labels of
+        the prompt positions and of the padding are ignored."""
+        import torch
+
         longest = max((len(s) - 1 for s in seqs), default=0)
         decoder_input_ids = torch.full((len(seqs), longest), self.pad_id, dtype=torch.long)
         labels = torch.full((len(seqs), longest), IGNORE_INDEX, dtype=torch.long)
@@ -264,12 +278,7 @@ class WhisperCollator:
             decoder_input_ids[i, :n] = torch.tensor(seq[:-1])
             # labels[j] is the token after position j; the first plen-1 are prompt tokens.
             labels[i, plen - 1:n] = torch.tensor(seq[plen:])
-        tensors = {
-            "input_features": self.features(audios)["input_features"],
-            "decoder_input_ids": decoder_input_ids,
-            "labels": labels,
-        }
-        return Batch(tensors=tensors, cut_ids=ids, skipped=skipped)
+        return decoder_input_ids, labels
 
 
 class WhisperBackbone:
@@ -424,6 +433,37 @@ class WhisperBackbone:
         logits = out.logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+
+    def score(self, model: Any, inputs: dict[str, Any], texts: Sequence[str], *,
+              language: str | None) -> list[tuple[float, int]]:
+        """``(mean log-probability, tokens)`` of each text given its audio.
+
+        Teacher-forced over the tokens training would use for that text (the
+        text tokens and the end of text, after the prompt in ``language``):
+        the confidence of a hypothesis as a label, whatever search produced
+        it. An empty text scores the end of text alone. A multilingual model
+        needs ``language``. One forward pass (encoder included) per batch.
+        """
+        import torch
+
+        param = _first_float_param(model)
+        prompt = self.prompt_ids(language)
+        limit = self.collator.max_target_positions + 1
+        seqs = [(prompt + (self.text_ids(t, language) if t.strip() else []))[:limit - 1] + [self.collator.eos_id]
+                for t in texts]
+        if not seqs:
+            return []
+        decoder_input_ids, labels = self.collator.decoder_tensors(seqs, [len(prompt)] * len(seqs))
+        labels = labels.to(param.device)
+        with torch.inference_mode():
+            logits = model(input_features=inputs["input_features"].to(param.device, param.dtype),
+                           decoder_input_ids=decoder_input_ids.to(param.device), use_cache=False).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            mask = labels != IGNORE_INDEX
+            token = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+            counts = mask.sum(dim=1)
+            means = (token.sum(dim=1) / counts.clamp(min=1)).tolist()
+        return [(float(m), int(n)) for m, n in zip(means, counts.tolist())]
 
     # ------------------------------------------------------------------ decoding
 
