@@ -426,6 +426,42 @@ def evaluate(group_by, **options):
     click.echo(f"decoded {len(records)} cut(s) -> {out / 'text'} (no reference text: not scored)")
 
 
+@cli.command("pseudo-label")
+@click.option("--models", "model_paths", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="A voting model (repeatable, at least 2): a full model directory, or an adapter "
+                   "(best/, checkpoints/step-N) on --base.")
+@click.option("--base", type=click.Path(exists=True, file_okay=False),
+              help="The model the adapters in --models were trained on.")
+@click.option("--cuts", "cuts_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The unlabelled cuts (their language is used; their text, if any, is not).")
+@click.option("--voter", default="rover", show_default=True,
+              help="A registered voter (ilt plugins), or YAML with options: '{name: rover, alpha: 0.5}'.")
+@click.option("--min-agreement", type=float, default=0.0, show_default=True,
+              help="Leave out cuts whose agreement is below this (0-1).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="hyps/<model>/ (cached per model), cuts.jsonl.gz, summary.json.")
+@click.option("--conf", "conf_path", type=click.Path(exists=True, dir_okay=False),
+              help="Decoding YAML (default: built-in defaults, see conf/decode.yaml).")
+@_override_option
+def pseudo_label_cmd(model_paths, base, cuts_path, voter, min_agreement, out_dir, conf_path, overrides):
+    """Pseudo-labels: decode with N models, vote per cut, keep the agreed labels."""
+    import yaml
+
+    from ilt.config import ComponentSpec, DecodeConfig
+    from ilt.pseudo import pseudo_label, voting_models
+
+    try:
+        spec = ComponentSpec.from_yaml(yaml.safe_load(voter), "--voter")
+    except yaml.YAMLError as exc:
+        raise IltError(f"--voter {voter!r}: not a name or YAML mapping: {exc}") from None
+    summary = pseudo_label(voting_models(model_paths, base), cuts_path, out_dir, voter=spec,
+                           min_agreement=min_agreement, decode_config=_load_config(conf_path, DecodeConfig, overrides))
+    _save_command(out_dir)
+    left = ", ".join(f"{n} {reason}" for reason, n in summary["left_out"].items()) or "none left out"
+    click.echo(f"pseudo-labelled {summary['kept']} of {summary['cuts']} cut(s) ({left}) -> "
+               f"{Path(out_dir) / 'cuts.jsonl.gz'}")
+
+
 # --------------------------------------------------------------------------- convert / report
 
 

