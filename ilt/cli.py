@@ -11,13 +11,21 @@ from typing import Any
 
 import click
 
+from ilt.commands.common import (
+    IltError,
+    command_line,
+    decode_options,
+    is_main_process,
+    load_config,
+    override_option,
+    parse_sources,
+    parse_weights,
+    run_decode,
+    save_command,
+)
 from ilt.utils import setup_logging
 
 log = logging.getLogger("ilt")
-
-
-class IltError(click.ClickException):
-    """A user-facing error: printed without a traceback, exit status 1."""
 
 
 def error_line(exc: BaseException) -> str:
@@ -211,64 +219,6 @@ def score(ref_path: str, hyp_path: str, out_dir: str, group_by: str) -> None:
 # --------------------------------------------------------------------------- train / merge / decode
 
 
-def _command_line() -> str:
-    import shlex
-
-    return " ".join(shlex.quote(a) for a in ["ilt", *sys.argv[1:]])
-
-
-def _parse_sources(values: tuple[str, ...]) -> list[tuple[str, float]] | None:
-    """``CUTS`` or ``CUTS:WEIGHT`` (weight defaults to 1)."""
-    if not values:
-        return None
-    sources = []
-    for value in values:
-        path, sep, weight = value.rpartition(":")
-        if not sep or not path.endswith((".gz", ".jsonl")):
-            path, weight = value, ""
-        try:
-            sources.append((path, float(weight) if weight else 1.0))
-        except ValueError:
-            raise IltError(f"--train {value!r}: weight {weight!r} is not a number") from None
-    return sources
-
-
-def _is_main_process() -> bool:
-    """Rank 0 under `accelerate launch`/torchrun, or a single process."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _save_command(out_dir: str | Path) -> None:
-    """Write the exact command into ``out_dir/command.txt`` (main process only)."""
-    from ilt.utils import write_text_atomic
-
-    if _is_main_process():
-        write_text_atomic(Path(out_dir) / "command.txt", _command_line() + "\n")
-
-
-_override_option = click.option(
-    "-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
-    help="Override a config key, e.g. -o train.max_steps=10 (repeatable; validated like the file).")
-
-
-def _load_config(path: str | None, cls: type, overrides: tuple[str, ...]) -> Any:
-    """A config file with its overrides, its components checked against the
-    registry before anything heavy loads (as `ilt config check` does)."""
-    from ilt.config import check_components, load_with_overrides
-    from ilt.plugins import get_registry
-
-    cfg = load_with_overrides(path, cls, overrides)
-    check_components(cfg, get_registry(), path or "<defaults>")
-    return cfg
-
-
-def _parse_weights(weights: str | None) -> list[float] | None:
-    try:
-        return [float(w) for w in weights.split(",")] if weights else None
-    except ValueError:
-        raise IltError(f"--weights {weights!r}: expected comma-separated numbers") from None
-
-
 def _train_options(fn):
     """The options of `ilt train`, shared by `ilt round`."""
     options = [
@@ -285,7 +235,7 @@ def _train_options(fn):
         click.option("--decode-config", type=click.Path(exists=True, dir_okay=False),
                      help="Decoding options for dev evaluation (default: greedy)."),
         click.option("--force-precision", is_flag=True, help="Keep bf16/fp16 even on a CPU."),
-        _override_option,
+        override_option,
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -306,10 +256,10 @@ def _run_training(config_path, model_dir, train_cuts, dev_cuts, out_dir, decode_
     from ilt.config import DecodeConfig, RoundConfig
     from ilt.train import train_round
 
-    cfg = _load_config(config_path, RoundConfig, overrides)
-    decode_cfg = _load_config(decode_config, DecodeConfig, ()) if decode_config else None
-    result = train_round(cfg, model_dir, out_dir, train_cuts=_parse_sources(train_cuts), dev_cuts=dev_cuts,
-                         decode_config=decode_cfg, command=_command_line(), force_precision=force_precision)
+    cfg = load_config(config_path, RoundConfig, overrides)
+    decode_cfg = load_config(decode_config, DecodeConfig, ()) if decode_config else None
+    result = train_round(cfg, model_dir, out_dir, train_cuts=parse_sources(train_cuts), dev_cuts=dev_cuts,
+                         decode_config=decode_cfg, command=command_line(), force_precision=force_precision)
     click.echo(result.summary())
     return result
 
@@ -317,13 +267,13 @@ def _run_training(config_path, model_dir, train_cuts, dev_cuts, out_dir, decode_
 def _merge(model_dir, adapter_dir, out_dir, history, weights, overwrite) -> Path:
     from ilt.lora import merge_adapter
 
-    phi = _parse_weights(weights)
+    phi = parse_weights(weights)
     try:
         out = merge_adapter(model_dir, adapter_dir, out_dir, history=list(history) or None, weights=phi,
                             overwrite=overwrite)
     except ValueError as exc:
         raise IltError(str(exc)) from None
-    _save_command(out)
+    save_command(out)
     click.echo(f"merged {adapter_dir} into {model_dir} -> {out}")
     return out
 
@@ -355,51 +305,23 @@ def merge(model_dir, adapter_dir, out_dir, history, weights, overwrite):
 @_history_options
 def round_cmd(merged_out, history, weights, **options):
     """One ILT round: `ilt train`, then `ilt merge` of its best adapter into --merged-out."""
-    _parse_weights(weights)  # a typo fails before training, not after
+    parse_weights(weights)  # a typo fails before training, not after
     result = _run_training(**options)
-    if _is_main_process():  # under accelerate launch, the main process merges
+    if is_main_process():  # under accelerate launch, the main process merges
         _merge(options["model_dir"], result.best_dir, merged_out, history, weights, overwrite=True)
 
 
-def _decode_options(fn):
-    """The options of `ilt decode`, shared by `ilt evaluate`."""
-    options = [
-        click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False)),
-        click.option("--adapter", "adapter_dir", type=click.Path(exists=True, file_okay=False),
-                     help="A LoRA on top of --model, unmerged: a round's best/ or final/, or a checkpoint "
-                          "checkpoints/step-N."),
-        click.option("--cuts", "cuts_path", required=True, type=click.Path(exists=True, dir_okay=False)),
-        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False)),
-        click.option("--conf", "conf_path", type=click.Path(exists=True, dir_okay=False),
-                     help="Decoding YAML (default: built-in defaults, see conf/decode.yaml)."),
-        click.option("--scores", is_flag=True,
-                     help="Add each hypothesis' confidence (mean token log-probability) to hyps.jsonl."),
-        _override_option,
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def _decode(model_dir, adapter_dir, cuts_path, out_dir, conf_path, scores, overrides) -> list[dict[str, Any]]:
-    from ilt.config import DecodeConfig
-    from ilt.decode import decode_files
-
-    cfg = _load_config(conf_path, DecodeConfig, overrides)
-    return decode_files(model_dir, cuts_path, out_dir, cfg, adapter=adapter_dir, scores=scores)
-
-
 @cli.command()
-@_decode_options
+@decode_options
 def decode(**options):
     """Decode cuts in their own language: per-language beam, >30 s audio in chunks."""
-    records = _decode(**options)
-    _save_command(options["out_dir"])
+    records = run_decode(**options)
+    save_command(options["out_dir"])
     click.echo(f"decoded {len(records)} cut(s) -> {options['out_dir']}")
 
 
 @cli.command()
-@_decode_options
+@decode_options
 @click.option("--group-by", type=click.Choice(["language", "accent"]), default="language",
               show_default=True, help="Rows of the score table.")
 def evaluate(group_by, **options):
@@ -409,12 +331,12 @@ def evaluate(group_by, **options):
     from ilt.decode import write_submission
     from ilt.score import has_references, score_files
 
-    records = _decode(**options)
-    if not _is_main_process():  # under accelerate launch, the main process writes
+    records = run_decode(**options)
+    if not is_main_process():  # under accelerate launch, the main process writes
         return
     out, cuts_path = Path(options["out_dir"]), options["cuts_path"]
     write_submission(records, out / "text")
-    _save_command(out)
+    save_command(out)
     if has_references(cuts_path):
         result = score_files(Path(cuts_path), out / "hyps.jsonl", out, group_by=group_by)
         click.echo(result.to_markdown())
@@ -442,7 +364,7 @@ def evaluate(group_by, **options):
               help="hyps/<model>/ (cached per model), cuts.jsonl.gz, summary.json.")
 @click.option("--conf", "conf_path", type=click.Path(exists=True, dir_okay=False),
               help="Decoding YAML (default: built-in defaults, see conf/decode.yaml).")
-@_override_option
+@override_option
 def pseudo_label_cmd(model_paths, base, cuts_path, voter, min_agreement, out_dir, conf_path, overrides):
     """Pseudo-labels: decode with N models, vote per cut, keep the agreed labels."""
     import yaml
@@ -455,8 +377,8 @@ def pseudo_label_cmd(model_paths, base, cuts_path, voter, min_agreement, out_dir
     except yaml.YAMLError as exc:
         raise IltError(f"--voter {voter!r}: not a name or YAML mapping: {exc}") from None
     summary = pseudo_label(voting_models(model_paths, base), cuts_path, out_dir, voter=spec,
-                           min_agreement=min_agreement, decode_config=_load_config(conf_path, DecodeConfig, overrides))
-    _save_command(out_dir)
+                           min_agreement=min_agreement, decode_config=load_config(conf_path, DecodeConfig, overrides))
+    save_command(out_dir)
     left = ", ".join(f"{n} {reason}" for reason, n in summary["left_out"].items()) or "none left out"
     click.echo(f"pseudo-labelled {summary['kept']} of {summary['cuts']} cut(s) ({left}) -> "
                f"{Path(out_dir) / 'cuts.jsonl.gz'}")
@@ -516,6 +438,16 @@ def report(exp_dirs, split, models, out_path):
     if out_path:
         write_text_atomic(out_path, table)
     click.echo(table)
+
+def _register_commands() -> None:
+    from ilt.commands import COMMAND_MODULES, load_commands
+
+    for command in load_commands(COMMAND_MODULES):
+        cli.add_command(command)
+
+
+_register_commands()
+
 
 def main() -> None:  # console script entry point
     """Run ``ilt``; an error raised outside any command is one line too, unless ``--debug``."""

@@ -31,6 +31,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("ilt.plugins.", "ilt.lora", "ilt.checkpoint", "ilt.decode", "ilt.convert", "ilt.testing"),
     ("ilt.evaluate", "ilt.report", "ilt.pseudo"),
     ("ilt.train",),
+    ("ilt.commands.common",),
+    ("ilt.commands",),
     ("ilt.cli",),
 ]
 

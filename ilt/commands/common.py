@@ -1,0 +1,103 @@
+"""What every ``ilt`` command shares: the user-facing error, the saved
+command line, config loading with overrides, and option sets used by more
+than one command. Command modules (``ilt.commands.*``) and ``ilt.cli`` import
+from here, so no command module imports the root group."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+class IltError(click.ClickException):
+    """A user-facing error: printed without a traceback, exit status 1."""
+
+
+def command_line() -> str:
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in ["ilt", *sys.argv[1:]])
+
+
+def parse_sources(values: tuple[str, ...]) -> list[tuple[str, float]] | None:
+    """``CUTS`` or ``CUTS:WEIGHT`` (weight defaults to 1)."""
+    if not values:
+        return None
+    sources = []
+    for value in values:
+        path, sep, weight = value.rpartition(":")
+        if not sep or not path.endswith((".gz", ".jsonl")):
+            path, weight = value, ""
+        try:
+            sources.append((path, float(weight) if weight else 1.0))
+        except ValueError:
+            raise IltError(f"--train {value!r}: weight {weight!r} is not a number") from None
+    return sources
+
+
+def is_main_process() -> bool:
+    """Rank 0 under `accelerate launch`/torchrun, or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def save_command(out_dir: str | Path) -> None:
+    """Write the exact command into ``out_dir/command.txt`` (main process only)."""
+    from ilt.utils import write_text_atomic
+
+    if is_main_process():
+        write_text_atomic(Path(out_dir) / "command.txt", command_line() + "\n")
+
+
+override_option = click.option(
+    "-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a config key, e.g. -o train.max_steps=10 (repeatable; validated like the file).")
+
+
+def load_config(path: str | None, cls: type, overrides: tuple[str, ...]) -> Any:
+    """A config file with its overrides, its components checked against the
+    registry before anything heavy loads (as `ilt config check` does)."""
+    from ilt.config import check_components, load_with_overrides
+    from ilt.plugins import get_registry
+
+    cfg = load_with_overrides(path, cls, overrides)
+    check_components(cfg, get_registry(), path or "<defaults>")
+    return cfg
+
+
+def parse_weights(weights: str | None) -> list[float] | None:
+    try:
+        return [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise IltError(f"--weights {weights!r}: expected comma-separated numbers") from None
+
+
+def decode_options(fn):
+    """The options of `ilt decode`, shared by `ilt evaluate`."""
+    options = [
+        click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False)),
+        click.option("--adapter", "adapter_dir", type=click.Path(exists=True, file_okay=False),
+                     help="A LoRA on top of --model, unmerged: a round's best/ or final/, or a checkpoint "
+                          "checkpoints/step-N."),
+        click.option("--cuts", "cuts_path", required=True, type=click.Path(exists=True, dir_okay=False)),
+        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False)),
+        click.option("--conf", "conf_path", type=click.Path(exists=True, dir_okay=False),
+                     help="Decoding YAML (default: built-in defaults, see conf/decode.yaml)."),
+        click.option("--scores", is_flag=True,
+                     help="Add each hypothesis' confidence (mean token log-probability) to hyps.jsonl."),
+        override_option,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def run_decode(model_dir, adapter_dir, cuts_path, out_dir, conf_path, scores, overrides) -> list[dict[str, Any]]:
+    from ilt.config import DecodeConfig
+    from ilt.decode import decode_files
+
+    cfg = load_config(conf_path, DecodeConfig, overrides)
+    return decode_files(model_dir, cuts_path, out_dir, cfg, adapter=adapter_dir, scores=scores)
