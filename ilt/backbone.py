@@ -88,5 +88,10 @@ class Backbone(Protocol):
         tokens training would use for that text (so any search method's
         output, and any pseudo-label, is scored alike)."""
 
+    def tokenize(self, text: str, language: str | None = None) -> list[str]:
+        """The tokenizer's pieces for a transcript, exactly the text tokens
+        training would use for it (no prompt or special tokens), as readable
+        strings: what token-frequency analysis counts."""
+
     def save(self, model: Any, out_dir: str | Path) -> None:
         """Write a full model (safetensors) plus its processor to ``out_dir``."""

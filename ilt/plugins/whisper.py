@@ -363,6 +363,17 @@ class WhisperBackbone:
         """See :meth:`WhisperCollator.text_ids`."""
         return self.collator.text_ids(text, language)
 
+    def tokenize(self, text: str, language: str | None = None) -> list[str]:
+        """The byte-level BPE pieces of :meth:`text_ids`, decoded to readable
+        text; a piece holding part of a multi-byte character (common in
+        ja/ko/th) keeps its byte-level spelling, so distinct tokens stay distinct."""
+        tok = self.collator.tokenizer
+        pieces = []
+        for i in self.text_ids(text, language):
+            piece = tok.decode([i])
+            pieces.append(tok.convert_ids_to_tokens(i) if "\ufffd" in piece else piece)
+        return pieces
+
     # ------------------------------------------------------------------ LoRA targets
 
     def target_modules(self, spec: str | Sequence[str]) -> list[str]:
