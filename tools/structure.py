@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ilt.config", "ilt.data.languages", "ilt.data.text", "ilt.data.audio", "ilt.data.manifests",
      "ilt.backbone", "ilt.components"),
     ("ilt.data", "ilt.score", "ilt.adapter", "ilt.lineage", "ilt.plugins"),
-    ("ilt.plugins.", "ilt.lora", "ilt.checkpoint", "ilt.decode", "ilt.convert", "ilt.testing"),
+    ("ilt.plugins.", "ilt.lora", "ilt.checkpoint", "ilt.decode", "ilt.convert", "ilt.model_packages", "ilt.testing"),
     ("ilt.evaluate", "ilt.report", "ilt.pseudo"),
     ("ilt.train",),
     ("ilt.commands.common",),
