@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Synthesise a small MLC-SLM-layout corpus with espeak-ng and sox.
+"""Synthesise a small MLC-SLM-layout corpus (the challenge's 11 languages) with espeak-ng and sox.
 
-    python egs/mini/local/synth_corpus.py --out data/mini_corpus [--seed 0] [--pool]
+    python egs/mini/local/synth_corpus.py --out corpus [--track demo|multilingual] [--pool]
 
 Writes ``<out>/<split>/<Language>/<Accent>/<conv>.wav`` (English) and
 ``<out>/<split>/<Language>/<conv>.wav`` (other languages), each beside a
@@ -9,10 +9,29 @@ Writes ``<out>/<split>/<Language>/<Accent>/<conv>.wav`` (English) and
 train, dev and test, whose sentences are disjoint. A conversation is one 16 kHz
 mono wav in which two espeak-ng voices (speakers A and B) take turns, with
 short pauses between them; the times in the ``.txt`` are measured on the
-synthesised audio.
+synthesised audio (the exact turns, for a reference RTTM).
+
+Languages: en (accents American, British, Scottish, Caribbean, WestMidlands),
+fr, de, it, es, pt, ru, ja, ko, th, vi. Japanese, Korean and Thai transcripts
+are in their own scripts. espeak-ng reads kanji as "Chinese letter", so a
+Japanese sentence line is ``text<TAB>kana reading`` and espeak speaks the
+reading. espeak-ng's Thai rules are a stub (the vowels า ี ะ ำ are spoken as
+"s"), so a Thai line is its words separated by ``|`` and each word's reading
+comes from ``sentences/th.lexicon.tsv``: a Vietnamese-orthography respelling
+(tones as Vietnamese tone marks) that espeak's Vietnamese voice speaks. The
+transcript is always the native text (for Thai, the words joined).
 
 ``--pool`` adds a ``pool/`` split: a "third-party" corpus of other voices
-(other espeak variants, two more English accents) reading other sentences.
+(other espeak variants and voices, two more English accents) reading other
+sentences, and ``pool_truth/``: the same conversations (hard-linked wavs) with
+their true transcripts, held aside so that a recipe can pseudo-label ``pool/``
+and score the labels (``ilt prepare mlc-slm OUT DIR --splits pool_truth`` gives
+the same cut IDs as ``pool``, with text). ``--pool-text aside`` writes
+``pool/`` without the text column (an unlabelled corpus); ``inline`` (the
+default) keeps it there too.
+
+``--track`` picks a preset size (demo: 4 English accents + es, de, small;
+multilingual: all 11 languages); options given explicitly override it.
 
 The output depends only on the arguments: the same arguments give
 byte-identical files. ``<out>/synth_info.json`` records the arguments and every
@@ -44,8 +63,9 @@ SENTENCES = HERE / "sentences"
 
 ESPEAK_RATE = 22050  # espeak-ng's output rate
 SPLITS = ("train", "dev", "test")
+POOL, TRUTH = "pool", "pool_truth"
 
-#: Language directory, ISO code and espeak voice per accent (main corpus).
+#: English accent directory -> espeak voice (main corpus).
 ENGLISH_ACCENTS: dict[str, str] = {
     "American": "en-us",
     "British": "en-gb-x-rp",
@@ -58,16 +78,36 @@ POOL_ONLY_ACCENTS: dict[str, str] = {
     "NewYork": "en-us-nyc",
     "Lancastrian": "en-gb-x-gbclan",
 }
-#: ISO code -> (directory name, main voice, pool voice).
+#: ISO code -> (directory name, main voice, pool voice). Thai is read from its
+#: lexicon's Vietnamese-orthography respelling (see the module docstring).
 OTHER_LANGUAGES: dict[str, tuple[str, str, str]] = {
     "es": ("Spanish", "es", "es-419"),
     "de": ("German", "de", "de"),
     "fr": ("French", "fr-fr", "fr-be"),
     "it": ("Italian", "it", "it"),
+    "pt": ("Portuguese", "pt-br", "pt"),
+    "ru": ("Russian", "ru", "ru-lv"),
+    "ja": ("Japanese", "ja", "ja"),
+    "ko": ("Korean", "ko", "ko"),
+    "th": ("Thai", "vi", "vi-vn-x-central"),
+    "vi": ("Vietnamese", "vi", "vi-vn-x-south"),
 }
+LANGUAGES = ["en", *OTHER_LANGUAGES]
 #: espeak-ng variants: main corpus speakers and pool speakers never overlap.
 MAIN_VARIANTS = {"male": ("m1", "m2", "m3"), "female": ("f1", "f2", "f3")}
 POOL_VARIANTS = {"male": ("m4", "m5", "m6", "m7"), "female": ("f4", "f5")}
+
+#: Preset sizes; an option given on the command line wins over its preset value.
+TRACKS: dict[str, dict[str, object]] = {
+    "demo": {"languages": ["en", "es", "de"], "accents": ["American", "British", "Scottish", "Caribbean"],
+             "convs_per_accent": [2, 1, 1], "utts_per_conv": 6, "pool_convs_per_accent": 1},
+    "multilingual": {"languages": LANGUAGES, "accents": ["American", "British", "Scottish", "Caribbean"],
+                     "convs_per_accent": [3, 1, 1], "utts_per_conv": 8, "pool_convs_per_accent": 1},
+}
+DEFAULTS: dict[str, object] = {
+    "languages": ["en", "es", "de", "fr", "it"], "accents": list(ENGLISH_ACCENTS),
+    "convs_per_accent": [4, 2, 2], "utts_per_conv": 8, "pool_convs_per_accent": 2,
+}
 
 
 @dataclass(frozen=True)
@@ -80,12 +120,22 @@ class Speaker:
         return f"{self.voice} -s {self.speed} -p {self.pitch}"
 
 
+@dataclass(frozen=True)
+class Sentence:
+    text: str  # the transcript
+    spoken: str  # what espeak-ng reads (the text itself, or its reading)
+
+
 @dataclass
 class Conversation:
-    rel: Path  # relative to the corpus root, without suffix
+    rel: Path  # relative to the split directory, without suffix
+    split: str
     language: str  # ISO
-    turns: list[tuple[str, Speaker, str]]  # (label, speaker, sentence)
+    turns: list[tuple[str, Speaker, Sentence]]  # (label, speaker, sentence)
     gaps: list[float]  # seconds before each turn, then the trailing pause
+
+    def path(self, split: str | None = None) -> Path:
+        return Path(split or self.split) / self.rel
 
 
 def rng_for(*parts: object) -> random.Random:
@@ -93,10 +143,51 @@ def rng_for(*parts: object) -> random.Random:
     return random.Random("/".join(map(str, parts)))
 
 
-def load_sentences(iso: str, split: str) -> list[str]:
+def _clean(line: str) -> str:
+    return " ".join(line.split())
+
+
+def load_lexicon(iso: str) -> dict[str, str]:
+    """``<iso>.lexicon.tsv``: word<TAB>reading per line (``#`` starts a comment)."""
+    path = SENTENCES / f"{iso}.lexicon.tsv"
+    lexicon: dict[str, str] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        word, sep, reading = line.partition("\t")
+        if not sep or not word.strip() or not reading.strip():
+            sys.exit(f"{path}:{n}: expected 'word<TAB>reading'")
+        if word.strip() in lexicon:
+            sys.exit(f"{path}:{n}: {word.strip()!r} is listed twice")
+        lexicon[word.strip()] = _clean(reading)
+    return lexicon
+
+
+def _thai(line: str, lexicon: dict[str, str], where: str) -> Sentence:
+    """A ``|``-separated Thai line: the words joined are the text, their readings the speech."""
+    phrases = [[w for w in phrase.split("|") if w] for phrase in line.split()]
+    missing = sorted({w for phrase in phrases for w in phrase if w not in lexicon})
+    if missing:
+        sys.exit(f"{where}: not in {SENTENCES / 'th.lexicon.tsv'}: {' '.join(missing)}")
+    text = " ".join("".join(phrase) for phrase in phrases)
+    spoken = ", ".join(" ".join(lexicon[w] for w in phrase) for phrase in phrases)
+    return Sentence(text, spoken)
+
+
+def load_sentences(iso: str, split: str) -> list[Sentence]:
+    """``<iso>.<split>.txt``: one sentence per line; ``text<TAB>reading`` where espeak needs a reading."""
     path = SENTENCES / f"{iso}.{split}.txt"
-    lines = [" ".join(line.split()) for line in path.read_text(encoding="utf-8").splitlines()]
-    return [line for line in lines if line]
+    lexicon = load_lexicon(iso) if iso == "th" else {}
+    sentences = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if lexicon:
+            sentences.append(_thai(line, lexicon, f"{path}:{n}"))
+            continue
+        text, _, reading = line.partition("\t")
+        sentences.append(Sentence(_clean(text), _clean(reading) or _clean(text)))
+    return sentences
 
 
 def check_disjoint(languages: list[str], splits: list[str]) -> None:
@@ -104,41 +195,45 @@ def check_disjoint(languages: list[str], splits: list[str]) -> None:
         seen: dict[str, str] = {}
         for split in splits:
             for s in load_sentences(iso, split):
-                key = "".join(ch for ch in s.lower() if ch.isalnum())
+                key = "".join(ch for ch in s.text.lower() if ch.isalnum())
                 if key in seen and seen[key] != split:
-                    sys.exit(f"sentence in both {seen[key]} and {split} ({iso}): {s}")
+                    sys.exit(f"sentence in both {seen[key]} and {split} ({iso}): {s.text}")
                 seen[key] = split
+
+
+def groups_of(args: argparse.Namespace, split: str) -> list[tuple[str, Path, str]]:
+    """(ISO, directory, espeak voice) per accent or language of a split."""
+    groups: list[tuple[str, Path, str]] = []
+    for iso in args.languages:
+        if iso == "en":
+            accents = {a: v for a, v in ENGLISH_ACCENTS.items() if a in args.accents}
+            if split == POOL:
+                accents.update(POOL_ONLY_ACCENTS)
+            groups += [("en", Path("English") / accent, voice) for accent, voice in accents.items()]
+        else:
+            name, main_voice, pool_voice = OTHER_LANGUAGES[iso]
+            groups.append((iso, Path(name), pool_voice if split == POOL else main_voice))
+    return groups
 
 
 def plan(args: argparse.Namespace) -> list[Conversation]:
     """Every conversation's sentences, voices and pauses, drawn from the seeded RNGs."""
-    splits = list(SPLITS) + (["pool"] if args.pool else [])
+    splits = list(SPLITS) + ([POOL] if args.pool else [])
     convs_per = dict(zip(SPLITS, args.convs_per_accent))
-    convs_per["pool"] = args.pool_convs_per_accent
+    convs_per[POOL] = args.pool_convs_per_accent
     caps = dict(zip(SPLITS, args.sentences_per_split))
-    caps["pool"] = 0
+    caps[POOL] = 0
     conversations = []
     for split in splits:
-        variants = POOL_VARIANTS if split == "pool" else MAIN_VARIANTS
-        groups: list[tuple[str, Path, str]] = []  # (iso, directory, voice)
-        for iso in args.languages:
-            if iso == "en":
-                accents = {a: v for a, v in ENGLISH_ACCENTS.items() if a in args.accents}
-                if split == "pool":
-                    accents.update(POOL_ONLY_ACCENTS)
-                groups += [("en", Path("English") / accent, voice) for accent, voice in accents.items()]
-            else:
-                name, main_voice, pool_voice = OTHER_LANGUAGES[iso]
-                groups.append((iso, Path(name), pool_voice if split == "pool" else main_voice))
-        for iso, directory, voice in groups:
+        variants = POOL_VARIANTS if split == POOL else MAIN_VARIANTS
+        for iso, directory, voice in groups_of(args, split):
             sentences = load_sentences(iso, split)
             if caps[split]:
                 sentences = sentences[: caps[split]]
             rng = rng_for(args.seed, split, directory.as_posix())
-            order: list[str] = []
+            order: list[Sentence] = []
             for k in range(convs_per[split]):
-                males, females = list(variants["male"]), list(variants["female"])
-                pair = [rng.choice(males), rng.choice(females)]
+                pair = [rng.choice(variants["male"]), rng.choice(variants["female"])]
                 rng.shuffle(pair)
                 speakers = {
                     label: Speaker(f"{voice}+{var}", rng.randint(150, 185), rng.randint(35, 65))
@@ -154,8 +249,8 @@ def plan(args: argparse.Namespace) -> list[Conversation]:
                 gaps = [round(rng.uniform(0.2, 0.5), 3)]
                 gaps += [round(rng.uniform(0.25, 0.7), 3) for _ in range(len(turns) - 1)]
                 gaps.append(round(rng.uniform(0.3, 0.5), 3))
-                rel = Path(split) / directory / f"{split}_{k + 1:03d}"
-                conversations.append(Conversation(rel, iso, turns, gaps))
+                rel = directory / f"{split}_{k + 1:03d}"
+                conversations.append(Conversation(rel, split, iso, turns, gaps))
     return conversations
 
 
@@ -178,24 +273,48 @@ def noise_floor(n: int, name: str) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(n) * 3e-4).astype(np.float32)
 
 
-def render(conv: Conversation, utts: dict[tuple[Speaker, str], np.ndarray], out: Path, rate: int) -> float:
-    """Assemble, resample with sox, write the wav and the txt; return the duration in seconds."""
-    pieces, lines, pos = [], [], 0
-    for (label, speaker, text), gap in zip(conv.turns, conv.gaps):
+def _write_text(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` becomes a hard link to ``src`` (a copy where the file system has none)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp.wav")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def render(conv: Conversation, utts: dict[tuple[Speaker, str], np.ndarray], out: Path, rate: int,
+           pool_text: str) -> float:
+    """Assemble, resample with sox, write the wav and the txt; return the duration in seconds.
+
+    A pool conversation also goes to ``pool_truth/`` (hard-linked wav, transcribed txt); its
+    ``pool/`` txt keeps the text only with ``pool_text == "inline"``.
+    """
+    pieces, rows, pos = [], [], 0
+    for (label, speaker, sentence), gap in zip(conv.turns, conv.gaps):
         silence = int(round(gap * ESPEAK_RATE))
         pieces.append(np.zeros(silence, dtype=np.float32))
         pos += silence
-        audio = utts[(speaker, text)]
+        audio = utts[(speaker, sentence.spoken)]
         pieces.append(audio)
-        lines.append(f"{pos / ESPEAK_RATE:.3f}\t{(pos + len(audio)) / ESPEAK_RATE:.3f}\t{label}\t{text}\n")
+        rows.append((f"{pos / ESPEAK_RATE:.3f}\t{(pos + len(audio)) / ESPEAK_RATE:.3f}\t{label}", sentence.text))
         pos += len(audio)
     pieces.append(np.zeros(int(round(conv.gaps[-1] * ESPEAK_RATE)), dtype=np.float32))
     signal = np.concatenate(pieces)
-    signal += noise_floor(len(signal), conv.rel.as_posix())
+    signal += noise_floor(len(signal), conv.path().as_posix())
     buf = io.BytesIO()
     sf.write(buf, signal, ESPEAK_RATE, format="WAV", subtype="FLOAT")
 
-    wav, txt = out / conv.rel.with_suffix(".wav"), out / conv.rel.with_suffix(".txt")
+    wav = out / conv.path().with_suffix(".wav")
     wav.parent.mkdir(parents=True, exist_ok=True)
     tmp_wav = wav.with_name(f".{wav.name}.tmp.wav")
     # -R: repeatable; -D: no dither, so the output is a pure function of the input.
@@ -203,9 +322,13 @@ def render(conv: Conversation, utts: dict[tuple[Speaker, str], np.ndarray], out:
                     str(tmp_wav), "gain", "-1", "rate", str(rate)],
                    input=buf.getvalue(), capture_output=True, check=True)
     os.replace(tmp_wav, wav)
-    tmp_txt = txt.with_name(f".{txt.name}.tmp")
-    tmp_txt.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp_txt, txt)
+    transcribed = [f"{times}\t{text}\n" for times, text in rows]
+    if conv.split == POOL:
+        _link(wav, out / conv.path(TRUTH).with_suffix(".wav"))
+        _write_text(out / conv.path(TRUTH).with_suffix(".txt"), transcribed)
+        if pool_text == "aside":
+            transcribed = [f"{times}\n" for times, _ in rows]
+    _write_text(wav.with_suffix(".txt"), transcribed)
     return sf.info(str(wav)).duration
 
 
@@ -213,22 +336,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="corpus directory to write")
+    p.add_argument("--track", choices=list(TRACKS),
+                   help="preset languages, accents and sizes (explicit options override it): "
+                   + "; ".join(f"{name}: {preset}" for name, preset in TRACKS.items()))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--utts-per-conv", type=int, default=8, help="turns per conversation")
-    p.add_argument("--convs-per-accent", type=int, nargs=3, default=[4, 2, 2], metavar=("TRAIN", "DEV", "TEST"),
-                   help="conversations per accent (or per non-English language) in train, dev, test")
+    p.add_argument("--utts-per-conv", type=int, help=f"turns per conversation ({DEFAULTS['utts_per_conv']})")
+    p.add_argument("--convs-per-accent", type=int, nargs=3, metavar=("TRAIN", "DEV", "TEST"),
+                   help="conversations per English accent and per other language in train, dev, test "
+                   f"({' '.join(map(str, DEFAULTS['convs_per_accent']))})")
     p.add_argument("--sentences-per-split", type=int, nargs=3, default=[0, 0, 0],
                    metavar=("TRAIN", "DEV", "TEST"), help="use only the first N sentences of each list (0: all)")
-    p.add_argument("--languages", nargs="+", default=["en", *OTHER_LANGUAGES],
-                   choices=["en", *OTHER_LANGUAGES], help="ISO codes")
-    p.add_argument("--accents", nargs="+", default=list(ENGLISH_ACCENTS), choices=list(ENGLISH_ACCENTS),
-                   help="English accents")
-    p.add_argument("--pool", action="store_true", help="also write the third-party pool/ split")
-    p.add_argument("--pool-convs-per-accent", type=int, default=2)
+    p.add_argument("--languages", nargs="+", choices=[*LANGUAGES, "all"],
+                   help=f"ISO codes, or all ({' '.join(DEFAULTS['languages'])})")
+    p.add_argument("--accents", nargs="+", choices=list(ENGLISH_ACCENTS), help="English accents (all five)")
+    p.add_argument("--pool", action="store_true", help="also write the third-party pool/ split and pool_truth/")
+    p.add_argument("--pool-convs-per-accent", type=int, help=f"({DEFAULTS['pool_convs_per_accent']})")
+    p.add_argument("--pool-text", choices=["inline", "aside"], default="inline",
+                   help="aside: pool/ has no transcripts (only pool_truth/ has them); inline: both have")
     p.add_argument("--rate", type=int, default=16000, help="output sampling rate")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--force", action="store_true", help="re-synthesise even if the corpus exists")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    preset = TRACKS.get(args.track, {})
+    for key, default in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, preset.get(key, default))
+    if "all" in args.languages:
+        args.languages = list(LANGUAGES)
+    args.languages = [iso for iso in LANGUAGES if iso in args.languages]  # canonical order
+    args.accents = [a for a in ENGLISH_ACCENTS if a in args.accents]
+    return args
+
+
+def remove_stale(out: Path, info_path: Path, conversations: list[Conversation]) -> None:
+    """Remove the conversations of an earlier run that this one did not write again."""
+    if not info_path.is_file():
+        return
+    now = {c.path(split).as_posix() for c in conversations
+           for split in ([c.split, TRUTH] if c.split == POOL else [c.split])}
+    for old in json.loads(info_path.read_text(encoding="utf-8")).get("conversations", []):
+        paths = [old["path"]]
+        if old["path"].startswith(f"{POOL}/"):
+            paths.append(f"{TRUTH}/{old['path'][len(POOL) + 1:]}")
+        for path in paths:
+            if path not in now:
+                for suffix in (".wav", ".txt"):
+                    (out / (path + suffix)).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install espeak-ng sox")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                if k not in ("out", "jobs", "force")}
+                if k not in ("out", "jobs", "force", "track")}
     info_path = args.out / "synth_info.json"
     if not args.force and info_path.is_file():
         if json.loads(info_path.read_text(encoding="utf-8")).get("settings") == settings:
@@ -245,25 +398,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
     t0 = time.time()
-    check_disjoint(args.languages, list(SPLITS) + (["pool"] if args.pool else []))
+    check_disjoint(args.languages, list(SPLITS) + [POOL])
     conversations = plan(args)
-    jobs = sorted({(spk, text) for c in conversations for _, spk, text in c.turns}, key=lambda j: (j[0].key(), j[1]))
+    jobs = sorted({(spk, s.spoken) for c in conversations for _, spk, s in c.turns},
+                  key=lambda j: (j[0].key(), j[1]))
     with ThreadPoolExecutor(max(1, args.jobs)) as ex:
         utts = dict(zip(jobs, ex.map(lambda j: espeak(*j), jobs)))
-        durations = list(ex.map(lambda c: render(c, utts, args.out, args.rate), conversations))
-
-    # Remove the conversations of an earlier run that this one did not write again.
-    if info_path.is_file():
-        now = {c.rel.as_posix() for c in conversations}
-        for old in json.loads(info_path.read_text(encoding="utf-8")).get("conversations", []):
-            if old["path"] not in now:
-                for suffix in (".wav", ".txt"):
-                    (args.out / (old["path"] + suffix)).unlink(missing_ok=True)
+        durations = list(ex.map(lambda c: render(c, utts, args.out, args.rate, args.pool_text), conversations))
+    remove_stale(args.out, info_path, conversations)
 
     info = {
         "settings": settings,
         "conversations": [
-            {"path": c.rel.as_posix(), "language": c.language, "duration": round(d, 3),
+            {"path": c.path().as_posix(), "language": c.language, "duration": round(d, 3),
              "speakers": {label: spk.key() for label, spk, _ in c.turns}}
             for c, d in zip(conversations, durations)
         ],
