@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from ilt import lid
 from ilt.adapter import ADAPTER_WEIGHTS, CHECKPOINT_ADAPTER, write_adapter_files
 from ilt.config import RoundConfig
 from ilt.errors import IltInputError
@@ -41,6 +42,17 @@ def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
             if m and p.is_dir():
                 found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def remove_partial_writes(out_dir: str | Path) -> list[Path]:
+    """Remove the temporary directories a killed run left in ``out_dir`` (an
+    adapter's ``.best.*.tmp``, a checkpoint's ``checkpoints/.step-N.tmp``):
+    a SIGKILL gives no chance to clean up, and they are never read."""
+    out_dir = Path(out_dir)
+    stale = [p for p in [*out_dir.glob(".*.tmp"), *(out_dir / CHECKPOINTS).glob(".step-*.tmp")] if p.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 class TrainState:
@@ -123,6 +135,7 @@ class Checkpointer:
             unexpected = getattr(result, "unexpected_keys", None)
             if unexpected:
                 raise IltInputError(f"{path}: adapter weights do not fit this LoRA: {unexpected[:3]}")
+            lid.load_weights(self.accelerator.unwrap_model(model), os.path.dirname(path))
         models.clear()
 
     def save(self, step: int) -> None:
@@ -135,13 +148,31 @@ class Checkpointer:
             root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
+        try:
+            accelerator.save_state(str(tmp))
+        except Exception as exc:  # a full disk: name it and the last good checkpoint; remove the partial one
+            self._save_failed(tmp, final, exc)
+            raise
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             replace_dir(tmp, final)
             for _, old in list_checkpoints(self.out_dir)[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
+
+    def _save_failed(self, tmp: Path, final: Path, exc: BaseException) -> None:
+        """Remove the partial checkpoint ``tmp``; raise :class:`IltInputError`
+        when the disk is the cause (else the caller re-raises ``exc``)."""
+        from ilt.utils import os_error_line, storage_problem
+
+        problem = None if isinstance(exc, IltInputError) else (os_error_line(exc) or storage_problem(tmp))
+        shutil.rmtree(tmp, ignore_errors=True)
+        if problem is None:
+            return
+        last = list_checkpoints(self.out_dir)
+        cause = problem if isinstance(problem, str) else f"{problem[0]}; {problem[1]}"
+        raise IltInputError(f"{final}: checkpoint not written: {cause}"
+                            + (f"; training resumes from {last[-1][1]}" if last else "")) from exc
 
     def resume(self, on_resumed: Callable[[TrainState], None] | None = None) -> Path | None:
         """Load the newest complete checkpoint, if any; return its path."""

@@ -44,8 +44,9 @@ checkpoints before it stay untouched.
 
 Several processes (``accelerate launch``, ``torchrun``): each draws its own
 batches (the sampler is given the world size and rank), evaluation and all
-writing happen on the main process, the step loss logged is the main
-process's. FSDP and DeepSpeed go through Accelerate but are untested.
+writing happen on the main process, the step loss logged is the mean over
+every process's micro-batches (the loss one process with the same global
+batch logs). FSDP and DeepSpeed go through Accelerate but are untested.
 """
 
 from __future__ import annotations
@@ -63,15 +64,17 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from ilt.adapter import MANIFESTS_JSON, ROUND_YAML, describe_manifests, save_adapter
-from ilt.checkpoint import Checkpointer, TrainState, list_checkpoints
+from ilt.checkpoint import Checkpointer, TrainState, list_checkpoints, remove_partial_writes
 from ilt.config import DataSource, DecodeConfig, RoundConfig, config_hash, dump_yaml, from_dict, load_round, to_dict
 from ilt.data.mix import Mix, batches_per_epoch, log_buckets, make_sampler, training_stream
 from ilt.errors import IltInputError
-from ilt.utils import Skips, write_json_atomic, write_text_atomic
+from ilt.utils import Skips, process_state, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("ilt")
 
 TRAIN_LOG = "train_log.jsonl"
+#: Training stops when this many micro-batches in a row had every cut skipped.
+MAX_EMPTY_MICRO_BATCHES = 1000
 
 
 @dataclass
@@ -184,6 +187,7 @@ def _prepare_out_dir(config: RoundConfig, out_dir: Path, dev_cuts: str | Path | 
         describe_manifests([(dev_cuts, 1.0)], role="dev") if dev_cuts else [])
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial_writes(out_dir)  # left by a killed run: never complete, never read
         write_text_atomic(out_dir / ROUND_YAML, dump_yaml(config))
         if command:
             write_text_atomic(out_dir / "command.txt", command.rstrip("\n") + "\n")
@@ -199,6 +203,10 @@ def load_for_training(config: RoundConfig, model_dir: Path, mixed_precision: str
 
     backbone = create("backbone", config.backbone, model_dir, dtype=base_dtype(mixed_precision), device=None)
     model = attach_lora(backbone, config.lora)
+    if config.train.lid_embeddings:  # trained fully beside the LoRA, saved with it (ilt.lid)
+        from ilt.lid import train_embeddings
+
+        train_embeddings(backbone)
     if config.train.gradient_checkpointing:
         base = model.get_base_model()
         enable = getattr(base, "activation_checkpointing_enable", None)  # transformers >= 5.x
@@ -313,17 +321,26 @@ class _Run:
         # (loss, cut IDs) of the micro-batches of this optimiser step, losses kept
         # on the device: one host sync per optimiser step, not per micro-batch
         step_losses: list[tuple[Any, list[str]]] = []
+        empty = 0
         while True:
             batch = next(batches)
             state.micro_batches += 1
             state.cuts += len(batch) + len(batch.skipped)
             self.count_skips(batch, seen)
+            if not len(batch):
+                # Every cut skipped: draw the next micro-batch. (A zero loss
+                # without a forward pass leaves the other processes waiting in
+                # DDP's gradient all-reduce forever.)
+                empty += 1
+                if empty >= MAX_EMPTY_MICRO_BATCHES:
+                    raise IltInputError(
+                        f"{empty} micro-batches in a row had no usable cut (skipped so far: "
+                        f"{self.skips.counts()}); check the training manifests' audio and transcripts")
+                continue
+            empty = 0
             with accelerator.accumulate(self.model):
-                if len(batch):
-                    loss = self.loss_fn(self.backbone, self.model, batch.to(accelerator.device))
-                    step_losses.append((loss.detach(), batch.cut_ids))
-                else:  # every cut skipped: a zero loss keeps the processes in step
-                    loss = sum((p * 0).sum() for p in self.params)
+                loss = self.loss_fn(self.backbone, self.model, batch.to(accelerator.device))
+                step_losses.append((loss.detach(), batch.cut_ids))
                 accelerator.backward(loss)
                 step_loss = None
                 if accelerator.sync_gradients:
@@ -426,11 +443,16 @@ def _check_finite(accelerator: Any, losses: Sequence[tuple[Any, list[str]]], ste
     device = accelerator.device
     values = torch.stack([loss.float() for loss, _ in losses]) if losses else torch.zeros(0, device=device)
     bad = ~torch.isfinite(values)
-    flag = bad.any().reshape(1).int()
-    if accelerator.num_processes > 1:  # every process stops together
-        flag = accelerator.gather(flag).amax().reshape(1)
-    host = torch.cat([values.double(), flag.double()]).tolist()  # the one sync
-    values_host, any_bad = host[:-1], bool(host[-1])
+    # [loss sum, micro-batches, any non-finite]: summed (the flag: max) over the
+    # processes, so every process stops together and the step loss is the
+    # mean over all processes' micro-batches (as one process would log it)
+    count = torch.tensor(float(len(losses)), dtype=torch.float64, device=device)
+    totals = torch.stack([values.double().sum(), count, bad.any().double()])
+    if accelerator.num_processes > 1:
+        every = accelerator.gather(totals.reshape(1, 3))
+        totals = torch.cat([every[:, :2].sum(0), every[:, 2].amax().reshape(1)])
+    host = torch.cat([values.double(), totals]).tolist()  # the one sync
+    values_host, (loss_sum, count), any_bad = host[:-3], host[-3:-1], bool(host[-1])
     if any_bad:
         last = list_checkpoints(out_dir)
         local = [(value, ids) for value, (_, ids) in zip(values_host, losses) if not math.isfinite(value)]
@@ -438,7 +460,7 @@ def _check_finite(accelerator: Any, losses: Sequence[tuple[Any, list[str]]], ste
                  if local else "the loss is not finite on another process")
         raise IltInputError(f"step {step}: {where}; training stopped"
                             + (f" (the last good checkpoint is {last[-1][1]})" if last else ""))
-    return sum(values_host) / len(values_host) if values_host else None
+    return loss_sum / count if count else None
 
 
 # --------------------------------------------------------------------------- the stage
@@ -475,8 +497,8 @@ def train_round(
     :raises IltInputError: missing or empty data, a run of another config in
         ``out_dir``, a non-finite loss.
     """
-    from accelerate import Accelerator, PartialState
-    from accelerate.utils import parse_flag_from_env, set_seed
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
     from ilt.evaluate import load_dev
@@ -488,8 +510,7 @@ def train_round(
     if dev_cuts is not None and not Path(dev_cuts).is_file():
         raise IltInputError(f"{dev_cuts}: dev cut manifest not found")
     decode_config = decode_config or DecodeConfig(backbone=config.backbone, beam_size={"default": 1})
-    # As Accelerate's own state does: `accelerate launch --cpu` sets ACCELERATE_USE_CPU.
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = process_state()  # `accelerate launch --cpu`, and torchrun on a machine without CUDA
     manifests = _prepare_out_dir(config, out_dir, dev_cuts, command, state.is_main_process)
     state.wait_for_everyone()
     mixed = resolve_precision(train.precision, state.device.type, force_precision)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -13,6 +14,58 @@ from pathlib import Path
 from typing import Any, Iterator
 
 log = logging.getLogger("ilt")
+
+#: A write that fails with fewer free bytes than this on its device is put down to a full disk.
+LOW_SPACE = 1 << 20
+_NO_SPACE_FIX = "free disk space or choose another output directory, then rerun the same command (finished work is kept)"
+_NOT_WRITABLE_FIX = "choose a writable output directory or fix its permissions, then rerun the same command"
+#: errno -> the fix a user can make
+STORAGE_FIXES = {errno.ENOSPC: _NO_SPACE_FIX, errno.EDQUOT: _NO_SPACE_FIX, errno.EROFS: _NOT_WRITABLE_FIX,
+                 errno.EACCES: _NOT_WRITABLE_FIX, errno.EPERM: _NOT_WRITABLE_FIX}
+
+
+def storage_problem(path: str | Path) -> tuple[str, str] | None:
+    """``(cause, fix)`` when files cannot be written under ``path`` because its
+    file system is read-only or (nearly) full, or it is not writable; else None.
+
+    Writers whose errors do not say why (safetensors, ``torch.save``) are
+    diagnosed with this after a failed write, before its partial output is removed.
+    """
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return f"{p} is on a read-only file system", _NOT_WRITABLE_FIX
+    if st.f_bavail * st.f_frsize < LOW_SPACE:
+        return f"no space left on the device of {p} ({st.f_bavail * st.f_frsize} bytes free)", _NO_SPACE_FIX
+    if not os.access(p, os.W_OK):
+        return f"{p} is not writable", _NOT_WRITABLE_FIX
+    return None
+
+
+def os_error_line(exc: BaseException) -> str | None:
+    """``"FILE: cause; fix"`` for an ``OSError`` a user can fix (no space, read-only, permissions)."""
+    if isinstance(exc, OSError) and exc.errno in STORAGE_FIXES:
+        return f"{exc.filename or '?'}: {exc.strerror or os.strerror(exc.errno)}; {STORAGE_FIXES[exc.errno]}"
+    return None
+
+
+def _write_failed(path: Path, exc: BaseException) -> BaseException | None:
+    """The user-facing error for a failed write of ``path`` when the disk is
+    the cause (None otherwise: the original exception stands)."""
+    from ilt.errors import IltInputError
+
+    if isinstance(exc, IltInputError) or not isinstance(exc, Exception):
+        return None
+    line = os_error_line(exc)
+    problem = None if line else storage_problem(path)
+    if line is None and problem is None:
+        return None
+    return IltInputError(line or f"{path}: cannot write it: {problem[0]}; {problem[1]}")
 
 
 @contextlib.contextmanager
@@ -34,6 +87,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except Exception as exc:  # a full or read-only disk: say so, naming the file
+        failed = _write_failed(path, exc)
+        if failed is None:
+            raise
+        raise failed from exc
     finally:
         if tmp_path.is_dir():
             shutil.rmtree(tmp_path, ignore_errors=True)
@@ -68,9 +126,44 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         replace_dir(tmp, path)
+    except Exception as exc:  # a full or read-only disk: say so, naming the directory
+        failed = _write_failed(path, exc)
+        if failed is None:
+            raise
+        raise failed from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def process_state() -> Any:
+    """Accelerate's ``PartialState`` of this process.
+
+    Under ``torchrun`` (or ``accelerate launch --multi_gpu``) on a machine
+    without CUDA, Accelerate's default state sees each process alone
+    (``num_processes`` 1), so every process would do all the work (and write
+    the same files): without CUDA, several processes are CPU processes (gloo).
+    """
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available()))
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporaries :func:`atomic_path` / :func:`atomic_dir` left
+    beside ``path`` when a writer was killed (SIGKILL gives no chance to clean
+    up): ``.NAME.*.tmp*``. Call it only where no other writer of ``path`` runs."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.name}.*.tmp*")) if path.parent.is_dir() else []
+    for item in stale:
+        if item.is_dir():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+    return stale
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -54,3 +54,22 @@ def broken_plugin_env(broken_plugin_site):
     env.pop("ILT_LOAD_PLUGINS", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(broken_plugin_site), env.get("PYTHONPATH")) if p)
     return env
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "reliability: a slow reliability check (kill points, two processes, bad input through "
+                   "subprocesses); skipped unless ILT_RELIABILITY=1 (`make reliability`)")
+    config.addinivalue_line(
+        "markers", "two_processes: runs `ilt` under `accelerate launch` with 2 CPU processes (gloo); "
+                   "part of `make test` (CI), deselect with -m 'not two_processes'")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs the fast slice; `make reliability` (ILT_RELIABILITY=1) runs everything."""
+    if os.environ.get("ILT_RELIABILITY", "") not in ("", "0"):
+        return
+    skip = pytest.mark.skip(reason="slow reliability check: run `make reliability` (ILT_RELIABILITY=1)")
+    for item in items:
+        if "reliability" in item.keywords:
+            item.add_marker(skip)

@@ -105,7 +105,7 @@ def test_tiny_run_writes_best_final_and_logs(base_dir, data, tmp_path):
         assert not any(f.endswith(".bin") for f in files)
     assert (out / "command.txt").read_text() == "ilt train --config focus.yaml\n"
     saved = yaml.safe_load((out / "round.yaml").read_text())
-    assert saved["task"]["data"] == [{"cuts": str(data["train"]), "weight": 1.0, "languages": None}]
+    assert saved["task"]["data"] == [{"cuts": str(data["train"]), "weight": 1.0, "languages": None, "weight_by": "share"}]
     assert (out / "best" / "round.yaml").read_text() == (out / "round.yaml").read_text()
     assert list(out.glob("tensorboard/**/events.out.tfevents.*"))
 
@@ -126,6 +126,39 @@ def test_tiny_run_writes_best_final_and_logs(base_dir, data, tmp_path):
     manifests = json.loads((out / "manifests.json").read_text())
     assert [m["role"] for m in manifests] == ["train", "dev"] and all(len(m["sha256"]) == 64 for m in manifests)
     assert [s for s, _ in list_checkpoints(out)] == [2, 4]
+
+
+def test_the_lowest_dev_score_is_kept(base_dir, data, tmp_path, monkeypatch):
+    """best/ is the adapter of the *lowest* dev score, and a later tie does not
+    replace it. The tiny random model's dev WER ties at every evaluation, so
+    the scores are set here: 0.9, 0.3, 0.3, 0.6 at steps 2, 4, 6, 8. Keeping
+    the highest (``<`` flipped to ``>``) would keep step 2, ``<=`` step 6, and
+    keeping the last evaluation step 8."""
+    import torch
+    from safetensors.torch import load_file
+
+    import ilt.evaluate
+
+    scores = {2: 0.9, 4: 0.3, 6: 0.3, 8: 0.6}
+
+    def evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step):
+        value = scores[step]
+        return {"step": step, "metric": metric, "value": value, "dev_loss": value, "group_by": "language",
+                "rows": [{"group": "en", "error_rate": value}], "overall": {"error_rate": value}}
+
+    monkeypatch.setattr(ilt.evaluate, "evaluate", evaluate)
+    out = tmp_path / "best-of-4"
+    result = train_round(_config(max_steps=8, eval_every=2, save_every=4), base_dir, out,
+                         train_cuts=[(data["train"], 1.0)], dev_cuts=data["dev"])
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["dev_wer"]) for r in log if r["event"] == "eval"] == sorted(scores.items())
+    assert result.best_metric == 0.3 and result.best_score["step"] == 4
+    assert json.loads((out / "best" / "score.json").read_text())["step"] == 4
+    best = load_file(out / "best" / "adapter_model.safetensors")
+    step4 = load_file(out / "checkpoints" / "step-4" / "adapter" / "adapter_model.safetensors")
+    step8 = load_file(out / "final" / "adapter_model.safetensors")
+    assert best.keys() == step4.keys() and all(torch.equal(best[k], step4[k]) for k in best)
+    assert any(not torch.equal(best[k], step8[k]) for k in best)  # the weights moved after step 4
 
 
 @pytest.mark.parametrize("source", ["train", "many"])  # 4 cuts: one bucket; 16 cuts: 4 buckets

@@ -100,7 +100,12 @@ def load_checked(cut: Any, sampling_rate: int, *, reject_silent: bool = False,
 
     Any loader error (a missing, truncated or garbage file) is an
     :data:`UNREADABLE` problem with the error in its detail, never an exception.
+    A cut whose duration is clearly over ``max_samples`` is not loaded at all
+    (three hours of audio would take gigabytes only to be rejected).
     """
+    if max_samples is not None and float(cut.duration) * sampling_rate > max_samples + sampling_rate / 10:
+        return AudioProblem(TOO_LONG, f"{float(cut.duration):.2f} s, "
+                                      f"the model window is {max_samples / sampling_rate:g} s")
     try:
         audio = load_mono(cut, sampling_rate)
     except Exception as exc:  # any decoder error is a counted skip, not a crash

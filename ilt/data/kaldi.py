@@ -98,7 +98,8 @@ def _check_utterances(data_dir: Path, transcripts: bool = True) -> None:
             except ValueError:
                 raise IltInputError(f"{where}: non-numeric time {start!r} {end!r}") from None
             if t0 < 0 or (t1 != -1 and t1 <= t0):
-                raise IltInputError(f"{where}: bad segment times {start} {end}")
+                raise IltInputError(f"{where}: bad segment times {start} {end}: the start must be >= 0 and the "
+                                    f"end after it (or -1: the end of the recording); fix the line")
             utts.append(utt)
     else:
         utts = sorted(rec_ids)

@@ -47,9 +47,24 @@ def _load(cls, path: str | Path, what: str):
     if not path.is_file():
         raise IltInputError(f"{path}: {what} manifest not found")
     try:
-        return cls.from_jsonl(path)
+        manifest = cls.from_jsonl(path)
     except Exception as exc:  # corrupt gzip, bad JSON, wrong manifest type
-        raise IltInputError(f"{path}: cannot read {what} manifest: {type(exc).__name__}: {exc}") from None
+        raise IltInputError(f"{path}: cannot read {what} manifest: {type(exc).__name__}: {exc} (truncated or "
+                            f"not a {what} manifest: write it again with the stage that made it)") from None
+    check_unique_ids((item.id for item in manifest), path, what)
+    return manifest
+
+
+def check_unique_ids(ids: Iterable[str], path: str | Path, what: str = "cut") -> None:
+    """Raise :class:`IltInputError` naming the manifest and the first repeated
+    ID: outputs are keyed by ID, so a repeated one would silently drop or
+    mix results."""
+    seen: set[str] = set()
+    for item_id in ids:
+        if item_id in seen:
+            raise IltInputError(f"{path}: {what} ID {item_id!r} appears more than once; IDs must be unique: "
+                                f"remove the duplicates or rename them (e.g. lhotse's CutSet.modify_ids)")
+        seen.add(item_id)
 
 
 def load_cuts(path: str | Path) -> CutSet:
