@@ -1,7 +1,9 @@
 """What a backbone is: the only model-specific code in ``ilt``.
 
 A backbone plugin registers a factory ``factory(model_dir, *, dtype=None,
-device=None) -> Backbone`` through ``ilt_register_backbones``. Everything else
+device=None) -> Backbone`` through ``ilt_register_backbones`` (optionally
+with ``tokenizer_only=True``: a light object with only ``name`` and
+:meth:`Backbone.tokenize`, no weights read). Everything else
 (training loop, merging, decoding orchestration, voting, scoring) only talks to
 this protocol, so a new model family is one plugin module.
 """
@@ -95,3 +97,84 @@ class Backbone(Protocol):
 
     def save(self, model: Any, out_dir: str | Path) -> None:
         """Write a full model (safetensors) plus its processor to ``out_dir``."""
+
+
+@runtime_checkable
+class SupportsLanguageId(Protocol):
+    """What a backbone adds for language-ID embeddings (:mod:`ilt.lid`; both
+    built-in backbones have it). A backbone without it trains and decodes as
+    usual; a round with ``train.lid_embeddings: true`` on it is refused."""
+
+    def lid_modules(self) -> tuple[Any, Any]:
+        """``(encoder, lm_head)`` of :attr:`Backbone.model`: the module whose
+        output (``last_hidden_state``, width ``config.d_model`` or
+        ``config.hidden_size``) gets the encoder-side vector, and the linear
+        LM head whose input gets the decoder-side vector."""
+
+    def detect_language(self, model: Any, inputs: dict[str, Any]) -> list[str | None]:
+        """The model's own language decision for each input of one
+        ``features()`` batch (an ISO 639-1 code, ``None`` when it gives none),
+        without language-ID embeddings."""
+
+
+def resolve_target_modules(model: Any, spec: str | Sequence[str], scope_targets: dict[str, Sequence[str]],
+                           family: str) -> list[str]:
+    """LoRA target module names for PEFT's ``target_modules``, for any
+    ``torch`` model.
+
+    ``spec`` is a scope of :data:`SCOPES` (expanded to ``scope_targets[spec]``,
+    module leaf names) or explicit names (a list, or a comma-separated string),
+    each a leaf name (``fc1``) or a dotted suffix of a module path
+    (``decoder.layers.0.fc1``) naming a layer PEFT's LoRA can wrap (``Linear``,
+    ``Conv1d``, ``Embedding``; modules PEFT already wrapped count).
+
+    :raises ValueError: nothing given, or a name no module has; the message
+        lists the model's linear layer names (``family`` names the model).
+    """
+    import torch.nn as nn
+
+    wrappable = (nn.Linear, nn.Conv1d, nn.Embedding)
+    while not hasattr(model, "named_modules") and hasattr(model, "module"):
+        model = model.module
+    modules = [(n, m) for n, m in model.named_modules() if n and not n.endswith(".base_layer")]
+    paths = [n for n, m in modules if isinstance(m, wrappable) or hasattr(m, "base_layer")]
+    linear_leaves = sorted({n.rsplit(".", 1)[-1] for n, m in modules
+                            if isinstance(m, nn.Linear) or isinstance(getattr(m, "base_layer", None), nn.Linear)})
+    if isinstance(spec, str) and spec in SCOPES:
+        names = list(scope_targets[spec])
+    else:
+        names = ([s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str)
+                 else [str(s).strip() for s in spec])
+        if not names:
+            raise ValueError(f"no LoRA target modules given; use a scope ({', '.join(SCOPES)}) "
+                             f"or linear layer names: {', '.join(linear_leaves)}")
+    unknown = [n for n in names if not any(p == n or p.endswith("." + n) for p in paths)]
+    if unknown:
+        raise ValueError(
+            f"unknown LoRA target module(s) {', '.join(map(repr, unknown))} for {family}; use a scope "
+            f"({', '.join(SCOPES)}) or linear layer names: {', '.join(linear_leaves)}")
+    return list(dict.fromkeys(names))
+
+
+def unwrap_model(model: Any) -> Any:
+    """The ``transformers`` model under DDP/FSDP-style (``.module``) and PEFT
+    wrappers; LoRA layers stay injected in it."""
+    while not hasattr(model, "generation_config") and hasattr(model, "module"):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def generating_model(model: Any) -> Any:
+    """The outermost wrapper that has ``generate`` (a PEFT model keeps its hooks)."""
+    while not hasattr(model, "generate") and hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def first_float_param(model: Any) -> Any:
+    """The first floating-point parameter of ``model`` (its device and dtype
+    are the model's)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p
+    raise ValueError("model has no floating-point parameters")

@@ -24,6 +24,8 @@ import difflib
 import hashlib
 import inspect
 import json
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -124,6 +126,26 @@ class LoraSection:
         return kwargs
 
 
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: str, key: str) -> str:
+    """``${NAME}`` and ``${NAME:-default}`` in a path, from the environment
+    (a recipe exports, e.g., ``ILT_EXP_DIR`` so a round YAML can name what an
+    earlier stage of the same experiment wrote). An unset name without a
+    default is a :class:`ConfigError`."""
+    def value_of(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(f"{key}: {match.group(0)} is not set in the environment; export {name} "
+                              f"or write ${{{name}:-DEFAULT}}")
+        return default
+
+    return _ENV_REFERENCE.sub(value_of, value) if isinstance(value, str) else value
+
+
 @dataclass
 class DataSource:
     """One entry of a knowledge task's data mix."""
@@ -132,6 +154,12 @@ class DataSource:
     weight: float = _field(1.0, min=0.0, help="sampling weight in CutSet.mux")
     languages: Union[list[str], None] = _field(
         None, help="keep only cuts in these ISO 639-1 languages (default: all)")
+    weight_by: Literal["share", "hours"] = _field(
+        "share", help="share: weight is the source's share of the stream; hours: its audio comes out in "
+                      "proportion to weight x its hours (every source of a mix says the same)")
+
+    def __post_init__(self) -> None:
+        self.cuts = expand_env(self.cuts, "cuts")
 
 
 @dataclass
@@ -143,6 +171,11 @@ class TaskSection:
 
     def __post_init__(self) -> None:
         self.loss = ComponentSpec.from_yaml(self.loss, "task.loss")
+        kinds = [source.weight_by for source in self.data]
+        for i, kind in enumerate(kinds):
+            if kind != kinds[0]:  # a share and a number of hours are not comparable
+                raise ConfigError(f"task.data[{i}].weight_by: {kind!r}, but task.data[0] has {kinds[0]!r}; "
+                                  f"weight every source of a mix the same way")
 
 
 @dataclass
@@ -165,6 +198,9 @@ class TrainSection:
                               "with 2 full micro-batches; 1: no bucketing")
     num_workers: int = _field(0, min=0)
     gradient_checkpointing: bool = False
+    lid_embeddings: bool = _field(
+        False, help="learn one vector per language added to the encoder output and to the decoder's last "
+                    "hidden state (paper 3.2.3; ilt.lid), trained fully and saved with the adapter")
     max_dev_cuts: Union[int, None] = _field(
         None, min=1, help="decode at most this many dev cuts (evenly spaced over the set) per evaluation")
 
@@ -207,13 +243,33 @@ class DecodeConfig:
         default_factory=lambda: [0.2, 0.4, 0.6], min=0.0,
         help="sampling temperatures tried in turn when a hypothesis loops")
     no_repeat_ngram_size: int = _field(0, min=0)
+    tokens_per_second: dict[str, float] = _field(
+        default_factory=lambda: {"default": 15.0, "ja": 30.0, "ko": 30.0, "th": 30.0, "zh": 30.0}, min=0.1,
+        help="most text tokens per second of audio, per language ('default' for the rest): a hypothesis ends "
+             "after ceil(rate x seconds) + token_slack tokens (at most max_new_tokens); {} for max_new_tokens only")
+    token_slack: int = _field(16, min=0, help="tokens allowed beyond the duration-based budget")
+    loop_tokens: Union[int, None] = _field(
+        12, min=2, help="end a hypothesis once its last N (or more) tokens repeat one pattern at least three "
+                        "times; null to switch off")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    language: Literal["given", "detect"] = _field(
+        "given", help="given: each cut decodes in its own language; detect: in the language the model detects "
+                      "(the cut's own is kept as given_language; decode_stats.json counts the confusions)")
 
     def __post_init__(self) -> None:
         self.backbone = ComponentSpec.from_yaml(self.backbone, "backbone")
 
     def beam_for(self, language: str | None) -> int:
         return self.beam_size.get(language or "", self.beam_size.get("default", 1))
+
+    def token_budgets(self, seconds: list[float], language: str | None) -> list[int]:
+        """Each input's ``max_new_tokens``: bounded by its duration (see :mod:`ilt.generation`)."""
+        from ilt.generation import token_budget
+
+        rate = self.tokens_per_second.get(language or "", self.tokens_per_second.get("default"))
+        if rate is None:
+            return [self.max_new_tokens] * len(seconds)
+        return [token_budget(s, rate, self.token_slack, self.max_new_tokens) for s in seconds]
 
 
 #: Which schema a file is checked against, by the top-level keys it has.

@@ -37,7 +37,7 @@ from ilt.config import DecodeConfig, dump_yaml
 from ilt.data.audio import AudioProblem, load_checked
 from ilt.data.languages import NO_SPACE_LANGUAGES
 from ilt.errors import IltInputError
-from ilt.utils import Skips, log, write_json_atomic, write_text_atomic
+from ilt.utils import Skips, log, process_state, write_json_atomic, write_text_atomic
 
 #: Base seed of the sampling fallback (one seed per temperature step).
 FALLBACK_SEED = 1234
@@ -76,6 +76,8 @@ class DecodeStats:
     still_looping: int = 0
     seconds: float = 0.0
     skips: dict[str, int] = field(default_factory=dict)
+    #: ``language: detect`` only: cuts detected, how many differ from their own language, and as what
+    language_detection: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -158,10 +160,12 @@ class _Decoder:
 
     def _generate(self, chunks: Sequence[np.ndarray], language: str | None, **options: Any) -> list[str]:
         texts: list[str] = []
+        rate = float(self.backbone.sampling_rate)
         for part in _batches(list(chunks), self.config.batch_size):
             inputs = self.backbone.features(list(part))
-            texts.extend(self.backbone.generate(
-                self.model, inputs, language=language, max_new_tokens=self.config.max_new_tokens, **options))
+            budgets = self.config.token_budgets([c.shape[-1] / rate for c in part], language)
+            texts.extend(self.backbone.generate(self.model, inputs, language=language, max_new_tokens=budgets,
+                                                loop_tokens=self.config.loop_tokens, **options))
         return texts
 
     def decode(self, chunks: Sequence[np.ndarray], language: str | None) -> list[str]:
@@ -215,9 +219,24 @@ class _Decoder:
         return scored
 
 
+def _counters(stats: DecodeStats) -> dict[str, Any]:
+    return {k: v for k, v in stats.__dict__.items() if k not in ("seconds", "skips", "cuts")}
+
+
+def _resume(journal: Any, skips: Skips, stats: DecodeStats) -> tuple[list[dict[str, Any]], set[str]]:
+    """The records and the finished cut IDs of a killed run's journal (skips
+    and counters restored into ``skips`` and ``stats``)."""
+    if journal is None:
+        return [], set()
+    journal.restore(skips)
+    for key, value in journal.counters.items():
+        setattr(stats, key, value)
+    return list(journal.records), journal.done
+
+
 def decode_cuts(backbone: Any, model: Any, cuts: Iterable[Any], config: DecodeConfig,
                 out_dir: str | Path | None = None, *, progress: bool = True,
-                scores: bool = False) -> list[dict[str, Any]]:
+                scores: bool = False, journal: Any = None) -> list[dict[str, Any]]:
     """Decode ``cuts`` with ``model`` (``None``: ``backbone.model``).
 
     Returns one record per decoded cut, in input order: ``{"id", "text",
@@ -226,7 +245,9 @@ def decode_cuts(backbone: Any, model: Any, cuts: Iterable[Any], config: DecodeCo
     :meth:`ilt.backbone.Backbone.score`; one more forward pass per batch) and
     ``score_tokens``. With ``out_dir``, writes
     ``hyps.jsonl``, ``hyp.trn`` (``text (id)`` lines), ``decode_config.yaml``
-    and ``decode_stats.json`` there, each atomically.
+    and ``decode_stats.json`` there, each atomically. With ``journal`` (an
+    :class:`ilt.journal.Journal`), each finished batch is kept there and the
+    batches a killed run finished are not decoded again.
     """
     from tqdm import tqdm
 
@@ -239,19 +260,20 @@ def decode_cuts(backbone: Any, model: Any, cuts: Iterable[Any], config: DecodeCo
 
     cut_list = list(cuts)
     order = {cut.id: n for n, cut in enumerate(cut_list)}
-    groups: dict[str | None, list[Any]] = defaultdict(list)
-    for cut in cut_list:
-        groups[_language(cut)].append(cut)
+    detected = (_detect_languages(backbone, model, cut_list, config, window, stats)
+                if config.language == "detect" else None)
+    groups = _groups(cut_list, detected)
 
     was_training = bool(getattr(model, "training", False))
     if hasattr(model, "eval"):
         model.eval()
     start = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    bar = tqdm(total=len(cut_list), desc="decode", unit="cut", disable=None if progress else True)
+    records, done = _resume(journal, skips, stats)
+    bar = tqdm(total=len(cut_list), initial=len(done), desc="decode", unit="cut", disable=None if progress else True)
     try:
         for language in sorted(groups, key=lambda lang: (lang is None, lang or "")):
-            group = sorted(groups[language], key=lambda c: (c.duration, c.id))
+            # finished cuts are whole batches at the start of a group: the rest batch as before
+            group = sorted((c for c in groups[language] if c.id not in done), key=lambda c: (c.duration, c.id))
             unsupported: str | None = None
             for batch in _batches(group, config.batch_size):
                 if unsupported is not None:
@@ -271,23 +293,79 @@ def decode_cuts(backbone: Any, model: Any, cuts: Iterable[Any], config: DecodeCo
                     continue
                 chunk_scores = decoder.score(flat, texts, language) if scores and flat else None
                 records.extend(_records(loaded, texts, language, stats, chunk_scores))
+                if journal is not None:
+                    journal.append(records[-len(loaded):] if loaded else [], skips, _counters(stats))
                 bar.update(len(batch))
     finally:
         bar.close()
+        if journal is not None:
+            journal.close()
         if was_training and hasattr(model, "train"):
             model.train()
     stats.seconds = time.perf_counter() - start
     stats.cuts = len(records)
     stats.skips = skips.report()
     records.sort(key=lambda r: order[r["id"]])
-    if stats.fallback_chunks:
-        log.info("decode: %d chunk(s) looped (compression ratio > %s); %d still loop after fallback",
-                 stats.fallback_chunks, config.compression_ratio_threshold, stats.still_looping)
-    log.info("decode: %d cut(s), %d chunk(s), %.1f s of audio in %.1f s", stats.cuts, stats.chunks,
-             stats.audio_seconds, stats.seconds)
+    if detected is not None:
+        given = {cut.id: _language(cut) for cut in cut_list}
+        for record in records:
+            record["given_language"] = given[record["id"]]
+    _log_summary(stats, config)
     if out_dir is not None:
         write_outputs(records, out_dir, config, stats)
     return records
+
+
+def _groups(cuts: Sequence[Any], detected: dict[str, str | None] | None) -> dict[str | None, list[Any]]:
+    """Cuts by the language they decode in: their own, or the detected one."""
+    groups: dict[str | None, list[Any]] = defaultdict(list)
+    for cut in cuts:
+        groups[_language(cut) if detected is None else detected.get(cut.id)].append(cut)
+    return groups
+
+
+def _log_summary(stats: DecodeStats, config: DecodeConfig) -> None:
+    if stats.fallback_chunks:
+        log.info("decode: %d chunk(s) looped (compression ratio > %s); %d still loop after fallback",
+                 stats.fallback_chunks, config.compression_ratio_threshold, stats.still_looping)
+    if stats.language_detection:
+        log.info("decode: language detected for %d cut(s); %d differ from their own", stats.language_detection["cuts"],
+                 stats.language_detection["confused"])
+    log.info("decode: %d cut(s), %d chunk(s), %.1f s of audio in %.1f s", stats.cuts, stats.chunks,
+             stats.audio_seconds, stats.seconds)
+
+
+def _detect_languages(backbone: Any, model: Any, cuts: Sequence[Any], config: DecodeConfig, window: float,
+                      stats: DecodeStats) -> dict[str, str | None]:
+    """``language: detect``: each cut's language as the model detects it from
+    its first window of audio (:meth:`ilt.lid.SupportsLanguageId.detect_language`);
+    cuts decode in that language. Counts, in ``stats.language_detection``,
+    how often it differs from the cut's own language, and as what."""
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    detect = getattr(backbone, "detect_language", None)
+    if detect is None:
+        raise IltInputError(f"the {backbone.name} backbone cannot detect the language: decode with language: given")
+    out: dict[str, str | None] = {}
+    rate = int(backbone.sampling_rate)
+    for batch in tqdm(list(_batches(list(cuts), config.batch_size)), desc="detect language", unit="batch",
+                      disable=None):
+        audios = []
+        for cut in batch:
+            audio = load_checked(cut, rate)
+            if isinstance(audio, AudioProblem):  # decoding counts it as a skip
+                continue
+            audios.append((cut.id, split_evenly(audio, rate, window)[0]))
+        if audios:
+            found = detect(model, backbone.features([a for _, a in audios]))
+            out.update(zip([i for i, _ in audios], found))
+    confusions = Counter(f"{_language(c) or '?'}->{out[c.id] or '?'}" for c in cuts
+                         if c.id in out and out[c.id] != _language(c))
+    stats.language_detection = {"cuts": len(out), "confused": sum(confusions.values()),
+                                "confusions": dict(confusions.most_common())}
+    return out
 
 
 def write_outputs(records: Sequence[dict[str, Any]], out_dir: str | Path, config: DecodeConfig,
@@ -323,7 +401,6 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
     choice (the process's GPU, else the CPU); bf16/fp16 on a CPU falls back
     to fp32 with a warning.
     """
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
     from ilt.data.manifests import load_cuts
@@ -331,7 +408,7 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
 
     config = config or DecodeConfig()
     cuts = list(load_cuts(cuts_path))  # errors name the manifest
-    state = PartialState()
+    state = process_state()  # under torchrun on CPU too: each process decodes its shard only
     device = state.device if device is None else device
     precision = config.precision
     if getattr(device, "type", str(device)).startswith("cpu") and precision != "fp32":
@@ -345,9 +422,10 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
         model = load_adapter(backbone, adapter)
         model.eval()
     shard = cuts[state.process_index::state.num_processes]
+    journal = _journal(model_dir, adapter, cuts_path, out_dir, config, scores, state)
     records = decode_cuts(backbone, model, shard, config,
                           out_dir if state.num_processes == 1 else None,
-                          progress=progress and state.is_local_main_process, scores=scores)
+                          progress=progress and state.is_local_main_process, scores=scores, journal=journal)
     if state.num_processes > 1:
         records = gather_object(records)
         order = {cut.id: n for n, cut in enumerate(cuts)}
@@ -355,7 +433,25 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
         if state.is_main_process:
             write_outputs(records, out_dir, config)
         state.wait_for_everyone()
+    journal.remove()  # the outputs are complete
     return records
+
+
+def _journal(model_dir: str | Path, adapter: str | Path | None, cuts_path: str | Path, out_dir: str | Path,
+             config: DecodeConfig, scores: bool, state: Any) -> Any:
+    """The resume journal of one process's shard (see :mod:`ilt.journal`), loaded:
+    keyed by the model's and adapter's weights, the cuts, the config and the shard."""
+    from ilt.adapter import ADAPTER_WEIGHTS, resolve_adapter_dir
+    from ilt.config import config_hash
+    from ilt.journal import Journal
+    from ilt.lineage import model_identity
+    from ilt.utils import sha256_file
+
+    key = {"model": model_identity(model_dir).get("sha256"), "cuts": sha256_file(cuts_path)[:16],
+           "adapter": sha256_file(resolve_adapter_dir(adapter) / ADAPTER_WEIGHTS)[:16] if adapter else None,
+           "config": config_hash(config), "scores": scores, "shard": [state.process_index, state.num_processes]}
+    name = ".decode.journal.jsonl" if state.num_processes == 1 else f".decode.journal.{state.process_index}.jsonl"
+    return Journal(Path(out_dir) / name, key).load()
 
 
 def write_submission(records: Iterable[dict[str, Any]], path: str | Path) -> Path:

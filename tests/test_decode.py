@@ -7,6 +7,7 @@ import pytest
 
 from ilt.config import DecodeConfig, load_decode
 from ilt.decode import compression_ratio, decode_cuts, join_chunks, split_evenly
+from ilt.errors import IltInputError
 from ilt.testing import make_cuts
 
 
@@ -85,11 +86,18 @@ def test_beam_size_and_language_per_group(tmp_path):
         {"id": "en2", "language": "en", "duration": 2.0}, {"id": "fr1", "language": "fr"},
     ])
     backbone = FakeBackbone()
-    config = DecodeConfig(beam_size={"default": 6, "ja": 1, "fr": 3}, batch_size=16, max_new_tokens=77)
+    config = DecodeConfig(beam_size={"default": 6, "ja": 1, "fr": 3}, batch_size=16, max_new_tokens=77,
+                          tokens_per_second={"default": 20.0, "ja": 40.0}, token_slack=5)
     records = decode_cuts(backbone, None, cuts, config, progress=False)
     beams = {c["language"]: c["num_beams"] for c in backbone.calls}
     assert beams == {"en": 6, "ja": 1, "fr": 3}
-    assert all(c["max_new_tokens"] == 77 and c["temperature"] is None for c in backbone.calls)
+    # each input's budget follows its duration and language, capped by max_new_tokens
+    budgets = {c["language"]: c["max_new_tokens"] for c in backbone.calls}
+    assert budgets == {"en": [25, 45], "ja": [45], "fr": [25]}
+    assert all(c["temperature"] is None and c["loop_tokens"] == 12 for c in backbone.calls)
+    capped = FakeBackbone()
+    decode_cuts(capped, None, cuts[:1], DecodeConfig(max_new_tokens=7), progress=False)
+    assert capped.calls[0]["max_new_tokens"] == [7]
     en_call = next(c for c in backbone.calls if c["language"] == "en")
     assert en_call["lengths"] == [16000, 32000]  # sorted by duration
     assert {r["id"]: r["language"] for r in records} == {"en1": "en", "ja1": "ja", "en2": "en", "fr1": "fr"}
@@ -236,3 +244,25 @@ def test_decode_records_carry_confidence_scores(tmp_path):
         assert record["score_tokens"] >= len(chunks) and record["score"] < 0  # at least each chunk's end
     saved = [json.loads(line) for line in (tmp_path / "scored" / "hyps.jsonl").read_text().splitlines()]
     assert [r["score"] for r in saved] == [r["score"] for r in scored]
+
+
+class DetectingBackbone(FakeBackbone):
+    """Detects ``fr`` for audio of 1 s and ``de`` for anything longer."""
+
+    def detect_language(self, model, inputs):
+        return ["fr" if n <= 16000 else "de" for n in inputs["lengths"]]
+
+
+def test_detected_languages_choose_the_decoding_language(tmp_path):
+    cuts = make_cuts(tmp_path, [{"id": "a", "language": "fr"}, {"id": "b", "language": "en", "duration": 2.0},
+                                {"id": "c", "language": "de", "duration": 3.0}])
+    backbone = DetectingBackbone()
+    records = decode_cuts(backbone, None, cuts, DecodeConfig(language="detect"), tmp_path / "out", progress=False)
+    assert {c["language"]: c["lengths"] for c in backbone.calls} == {"fr": [16000], "de": [32000, 48000]}
+    assert [(r["id"], r["language"], r["given_language"]) for r in records] == [
+        ("a", "fr", "fr"), ("b", "de", "en"), ("c", "de", "de")]  # input order kept
+    stats = json.loads((tmp_path / "out" / "decode_stats.json").read_text())
+    assert stats["language_detection"] == {"cuts": 3, "confused": 1, "confusions": {"en->de": 1}}
+
+    with pytest.raises(IltInputError, match="cannot detect the language"):
+        decode_cuts(FakeBackbone(), None, cuts, DecodeConfig(language="detect"), progress=False)

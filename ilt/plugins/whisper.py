@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ilt.backbone import SCOPES, Batch
+from ilt import lid
+from ilt.backbone import Batch, first_float_param, generating_model, resolve_target_modules, unwrap_model
 from ilt.data.audio import AudioProblem, load_checked
 from ilt.data.languages import NO_SPACE_LANGUAGES
 from ilt.errors import IltInputError
@@ -93,26 +94,29 @@ def check_whisper_dir(model_dir: str | Path) -> dict[str, Any]:
     return config
 
 
-def _unwrap(model: Any) -> Any:
-    """The transformers model under DDP/FSDP-style (``.module``) and PEFT
-    wrappers; LoRA layers stay injected in it."""
-    while not hasattr(model, "generation_config") and hasattr(model, "module"):
-        model = model.module
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+#: A Whisper tokenizer is read from ``tokenizer.json``, or from ``vocab.json`` plus ``merges.txt``.
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 
 
-def _generating(model: Any) -> Any:
-    """The outermost wrapper that has ``generate`` (a PEFT model keeps its hooks)."""
-    while not hasattr(model, "generate") and hasattr(model, "module"):
-        model = model.module
-    return model
+def check_model_files(model_dir: Path, *, weights: bool = True, tokenizer: bool = True) -> None:
+    """Raise :class:`IltInputError` naming the directory, the missing files and
+    the fix when the tokenizer files or the safetensors weights are missing
+    (transformers' own errors would point elsewhere)."""
+    if tokenizer and not any(all((model_dir / name).is_file() for name in names) for names in TOKENIZER_FILES):
+        raise IltInputError(
+            f"{model_dir}: the Whisper tokenizer files are missing (tokenizer.json, or vocab.json and "
+            f"merges.txt); copy them from the model this one was made from (the tokenizer does not change "
+            f"with training)")
+    if weights and not list(model_dir.glob("*.safetensors")):
+        bins = sorted(p.name for p in model_dir.glob("*.bin"))
+        if bins:
+            raise IltInputError(
+                f"{model_dir}: has PyTorch weights only ({', '.join(bins[:3])}); ilt reads safetensors only: "
+                f"convert once with python -c \"from transformers import WhisperForConditionalGeneration as W; "
+                f"W.from_pretrained('{model_dir}', use_safetensors=False).save_pretrained('{model_dir}')\"")
 
 
-def _first_float_param(model: Any) -> Any:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p
-    raise ValueError("model has no floating-point parameters")
+_unwrap, _generating, _first_float_param = unwrap_model, generating_model, first_float_param
 
 
 def _find_language_ids(generation_config: Any, tokenizer: Any) -> dict[str, int]:
@@ -133,6 +137,58 @@ def _find_multilingual(generation_config: Any, config: Any) -> bool:
         return bool(flag)
     # OpenAI's English-only checkpoints have 51864 tokens, multilingual ones more.
     return int(config.vocab_size) >= 51865
+
+
+def text_token_ids(tokenizer: Any, text: str, language: str | None = None) -> list[int]:
+    """Token IDs of a transcript, with Whisper's leading space except for
+    languages written without spaces (:data:`ilt.data.languages.NO_SPACE_LANGUAGES`)."""
+    text = text.strip()
+    if language not in NO_SPACE_LANGUAGES:
+        text = " " + text
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def readable_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Each ID decoded to text; a piece holding part of a multi-byte character
+    keeps its byte-level spelling, so distinct tokens stay distinct."""
+    pieces = []
+    for i in ids:
+        piece = tokenizer.decode([i])
+        pieces.append(tokenizer.convert_ids_to_tokens(i) if "\ufffd" in piece else piece)
+    return pieces
+
+
+def load_whisper_tokenizer(model_dir: str | Path) -> Any:
+    """The ``WhisperTokenizer`` of a Whisper model directory, or an
+    :class:`IltInputError` naming the directory."""
+    from transformers import WhisperTokenizer
+
+    model_dir = Path(model_dir)
+    check_whisper_dir(model_dir)
+    check_model_files(model_dir, weights=False)
+    try:
+        return WhisperTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise IltInputError(f"{model_dir}: cannot load the Whisper tokenizer: {exc}") from None
+
+
+class WhisperTextTokenizer:
+    """Only the tokenizer of a Whisper directory (``load_whisper(...,
+    tokenizer_only=True)``): :meth:`tokenize` as the backbone does it, without
+    reading the weights, for token-frequency analysis."""
+
+    name = "whisper"
+    model = None
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def text_ids(self, text: str, language: str | None = None) -> list[int]:
+        return text_token_ids(self.tokenizer, text, language)
+
+    def tokenize(self, text: str, language: str | None = None) -> list[str]:
+        """See :meth:`WhisperBackbone.tokenize`."""
+        return readable_pieces(self.tokenizer, self.text_ids(text, language))
 
 
 class WhisperCollator:
@@ -190,10 +246,7 @@ class WhisperCollator:
     def text_ids(self, text: str, language: str | None = None) -> list[int]:
         """Token IDs of a transcript, with Whisper's leading space except for
         languages written without spaces (:data:`ilt.data.languages.NO_SPACE_LANGUAGES`)."""
-        text = text.strip()
-        if language not in NO_SPACE_LANGUAGES:
-            text = " " + text
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        return text_token_ids(self.tokenizer, text, language)
 
     def features(self, audios: Sequence[np.ndarray], device: Any = None) -> dict[str, Any]:
         """Log-mel features of mono audio at :attr:`sampling_rate`, padded (or
@@ -227,6 +280,7 @@ class WhisperCollator:
         audios: list[np.ndarray] = []
         seqs: list[list[int]] = []
         prompt_lens: list[int] = []
+        languages: list[str | None] = []
         for cut in cuts:
             sup = cut.supervisions[0] if cut.supervisions else None
             text = (sup.text or "").strip() if sup is not None else ""
@@ -255,12 +309,14 @@ class WhisperCollator:
             audios.append(audio)
             seqs.append(seq)
             prompt_lens.append(len(prompt))
+            languages.append(language)
 
         decoder_input_ids, labels = self.decoder_tensors(seqs, prompt_lens)
         tensors = {
             "input_features": self.features(audios)["input_features"],
             "decoder_input_ids": decoder_input_ids,
             "labels": labels,
+            "language_ids": lid.language_ids(languages),  # rows of the language-ID embeddings (ilt.lid)
         }
         return Batch(tensors=tensors, cut_ids=ids, skipped=skipped)
 
@@ -327,6 +383,7 @@ class WhisperBackbone:
 
         model_dir = Path(model_dir)
         check_whisper_dir(model_dir)
+        check_model_files(model_dir, tokenizer=False)
         torch_dtype = resolve_dtype(dtype)
         try:
             model = WhisperForConditionalGeneration.from_pretrained(
@@ -336,6 +393,7 @@ class WhisperBackbone:
             raise IltInputError(f"{model_dir}: cannot load the Whisper weights: {exc}") from None
         if not (model_dir / "preprocessor_config.json").is_file():
             raise IltInputError(f"{model_dir}: no preprocessor_config.json (the Whisper feature extractor)")
+        check_model_files(model_dir, weights=False)
         try:
             feature_extractor = WhisperFeatureExtractor.from_pretrained(model_dir, local_files_only=True)
             tokenizer = WhisperTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -343,7 +401,13 @@ class WhisperBackbone:
             raise IltInputError(f"{model_dir}: cannot load the Whisper tokenizer or feature extractor: {exc}") from None
         if device is not None:
             model.to(device)
-        return cls(model, feature_extractor, tokenizer)
+        backbone = cls(model, feature_extractor, tokenizer)
+        lid.attach_saved(backbone, model_dir)  # language-ID embeddings saved beside the model, if any
+        return backbone
+
+    def lid_modules(self) -> tuple[Any, Any]:
+        """Where :mod:`ilt.lid` adds its vectors: the encoder (output) and the LM head (input)."""
+        return self.model.model.encoder, self.model.proj_out
 
     @property
     def is_multilingual(self) -> bool:
@@ -367,12 +431,7 @@ class WhisperBackbone:
         """The byte-level BPE pieces of :meth:`text_ids`, decoded to readable
         text; a piece holding part of a multi-byte character (common in
         ja/ko/th) keeps its byte-level spelling, so distinct tokens stay distinct."""
-        tok = self.collator.tokenizer
-        pieces = []
-        for i in self.text_ids(text, language):
-            piece = tok.decode([i])
-            pieces.append(tok.convert_ids_to_tokens(i) if "\ufffd" in piece else piece)
-        return pieces
+        return readable_pieces(self.collator.tokenizer, self.text_ids(text, language))
 
     # ------------------------------------------------------------------ LoRA targets
 
@@ -384,31 +443,7 @@ class WhisperBackbone:
         module leaf name (``fc1``) or a dotted suffix of a module path
         (``decoder.layers.0.fc1``) naming a layer PEFT's LoRA can wrap.
         """
-        import torch.nn as nn
-
-        wrappable = (nn.Linear, nn.Conv1d, nn.Embedding)
-        modules = [(n, m) for n, m in _unwrap(self.model).named_modules()
-                   if n and not n.endswith(".base_layer")]
-        # A module already wrapped by PEFT (it has a base_layer) still counts.
-        paths = [n for n, m in modules if isinstance(m, wrappable) or hasattr(m, "base_layer")]
-        linear_leaves = sorted({n.rsplit(".", 1)[-1] for n, m in modules
-                                if isinstance(m, nn.Linear) or isinstance(getattr(m, "base_layer", None), nn.Linear)})
-        if isinstance(spec, str) and spec in SCOPES:
-            names = list(SCOPE_TARGETS[spec])
-        else:
-            if isinstance(spec, str):
-                names = [s.strip() for s in spec.split(",") if s.strip()]
-            else:
-                names = [str(s).strip() for s in spec]
-            if not names:
-                raise ValueError(f"no LoRA target modules given; use a scope ({', '.join(SCOPES)}) "
-                                 f"or linear layer names: {', '.join(linear_leaves)}")
-        unknown = [n for n in names if not any(p == n or p.endswith("." + n) for p in paths)]
-        if unknown:
-            raise ValueError(
-                f"unknown LoRA target module(s) {', '.join(map(repr, unknown))} for Whisper; use a scope "
-                f"({', '.join(SCOPES)}) or linear layer names: {', '.join(linear_leaves)}")
-        return list(dict.fromkeys(names))
+        return resolve_target_modules(_unwrap(self.model), spec, SCOPE_TARGETS, "Whisper")
 
     # ------------------------------------------------------------------ data
 
@@ -436,11 +471,12 @@ class WhisperBackbone:
         labels = batch.tensors["labels"].to(param.device)
         if labels.numel() == 0 or not bool((labels != IGNORE_INDEX).any()):
             return torch.zeros((), device=param.device, requires_grad=True)
-        out = model(
-            input_features=batch.tensors["input_features"].to(param.device, param.dtype),
-            decoder_input_ids=batch.tensors["decoder_input_ids"].to(param.device),
-            use_cache=False,
-        )
+        with lid.applied(model, batch.tensors.get("language_ids")):
+            out = model(
+                input_features=batch.tensors["input_features"].to(param.device, param.dtype),
+                decoder_input_ids=batch.tensors["decoder_input_ids"].to(param.device),
+                use_cache=False,
+            )
         logits = out.logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
@@ -466,7 +502,7 @@ class WhisperBackbone:
             return []
         decoder_input_ids, labels = self.collator.decoder_tensors(seqs, [len(prompt)] * len(seqs))
         labels = labels.to(param.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), lid.applied(model, [language] * len(seqs)):
             logits = model(input_features=inputs["input_features"].to(param.device, param.dtype),
                            decoder_input_ids=decoder_input_ids.to(param.device), use_cache=False).logits
             logp = torch.log_softmax(logits.float(), dim=-1)
@@ -479,13 +515,17 @@ class WhisperBackbone:
     # ------------------------------------------------------------------ decoding
 
     def generate(self, model: Any, inputs: dict[str, Any], *, language: str | None,
-                 num_beams: int = 1, max_new_tokens: int = 440, temperature: float | None = None,
+                 num_beams: int = 1, max_new_tokens: int | Sequence[int] = 440,
+                 temperature: float | None = None, loop_tokens: int | None = None,
                  **kwargs: Any) -> list[str]:
         """Transcribe one batch of :meth:`features` output, without timestamps.
 
         A multilingual model is forced to ``language`` (``None``: it detects the
         language); an English-only model ignores ``language``. ``temperature``
-        > 0 samples instead of searching. Other keyword arguments (for example
+        > 0 samples instead of searching. ``max_new_tokens`` is one limit for
+        the batch or one per input (each hypothesis ends at its own, see
+        :mod:`ilt.generation`); ``loop_tokens`` ends a hypothesis once its last
+        tokens repeat one pattern. Other keyword arguments (for example
         ``length_penalty``, ``no_repeat_ngram_size``) go to ``model.generate``.
         Raises :class:`IltInputError` for a language the model does not know.
         """
@@ -501,11 +541,8 @@ class WhisperBackbone:
         multilingual = self.is_multilingual
         prompt_len = 4 if multilingual else 2  # see prompt_ids()
         gen_config.num_beams = int(num_beams)
-        # Whisper's generate adds the prompt length to max_length itself; giving
-        # max_length (not max_new_tokens) avoids a warning on every call when
-        # the model's own generation config sets a max_length.
         gen_config.max_new_tokens = None
-        gen_config.max_length = max(1, min(int(max_new_tokens), self.max_target_positions - prompt_len))
+        processors = self._stop_rules(gen_config, features.shape[0], max_new_tokens, prompt_len, loop_tokens)
         whisper_options: dict[str, Any] = {"return_timestamps": False}
         if multilingual:
             if language is not None and language not in self.collator.language_ids:
@@ -530,7 +567,11 @@ class WhisperBackbone:
                 whisper_options[key] = value
         shared = (self.share_cross_attention and gen_config.num_beams > 1
                   and base.config._attn_implementation == "sdpa")
-        with torch.inference_mode():
+        # with language-ID embeddings, an unknown language is detected first (ilt.lid)
+        languages = lid.decode_languages(self, model, inputs, language, features.shape[0])
+        if languages is not None and multilingual and language is None:
+            whisper_options["language"] = languages
+        with torch.inference_mode(), lid.applied(base, languages):
             if shared:
                 from ilt.plugins.whisper_beam import beam_shared_attention, prefill
 
@@ -539,14 +580,55 @@ class WhisperBackbone:
                     encoder_outputs, cache = prefill(base, features,
                                                      keep_encoder_states=multilingual and language is None)
                     sequences = runner.generate(encoder_outputs=encoder_outputs, past_key_values=cache,
-                                                generation_config=gen_config, **whisper_options)
+                                                generation_config=gen_config, logits_processor=processors,
+                                                **whisper_options)
             else:
                 sequences = runner.generate(input_features=features, generation_config=gen_config,
-                                            **whisper_options)
+                                            logits_processor=processors, **whisper_options)
         if not torch.is_tensor(sequences):
             sequences = sequences["sequences"]
         texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         return [t.strip() for t in texts]
+
+    def detect_language(self, model: Any, inputs: dict[str, Any]) -> list[str | None]:
+        """The language Whisper detects for each input of one :meth:`features`
+        batch: its most likely language token after ``<|startoftranscript|>``
+        (``generate``'s own detection); ``en`` for an English-only model."""
+        import torch
+
+        rows = inputs["input_features"].shape[0]
+        if not self.is_multilingual:
+            return ["en"] * rows
+        base = _unwrap(model)
+        param = _first_float_param(base)
+        with torch.inference_mode():
+            ids = base.detect_language(input_features=inputs["input_features"].to(param.device, param.dtype),
+                                       generation_config=base.generation_config,
+                                       num_segment_frames=self.num_frames)
+        by_id = {v: k for k, v in self.collator.language_ids.items()}
+        return [by_id.get(int(i)) for i in ids.tolist()]
+
+    def _stop_rules(self, gen_config: Any, rows: int, max_new_tokens: int | Sequence[int], prompt_len: int,
+                    loop_tokens: int | None) -> Any:
+        """Set ``gen_config.max_length`` to the largest limit; return the
+        logits processors that end each hypothesis at its own limit or in a
+        loop (:class:`ilt.generation.StopRules`), or ``None`` when not needed."""
+        cap = self.max_target_positions - prompt_len
+        limits = [int(max_new_tokens)] * rows if isinstance(max_new_tokens, int) else [int(n) for n in max_new_tokens]
+        if len(limits) != rows:
+            raise ValueError(f"{len(limits)} max_new_tokens for {rows} inputs")
+        limits = [max(1, min(n, cap)) for n in limits]
+        # Whisper's generate adds the prompt length to max_length itself; giving
+        # max_length (not max_new_tokens) avoids a warning on every call when
+        # the model's own generation config sets a max_length.
+        gen_config.max_length = max(limits)
+        if not loop_tokens and min(limits) == gen_config.max_length:
+            return None
+        from transformers import LogitsProcessorList
+
+        from ilt.generation import StopRules
+
+        return LogitsProcessorList([StopRules(limits, prompt_len, self.collator.eos_id, loop_tokens)])
 
     # ------------------------------------------------------------------ saving
 
@@ -559,7 +641,10 @@ class WhisperBackbone:
             raise ValueError("save() writes a full model: merge the LoRA adapter into the model first "
                              "(peft's merge_and_unload)")
         with atomic_dir(out_dir) as tmp:
-            model.save_pretrained(tmp)
+            with lid.detached(model) as embeddings:  # the stock checkpoint, plus ilt.lid's own file
+                model.save_pretrained(tmp)
+            if embeddings is not None:
+                lid.save(embeddings, tmp)
             self.feature_extractor.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             model.generation_config.save_pretrained(tmp)
@@ -568,8 +653,12 @@ class WhisperBackbone:
         log.info("saved Whisper model to %s", out_dir)
 
 
-def load_whisper(model_dir: str | Path, *, dtype: Any = None, device: Any = None) -> WhisperBackbone:
-    """The registered factory: :meth:`WhisperBackbone.from_pretrained`."""
+def load_whisper(model_dir: str | Path, *, dtype: Any = None, device: Any = None,
+                 tokenizer_only: bool = False) -> WhisperBackbone | WhisperTextTokenizer:
+    """The registered factory: :meth:`WhisperBackbone.from_pretrained`; with
+    ``tokenizer_only``, a :class:`WhisperTextTokenizer` (no weights read)."""
+    if tokenizer_only:
+        return WhisperTextTokenizer(load_whisper_tokenizer(model_dir))
     return WhisperBackbone.from_pretrained(model_dir, dtype=dtype, device=device)
 
 
@@ -578,5 +667,5 @@ def ilt_register_backbones(register: Any) -> None:
     register("whisper", load_whisper)
 
 
-__all__ = ["WhisperBackbone", "WhisperCollator", "load_whisper", "check_whisper_dir", "resolve_dtype",
+__all__ = ["WhisperBackbone", "WhisperCollator", "WhisperTextTokenizer", "load_whisper", "check_whisper_dir", "resolve_dtype",
            "SCOPE_TARGETS", "IGNORE_INDEX"]

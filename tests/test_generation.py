@@ -1,0 +1,99 @@
+"""Per-hypothesis stopping: token budgets from the audio duration, and the loop stop."""
+
+import numpy as np
+import pytest
+import torch
+
+from ilt.config import DecodeConfig
+from ilt.generation import StopRules, looping_rows, token_budget
+from ilt.plugins.whisper import WhisperBackbone
+from ilt.testing.dummies import tiny_whisper_dir
+
+EOS = 7
+
+
+def test_token_budget_grows_with_duration_and_is_capped():
+    assert token_budget(2.0, 15.0, 16, 440) == 46
+    assert token_budget(0.0, 15.0, 16, 440) == 16
+    assert token_budget(30.0, 15.0, 16, 440) == 440
+    assert DecodeConfig().token_budgets([1.0, 2.0], "ja") == [46, 76]
+    assert DecodeConfig().token_budgets([1.0], "en") == [31]
+    assert DecodeConfig(tokens_per_second={}).token_budgets([1.0], "en") == [440]
+
+
+@pytest.mark.parametrize("tail,expected", [
+    ([5] * 12, True),                       # one token 12 times
+    ([5] * 11, False),                      # not long enough
+    ([1, 2, 3, 4] * 3, True),               # a 4-token phrase three times
+    ([1, 2, 3, 4] * 2 + [1, 2, 3, 9], False),
+    ([9, 1, 2, 3, 4, 5] * 3, True),         # period 6: 18 tokens
+    ([9, 1, 2, 3, 4, 5] * 2 + [9, 1, 2], False),
+    (list(range(20)), False),
+])
+def test_looping_rows(tail, expected):
+    tokens = torch.tensor([[8, 8] + tail])
+    assert bool(looping_rows(tokens, 12)[0]) is expected
+
+
+def test_stop_rules_force_end_of_text_per_row_and_per_beam():
+    rules = StopRules([2, 5], prompt_length=1, eos_id=EOS, loop_tokens=None)
+    # 2 utterances x 2 beams, prompt + 2 generated tokens
+    ids = torch.tensor([[0, 1, 2], [0, 1, 3], [0, 4, 5], [0, 4, 6]])
+    scores = rules(ids, torch.zeros(4, 10))
+    assert scores[0].argmax() == EOS and scores[1].argmax() == EOS  # utterance 0: budget 2 reached
+    assert torch.isinf(scores[0, :EOS]).all() and scores[0, EOS] == 0
+    assert (scores[2:] == 0).all()  # utterance 1 goes on
+    assert rules.stopped == {"budget": 2, "loop": 0}
+
+
+def test_stop_rules_end_a_loop_only_in_its_row():
+    rules = StopRules([100, 100], prompt_length=2, eos_id=EOS, loop_tokens=12)
+    ids = torch.tensor([[0, 0] + [3] * 12, [0, 0] + list(range(12))])
+    scores = rules(ids, torch.zeros(2, 10))
+    assert scores[0].argmax() == EOS and (scores[1] == 0).all()
+    assert rules.stopped["loop"] == 1
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return WhisperBackbone.from_pretrained(tiny_whisper_dir(tmp_path_factory.mktemp("gen") / "m"))
+
+
+def _text_tokens(backbone, model, feats, **kwargs):
+    """Text-token IDs of each hypothesis, read from generate's raw output."""
+    captured = []
+    original = model.generate
+
+    def spy(**kw):
+        out = original(**kw)
+        captured.append(out if torch.is_tensor(out) else out["sequences"])
+        return out
+
+    model.generate = spy
+    try:
+        backbone.generate(model, feats, language="en", **kwargs)
+    finally:
+        del model.generate
+    special = set(backbone.tokenizer.all_special_ids)
+    return [[t for t in row.tolist() if t not in special] for row in captured[0]]
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_each_hypothesis_ends_at_its_own_budget(tiny, beams):
+    rng = np.random.default_rng(0)
+    feats = tiny.features([rng.standard_normal(4000).astype(np.float32) for _ in range(2)])
+    rows = _text_tokens(tiny, tiny.model, feats, num_beams=beams, max_new_tokens=[3, 9])
+    assert len(rows[0]) <= 3 and len(rows[1]) <= 9
+    assert len(rows[1]) > 3  # a random model rarely ends by itself: the budget decides
+    if beams == 1:  # greedy: stopping row 0 early does not change row 1
+        alone = _text_tokens(tiny, tiny.model, tiny.features([feats["input_features"][1].numpy()]),
+                             num_beams=1, max_new_tokens=9)
+        assert rows[1] == alone[0]
+
+
+def test_greedy_hypotheses_without_loops_are_unchanged_by_the_loop_stop(tiny):
+    rng = np.random.default_rng(1)
+    feats = tiny.features([rng.standard_normal(4000).astype(np.float32) for _ in range(3)])
+    plain = _text_tokens(tiny, tiny.model, feats, max_new_tokens=10)
+    stopped = _text_tokens(tiny, tiny.model, feats, max_new_tokens=10, loop_tokens=12)
+    assert plain == stopped  # 10 tokens cannot hold a 12-token loop
