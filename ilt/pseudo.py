@@ -20,6 +20,8 @@ Outputs in ``out_dir``::
     cuts.jsonl.gz        the kept cuts; each supervision's ``custom`` holds
                          ``pseudo_label``: voter, agreement, each model's
                          hypothesis and confidence
+    votes.jsonl          every voted cut, kept or not: {id, text, language,
+                         agreement, kept} (``ilt score --hyp`` reads it)
     summary.json         counts: cuts, kept, left out by reason
 """
 
@@ -36,7 +38,7 @@ from ilt.components import Hypothesis
 from ilt.config import DecodeConfig, config_hash
 from ilt.errors import IltInputError
 from ilt.lineage import model_identity
-from ilt.utils import Skips, read_json, sha256_file, write_json_atomic
+from ilt.utils import Skips, read_json, sha256_file, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("ilt")
 
@@ -131,8 +133,10 @@ def _label(cut: Any, text: str, details: dict[str, Any]) -> Any:
 
 
 def vote_cuts(cuts: Any, records: dict[str, dict[str, dict[str, Any]]], voter: Any, voter_name: str,
-              min_agreement: float, skips: Skips) -> list[Any]:
-    """The labelled cuts whose agreement reaches ``min_agreement``; the rest are counted skips."""
+              min_agreement: float, skips: Skips, votes: list[dict[str, Any]] | None = None) -> list[Any]:
+    """The labelled cuts whose agreement reaches ``min_agreement``; the rest are
+    counted skips. ``votes``, when given, receives every voted cut's ``{id,
+    text, language, agreement, kept}``, kept or not (``ilt score --hyp`` reads it)."""
     from tqdm import tqdm
 
     kept = []
@@ -145,10 +149,15 @@ def vote_cuts(cuts: Any, records: dict[str, dict[str, dict[str, Any]]], voter: A
             continue
         hyps = [Hypothesis(r["text"], r.get("score"), name) for name, r in got.items()]
         vote = voter.vote(hyps, language)
-        if not vote.text.strip():
+        reason = (EMPTY_LABEL if not vote.text.strip()
+                  else LOW_AGREEMENT if vote.agreement < min_agreement else None)
+        if votes is not None:
+            votes.append({"id": cut.id, "text": vote.text, "language": language,
+                          "agreement": round(vote.agreement, 6), "kept": reason is None})
+        if reason == EMPTY_LABEL:
             skips.skip(EMPTY_LABEL, cut.id)
             continue
-        if vote.agreement < min_agreement:
+        if reason == LOW_AGREEMENT:
             skips.skip(LOW_AGREEMENT, cut.id, f"{vote.agreement:.3f} < {min_agreement}")
             continue
         kept.append(_label(cut, vote.text, {
@@ -177,8 +186,10 @@ def pseudo_label(models: Sequence[VotingModel], cuts_path: str | Path, out_dir: 
     voting = create("voter", voter)  # an unknown voter fails before any decoding
     records = decode_all(models, cuts_path, out_dir, decode_config or DecodeConfig())
     skips = Skips("pseudo-label")
-    kept = vote_cuts(cuts, records, voting, str(voter), min_agreement, skips)
+    votes: list[dict[str, Any]] = []
+    kept = vote_cuts(cuts, records, voting, str(voter), min_agreement, skips, votes)
     save_manifest(CutSet.from_cuts(kept), out_dir / "cuts.jsonl.gz")
+    write_text_atomic(out_dir / "votes.jsonl", "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in votes))
     summary = {"cuts": len(cuts), "kept": len(kept), "left_out": skips.report(), "voter": str(voter),
                "min_agreement": min_agreement, "models": [m.name for m in models]}
     write_json_atomic(out_dir / "summary.json", summary)

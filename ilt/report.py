@@ -2,9 +2,11 @@
 
 It looks for decoded and scored sets under ``EXP/decode/<model>/<split>/``
 (``scores.json`` from ``ilt score``), re-scores each from its reference and
-hypothesis files by language and by accent, and writes ``report.md``,
-``report.json`` and ``report.png`` (error rate per language across the models)
-into ``EXP/report/``, with the lineage of every model (``EXP/<model>/lineage.json``).
+hypothesis files by language and by accent, and writes ``report_<split>.md``,
+``.json``, ``.png`` (error rate per language across the models) and ``.html``
+(one self-contained page: table, plot, lineage chain, frequent errors and
+utterances that got worse; :mod:`ilt.report_html`) into ``EXP/report/``, with
+the lineage of every model (``EXP/<model>/lineage.json``).
 """
 
 from __future__ import annotations
@@ -197,7 +199,10 @@ def write_report(exp_dir: str | Path, split: str = "test", models: list[str] | N
     write_text_atomic(out / f"report_{split}.md", report.to_markdown())
     write_json_atomic(out / f"report_{split}.json", report.to_dict())
     plot(report, out / f"report_{split}.png")
-    log.info("report: %d model(s) -> %s", len(report.models), out)
+    from ilt.report_html import write_html
+
+    page = write_html(report, out / f"report_{split}.html")
+    log.info("report: %d model(s) -> %s (page: %s)", len(report.models), out, page)
     return report
 
 

@@ -120,7 +120,8 @@ def test_merge_equals_peft_model_and_writes_lineage(base_dir, manifest, tmp_path
     assert lineage["config_hash"] == config_hash(config)
     assert lineage["config"]["lora"]["target_modules"] == "wide"
     assert lineage["data"] == [{"role": "train", "cuts": str(manifest), "weight": 1.0,
-                                "languages": None, "sha256": sha256_file(manifest)}]
+                                "languages": None, "sha256": sha256_file(manifest),
+                                "hours": pytest.approx(2.0 / 3600)}]  # two 1 s cuts
     assert lineage["dev_score"]["value"] == 12.5
     assert lineage["parent"] is None and lineage["history_merge"] is None
     assert lineage["created_at"]

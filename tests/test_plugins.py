@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from ilt import components, hookspecs
 from ilt import plugins as ilt_plugins
 from ilt.cli import cli
-from ilt.components import Augmenter, Hypothesis, Loss, Selector, Vote, Voter
+from ilt.components import Augmenter, Diarizer, Hypothesis, Loss, Selector, Vote, Voter
 from ilt.config import ComponentSpec, ConfigError
 from ilt.errors import IltInputError
 from ilt.plugins import (
@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKE_SRC = Path(__file__).parent / "data" / "ilt_fake_plugin"
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("ilt_")]
 #: The protocol each kind's factory returns (backbones: ilt.backbone.Backbone).
-PROTOCOLS = {"loss": Loss, "voter": Voter, "augmenter": Augmenter, "selector": Selector}
+PROTOCOLS = {"loss": Loss, "voter": Voter, "augmenter": Augmenter, "selector": Selector,
+             "diarizer": Diarizer}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_builtins_are_listed(fresh_registry):
 def test_third_party_entry_point_shows_up_and_can_be_chosen(with_fake):
     registry = with_fake()
     expected = {"backbone": "fake-backbone", "augmenter": "fake-augmenter", "selector": "fake-selector",
-                "voter": "longest", "loss": "zero", "corpus": "fake-corpus"}
+                "voter": "longest", "loss": "zero", "corpus": "fake-corpus", "diarizer": "fake-diarizer"}
     for kind, name in expected.items():
         component = registry.get(kind, name)
         assert component.package == "ilt-fake-plugin"

@@ -64,6 +64,8 @@ def test_identical_models_agree_and_label_every_cut(setup, tmp_path):
         words = set(sup.text.lower().replace(".", " ").replace(",", " ").split())
         assert words & set(sentence.split()), (sentence, sup.text)  # tiny.en hears the speech
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["kept"] == 3
+    votes = [json.loads(line) for line in (tmp_path / "out" / "votes.jsonl").read_text().splitlines()]
+    assert [v["text"] for v in votes] == [c.supervisions[0].text for c in labelled]
 
 
 def test_finished_models_are_not_decoded_again(setup, tmp_path, monkeypatch):
@@ -109,9 +111,13 @@ def test_votes_below_the_threshold_are_counted(tmp_path):
                "c": {"text": "", "score": -0.2}, "d": {"text": "x", "score": -1.0}},
     }
     skips = Skips("test")
-    kept = vote_cuts(cuts, records, create("voter", "majority"), "majority", 0.6, skips)
+    votes = []
+    kept = vote_cuts(cuts, records, create("voter", "majority"), "majority", 0.6, skips, votes)
     assert [c.id for c in kept] == ["a"] and kept[0].supervisions[0].text == "hello world"
     assert skips.items == {LOW_AGREEMENT: ["b"], EMPTY_LABEL: ["c"], NO_HYPOTHESIS: ["d"]}
+    # every voted cut is recorded, kept or not; the cut without every hypothesis is not voted
+    assert [(v["id"], v["kept"]) for v in votes] == [("a", True), ("b", False), ("c", False)]
+    assert votes[1]["agreement"] == 0.5 and votes[1]["text"] in ("good day", "good night")
 
 
 def test_model_arguments_are_checked(setup, tmp_path):

@@ -24,12 +24,12 @@ MAX_FUNCTION_LINES = 80
 #: Layers, lowest first: a module may import only from its own layer or a
 #: lower one (``fnmatch``-free prefixes; the first matching entry wins).
 LAYERS: list[tuple[str, ...]] = [
-    ("ilt", "ilt.errors", "ilt.utils", "ilt.hookspecs"),
+    ("ilt", "ilt.errors", "ilt.utils", "ilt.journal", "ilt.hookspecs", "ilt.hub"),
     ("ilt.config", "ilt.data.languages", "ilt.data.text", "ilt.data.audio", "ilt.data.manifests",
-     "ilt.backbone", "ilt.components"),
-    ("ilt.data", "ilt.score", "ilt.adapter", "ilt.lineage", "ilt.plugins"),
-    ("ilt.plugins.", "ilt.lora", "ilt.checkpoint", "ilt.decode", "ilt.convert", "ilt.model_packages", "ilt.testing"),
-    ("ilt.evaluate", "ilt.report", "ilt.pseudo"),
+     "ilt.backbone", "ilt.components", "ilt.generation", "ilt.lid"),
+    ("ilt.data", "ilt.score", "ilt.adapter", "ilt.lineage", "ilt.modelcard", "ilt.plugins"),
+    ("ilt.plugins.", "ilt.lora", "ilt.checkpoint", "ilt.decode", "ilt.convert", "ilt.export", "ilt.model_packages", "ilt.testing"),
+    ("ilt.evaluate", "ilt.report", "ilt.report_html", "ilt.pseudo", "ilt.augment", "ilt.sessions"),
     ("ilt.train",),
     ("ilt.commands.common",),
     ("ilt.commands",),

@@ -14,6 +14,10 @@ import click
 
 #: Modules whose ``COMMANDS`` the root group adds, in this order.
 COMMAND_MODULES: list[str] = [
+    "ilt.commands.export",
+    "ilt.commands.augment",
+    "ilt.commands.select",
+    "ilt.commands.sessions",
 ]
 
 

@@ -17,6 +17,33 @@ class IltError(click.ClickException):
     """A user-facing error: printed without a traceback, exit status 1."""
 
 
+class ModelParam(click.ParamType):
+    """A model: an existing local directory, or a Hugging Face Hub ID
+    ``ORG/NAME[@REVISION]`` resolved to its cached snapshot (downloaded when
+    online; ``HF_HUB_OFFLINE=1`` uses the cache only). The value is the local
+    directory; a hub snapshot's path names its commit, which the lineage records."""
+
+    name = "model"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "DIR|ORG/NAME[@REV]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from ilt.errors import IltInputError
+        from ilt.hub import resolve_model
+
+        if isinstance(value, Path):
+            value = str(value)
+        try:
+            return str(resolve_model(value))
+        except IltInputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+#: The click type of every ``--model``-like option (see :class:`ModelParam`).
+MODEL = ModelParam()
+
+
 def command_line() -> str:
     import shlex
 
@@ -78,7 +105,8 @@ def parse_weights(weights: str | None) -> list[float] | None:
 def decode_options(fn):
     """The options of `ilt decode`, shared by `ilt evaluate`."""
     options = [
-        click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False)),
+        click.option("--model", "model_dir", required=True, type=MODEL,
+                     help="A model directory, or a hub ID ORG/NAME[@REVISION] (its cached snapshot)."),
         click.option("--adapter", "adapter_dir", type=click.Path(exists=True, file_okay=False),
                      help="A LoRA on top of --model, unmerged: a round's best/ or final/, or a checkpoint "
                           "checkpoints/step-N."),
@@ -101,3 +129,16 @@ def run_decode(model_dir, adapter_dir, cuts_path, out_dir, conf_path, scores, ov
 
     cfg = load_config(conf_path, DecodeConfig, overrides)
     return decode_files(model_dir, cuts_path, out_dir, cfg, adapter=adapter_dir, scores=scores)
+
+
+def parse_component(value: str, option: str) -> Any:
+    """A registered name or a YAML mapping ``{name: NAME, OPTION: VALUE}`` given
+    on the command line, as an :class:`ilt.config.ComponentSpec`."""
+    import yaml
+
+    from ilt.config import ComponentSpec
+
+    try:
+        return ComponentSpec.from_yaml(yaml.safe_load(value), option)
+    except yaml.YAMLError as exc:
+        raise IltError(f"{option} {value!r}: not a name or YAML mapping: {exc}") from None

@@ -5,6 +5,11 @@ cuts outside the source's ``languages`` (when given) are left out, each source
 is repeated endlessly and the sources are interleaved with ``CutSet.mux`` by
 their weights: a weight is the share of the training stream drawn from that
 source, so a small source with a large weight is seen several times per epoch.
+With ``weight_by: hours`` the mix is by size instead (the paper's enlarged
+pool): each source's share of the stream's *audio* is proportional to
+``weight x its hours``; ``mux`` draws cuts, so a source's cut weight is
+``weight x its number of cuts`` (with weight 1 everywhere, every cut of every
+source is equally likely, as if the sources were one pool).
 An *epoch* is as many cuts as all sources hold together; its length in
 micro-batches is counted once by a dry run of the sampler
 (:func:`batches_per_epoch`).
@@ -47,7 +52,7 @@ def _in_languages(cut: Any, languages: frozenset[str] | None) -> bool:
 
 
 def _keep(cut: Any, languages: frozenset[str] | None) -> bool:
-    return has_text(cut) and _in_languages(cut, languages)
+    return has_text(cut) and len(cut.supervisions) == 1 and _in_languages(cut, languages)
 
 
 @dataclass
@@ -69,12 +74,19 @@ def open_source(source: DataSource, skips: Skips) -> tuple[Any, int, float]:
     languages = frozenset(lang.lower() for lang in source.languages) if source.languages is not None else None
     if not path.is_file():
         raise IltInputError(f"{path}: training cut manifest not found")
-    n, seconds, other = 0, 0.0, 0
+    n, seconds, other, ids = 0, 0.0, 0, set()
     try:
         cuts = CutSet.from_jsonl_lazy(path)
         for cut in cuts:
+            if cut.id in ids:  # outputs and skips are keyed by cut ID
+                raise IltInputError(f"{path}: cut ID {cut.id!r} appears more than once; IDs must be unique: "
+                                    f"remove the duplicates or rename them (e.g. lhotse's CutSet.modify_ids)")
+            ids.add(cut.id)
             if not has_text(cut):
                 skips.skip("empty transcript", cut.id, str(path))
+            elif len(cut.supervisions) > 1:  # one label for the whole cut would be wrong
+                skips.skip("several supervisions", cut.id, f"{path}: {len(cut.supervisions)} supervisions; "
+                           f"make one cut per supervision (lhotse CutSet.trim_to_supervisions)")
             elif not _in_languages(cut, languages):
                 other += 1
             else:
@@ -92,17 +104,26 @@ def open_source(source: DataSource, skips: Skips) -> tuple[Any, int, float]:
     return cuts.filter(functools.partial(_keep, languages=languages)), n, seconds
 
 
+def mux_weights(sources: Sequence[DataSource], cut_counts: Sequence[int]) -> list[float]:
+    """The ``CutSet.mux`` weight of each source: its ``weight``, or with
+    ``weight_by: hours`` ``weight x its cuts``, so that its expected share of
+    the audio is proportional to ``weight x its hours``."""
+    return [s.weight * n if s.weight_by == "hours" else s.weight for s, n in zip(sources, cut_counts)]
+
+
 def training_stream(sources: Sequence[DataSource], seed: int, skips: Skips) -> Mix:
     """The endless weighted mix of the sources, and the number of cuts and
     seconds of audio per epoch."""
     from lhotse import CutSet
 
-    weights = [s.weight for s in sources]
-    if not sum(weights) > 0:
-        raise IltInputError(f"the data mix weights {weights} sum to zero: give at least one source a weight")
+    if not sum(s.weight for s in sources) > 0:
+        raise IltInputError(f"the data mix weights {[s.weight for s in sources]} sum to zero: "
+                            f"give at least one source a weight")
     opened = [open_source(source, skips) for source in sources]
-    for source, (_, n, seconds) in zip(sources, opened):
-        log.info("train source %s: %d cuts, %.1f h, weight %g", source.cuts, n, seconds / 3600, source.weight)
+    weights = mux_weights(sources, [n for _, n, _ in opened])
+    for source, (_, n, seconds), weight in zip(sources, opened, weights):
+        log.info("train source %s: %d cuts, %.1f h, weight %g%s", source.cuts, n, seconds / 3600, source.weight,
+                 f" by hours (cut weight {weight:g})" if source.weight_by == "hours" else "")
     repeated = [cuts.repeat(preserve_id=True) for cuts, _, _ in opened]
     stream = repeated[0] if len(repeated) == 1 else CutSet.mux(*repeated, weights=weights, seed=seed)
     return Mix(stream, sum(n for _, n, _ in opened), sum(seconds for _, _, seconds in opened))
@@ -139,7 +160,9 @@ def make_sampler(mix: Mix, train: TrainSection, world_size: int = 1, rank: int =
                   shuffle=True, drop_last=False, seed=train.seed, world_size=world_size, rank=rank)
     buckets = bucket_count(train, mix)
     if buckets < 2:
-        return DynamicCutSampler(mix.stream, **common)
+        # an epoch's worth of shuffle buffer: Lhotse's default (20000 cuts) reads
+        # thousands of repeats of a small set before its first batch
+        return DynamicCutSampler(mix.stream, shuffle_buffer_size=buffer_cuts(mix.epoch_cuts), **common)
     return DynamicBucketingSampler(
         mix.stream, num_buckets=buckets, buffer_size=buffer_cuts(mix.epoch_cuts),
         num_cuts_for_bins_estimate=max(1, min(10000, mix.epoch_cuts)), **common)

@@ -25,7 +25,15 @@ from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, Supervis
 from tqdm.auto import tqdm
 
 from ilt.data.audio import AudioProblem, open_recording
-from ilt.data.manifests import load_cuts, manifest_paths, manifests_exist, save_manifests
+from ilt.data.manifests import (
+    load_cuts,
+    load_recordings,
+    load_supervisions,
+    manifest_paths,
+    manifests_exist,
+    save_manifests,
+)
+from ilt.data.sessions import session_paths, write_session_manifests
 from ilt.errors import IltInputError
 from ilt.utils import Skips
 
@@ -251,6 +259,7 @@ def prepare_mlc_slm(
     splits: tuple[str, ...] = (),
     default_split: str = "train",
     tolerance: float = 0.05,
+    sessions: bool = False,
     force: bool = False,
 ) -> dict[str, CutSet]:
     """MLC-SLM challenge corpus. Layout: [<split>/]<Language>/[<Accent>/]<conv>.wav beside <conv>.txt.
@@ -265,6 +274,10 @@ def prepare_mlc_slm(
         directories directly.
     :param tolerance: seconds a segment may run past the end of its audio (it is
         then clipped); beyond that it is skipped.
+    :param sessions: also write the conversation-level manifests of Track 2
+        (``mlc_slm_sessions_<split>.jsonl.gz``: one cut per whole recording with
+        its reference speaker turns) and the reference turns as
+        ``mlc_slm_ref_<split>.{rttm,stm,seglst.json}`` (docs/track2.md).
     :param force: rebuild manifests that already exist.
     :return: split name -> ``CutSet``.
 
@@ -297,5 +310,23 @@ def prepare_mlc_slm(
         log.info("mlc-slm: split %r: %d utterances (%.2f h) in %d recordings -> %s",
                  split, len(cuts), hours, len(recs), out_dir)
         result[split] = cuts
+    if sessions:
+        _write_sessions(out_dir, wanted, todo, force)
     skips.report()
     return {split: result[split] for split in wanted}
+
+
+def _write_sessions(out_dir: Path, splits: list[str], built: dict, force: bool) -> None:
+    """Session manifests of ``splits`` from the recordings and supervisions just
+    built (``built``) or already on disk; existing ones are kept unless ``force``."""
+    for split in splits:
+        paths = session_paths(out_dir, PREFIX, split)
+        if split not in built and not force and all(p.is_file() for p in paths.values()):
+            continue
+        if split in built:
+            recs, sups, _ = built[split]
+        else:
+            split_paths = manifest_paths(out_dir, PREFIX, split)
+            recs, sups = load_recordings(split_paths["recordings"]), load_supervisions(split_paths["supervisions"])
+        sessions = write_session_manifests(recs, sups, out_dir, PREFIX, split)
+        log.info("mlc-slm: split %r: %d session(s) -> %s", split, len(sessions), paths["sessions"])

@@ -48,7 +48,11 @@ BUILTIN_PACKAGE = "ilt"
 #: Modules that hold the built-in hook implementations.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "ilt.plugins.corpora",
+    "ilt.plugins.diarizers",
     "ilt.plugins.losses",
+    "ilt.plugins.qwen2_audio",
+    "ilt.plugins.speakers",
+    "ilt.plugins.tts",
     "ilt.plugins.voters",
     "ilt.plugins.whisper",
 )
@@ -61,12 +65,14 @@ KINDS: dict[str, str] = {
     "voter": "ilt_register_voters",
     "loss": "ilt_register_losses",
     "corpus": "ilt_register_corpora",
+    "diarizer": "ilt_register_diarizers",
 }
 
 #: What the caller of a kind's factory passes itself, so a config may not:
 #: (number of leading positional parameters, keyword names).
 CALLER_ARGS: dict[str, tuple[int, tuple[str, ...]]] = {
-    "backbone": (1, ("dtype", "device")),  # factory(model_dir, *, dtype, device, **options)
+    # factory(model_dir, *, dtype, device, [tokenizer_only], **options)
+    "backbone": (1, ("dtype", "device", "tokenizer_only")),
     "corpus": (2, ()),  # factory(corpus_dir, out_dir, **options)
 }
 

@@ -2,7 +2,7 @@
 ilt.components and options declared as keyword parameters."""
 
 from ilt import hookimpl
-from ilt.components import Vote
+from ilt.components import Turn, Vote
 
 
 class FakeBackbone:
@@ -35,6 +35,16 @@ class LongestVoter:
     def vote(self, hypotheses, language):
         best = max(hypotheses, key=lambda h: len(h.text))
         return Vote(best.text, sum(h.text == best.text for h in hypotheses) / len(hypotheses))
+
+
+class FakeDiarizer:
+    """Everyone is one speaker, talking all the time."""
+
+    def __init__(self, *, label: str = "spk0"):
+        self.label = label
+
+    def diarize(self, session):
+        return [Turn(0.0, session.duration, self.label)]
 
 
 def fake_voter():
@@ -80,3 +90,8 @@ def ilt_register_losses(register):
 @hookimpl
 def ilt_register_corpora(register):
     register("fake-corpus", prepare_fake)
+
+
+@hookimpl
+def ilt_register_diarizers(register):
+    register("fake-diarizer", FakeDiarizer)
