@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ilt-installed
 
-.PHONY: install sysdeps test demo bench clean-venv
+.PHONY: install sysdeps test demo bench reliability clean-venv
 
 install: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): setup.py
 	    $(BIN)/python -m pip install -q --upgrade pip; \
 	    $(BIN)/python -m pip install -q "$(TORCH)"; \
 	fi
-	$(BIN)/python -m pip install -q -e '.[dev,models]'
+	$(BIN)/python -m pip install -q -e '.[dev,models,export,speaker,track2]'
 	@touch $@
 
 sysdeps:
@@ -36,11 +36,16 @@ test: install sysdeps
 
 demo: install sysdeps
 	cd egs/mini && PATH=$(abspath $(BIN)):$$PATH bash run.sh
+	@echo "Report page: $(abspath egs/mini/exp/report/report_test.html)"
 
 bench: install sysdeps
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/decode_throughput.py
 	$(BIN)/python bench/precision_load.py
+
+# the full reliability suite (kill anywhere, bad input, two processes): docs/reliability.md
+reliability: install sysdeps
+	$(BIN)/python tools/reliability.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CI_CONF = Path(__file__).parent / "data" / "mini_ci_conf"
-TINY = ["--convs", "1 1 1", "--utts-per-conv", "2", "--languages", "en es", "--test-sets", "test"]
+TINY = ["--synth-opts", "--convs-per-accent 1 1 1 --utts-per-conv 2 --languages en es --pool-convs-per-accent 1",
+        "--m0", "whisper-tiny.en", "--test-sets", "test", "--pseudo-min-agreement", "0"]
 
 pytestmark = pytest.mark.skipif(not shutil.which("espeak-ng") or not shutil.which("sox"),
                                 reason="needs espeak-ng and sox (make sysdeps)")
@@ -58,7 +59,14 @@ def test_stage_slices_end_to_end(prepared):
     manifests = recipe / "data" / "manifests"
     for split in ("train", "dev", "test"):
         assert (manifests / f"mlc_slm_cuts_{split}.jsonl.gz").is_file()
-    assert (recipe / "data" / "extra" / "mlc_slm_cuts_pool.jsonl.gz").is_file()
+    # the pool is prepared without text; its true text only scores the pseudo-labels
+    from ilt.data.manifests import load_cuts
+
+    pool = load_cuts(recipe / "data" / "extra" / "mlc_slm_cuts_pool.jsonl.gz")
+    truth = load_cuts(recipe / "data" / "extra" / "mlc_slm_cuts_pool_truth.jsonl.gz")
+    assert sorted(pool.ids) == sorted(truth.ids) and len(pool) > 0
+    assert not any(s.text for c in pool for s in c.supervisions)
+    assert all(s.text for c in truth for s in c.supervisions)
     assert (recipe / "exp" / "decode" / "M0" / "test" / "scores.json").is_file()
 
     run(recipe, "--stage", "3", "--stop-stage", "5")
@@ -71,20 +79,37 @@ def test_stage_slices_end_to_end(prepared):
         chain.append(lineage["round"])
         lineage = lineage.get("parent")
     assert chain == ["fix", "feedback", "focus"]
+    # stage 5: M0, M1 and M2 voted the pool's labels; Fix trained on them
+    summary = json.loads((exp / "pseudo" / "summary.json").read_text())
+    assert summary["models"] == ["M0", "M1", "M2"] and summary["cuts"] == len(pool)
+    assert (exp / "pseudo" / "score" / "scores.json").is_file()
+    assert "pseudo/cuts.jsonl.gz" in (exp / "fix" / "round.yaml").read_text()
     for round_ in ("focus", "feedback", "fix"):
         assert (exp / round_ / "command.txt").read_text().startswith("ilt round")
         assert (exp / round_ / "round.yaml").is_file()
 
     again = run(recipe, "--stage", "3", "--stop-stage", "5")
-    assert again.stderr.count("done already") == 3
+    assert again.stderr.count("done already") == 4  # three rounds and the pseudo-labels
+    assert "pseudo-labels done already" in again.stderr
 
     out = run(recipe, "--stage", "6", "--stop-stage", "6").stdout
     header = next(line for line in out.splitlines() if line.startswith("| group"))
     assert header.split("|")[3:7] == [" M0 ", " M1 ", " M2 ", " M3 "]
     assert "| **Overall** |" in out and "| en-American |" in out
-    for suffix in ("md", "json", "png"):
+    for suffix in ("md", "json", "png", "html"):
         assert (exp / "report" / f"report_test.{suffix}").stat().st_size > 0
+    card = (exp / "M3" / "README.md").read_text()  # the model card, with the test error rates
+    assert card.startswith("---\n") and "model-index" in card
     assert (exp / "decode" / "M3" / "test" / "text").is_file()  # the submission file
+
+    # Stage 7, Track 2: M0 and M3 (the demo's "ends") on oracle and diarized turns, scored by tcpWER
+    run(recipe, "--stage", "7", "--stop-stage", "7")
+    assert (exp / "diarize" / "test" / "diarization.rttm").stat().st_size > 0
+    for model in ("M0", "M3"):
+        for seg in ("oracle", "diarized"):
+            scores = json.loads((exp / "track2" / seg / model / "test" / "scores.json").read_text())
+            assert "tcpwer" in json.dumps(scores).lower(), scores
+    assert not (exp / "track2" / "oracle" / "M1").exists()
 
     # An ablation chain whose rounds are a prefix of the finished one trains and decodes nothing.
     out = run(recipe, "--stage", "3", "--stop-stage", "6", "--rounds", "focus,feedback",

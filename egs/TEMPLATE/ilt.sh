@@ -14,7 +14,13 @@
 #   3  Focus    (ilt round: train $conf_dir/focus.yaml, merge)    -> M<i>, i its place in --rounds
 #   4  Feedback (ilt round: train $conf_dir/feedback.yaml, merge) -> M<i>
 #   5  Fix      (ilt round: train $conf_dir/fix.yaml, merge)      -> M<i>
+#      with --unlabeled-cuts, first `ilt pseudo-label`: the models of the chain before Fix
+#      (M0..M<i-1>) decode that audio and a voter labels it -> $exp_dir/pseudo/cuts.jsonl.gz;
+#      fix.yaml names it as ${ILT_EXP_DIR}/pseudo/cuts.jsonl.gz (this script exports ILT_EXP_DIR)
 #   6  evaluate every model of the chain M0..Mn, `ilt report` for each scored set
+#   7  Track 2 on --session-sets (whole conversations): `ilt diarize` once per set, then for
+#      each model `ilt transcribe-sessions` on oracle and on diarized speaker turns, scored by
+#      tcpWER/cpWER (and DER)                                 -> track2/<oracle|diarized>/M<i>/<set>
 # Every evaluated set gets a submission file decode/<model>/<set>/text (Kaldi style, one
 # "<utterance-id> <hypothesis>" per line); a set without reference text (an evaluation set)
 # is decoded but not scored. Paths are relative to the directory you run it from.
@@ -25,7 +31,7 @@ ILT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 COMMAND=$(printf '%q ' bash "$0" "$@")
 
 stage=1
-stop_stage=6
+stop_stage=7
 base_model=        # M0: a local Hugging Face model directory
 train_cuts=        # if set, every round trains on these cuts instead of its YAML's task.data mix
 dev_cuts=          # each round keeps its best checkpoint on these cuts
@@ -38,6 +44,13 @@ rounds=focus,feedback,fix # any of them, in this order
 reuse_exp=         # a finished experiment with the same base model, conf and test sets: link
                    # its M0 decodes and the models of the longest prefix of --rounds it trained
 group_by=accent    # rows of the score tables: accent or language
+unlabeled_cuts=    # stage 5: audio (no text needed) pseudo-labelled for the Fix round
+pseudo_voter=rover # stage 5: a voter of `ilt plugins` (rover, majority)
+pseudo_min_agreement=0.6
+pseudo_truth=      # stage 5: the unlabeled audio's true text, if held aside: scores the labels
+session_sets=      # stage 7: "NAME=SESSIONS ...": session manifests (ilt prepare mlc-slm --sessions)
+diarizer='{name: offline, num_speakers: 2}'  # stage 7: a diarizer of `ilt plugins`, with options
+track2_models=all  # stage 7: all (M0..Mn) or ends (M0 and Mn)
 ngpu=1             # > 1: rounds and decoding run under accelerate launch
 force=false        # true: redo finished steps (and reuse nothing)
 
@@ -62,12 +75,15 @@ for spec in $test_sets; do [[ $spec == ?*=?* ]] || die "--test-sets: '$spec' is 
 
 markers=$exp_dir/.done
 mkdir -p "$markers"
+export ILT_EXP_DIR=$exp_dir  # round YAMLs name this experiment's outputs as ${ILT_EXP_DIR}/...
 echo "cd $(printf '%q' "$PWD") && $COMMAND" >> "$exp_dir/commands.sh"  # replayable
 todo() { [ "$force" = true ] || [ ! -f "$markers/$1" ]; }
 done_() { touch "$markers/$1"; }
 
 if [ "$ngpu" -gt 1 ]; then
-  ilt_run=(accelerate launch --num_processes "$ngpu" -m ilt.cli)
+  # --multi_gpu: one process per device (on a CPU-only machine, gloo processes; `--cpu
+  # --num_processes N` would start a single process)
+  ilt_run=(accelerate launch --multi_gpu --num_processes "$ngpu" -m ilt.cli)
 else
   ilt_run=(ilt)
 fi
@@ -155,6 +171,36 @@ run_round() {  # run_round STAGE ROUND
   done_ "$key"
 }
 
+pseudo_labels() {  # the models of the chain before Fix vote labels for --unlabeled-cuts
+  local i key models=() j out=$exp_dir/pseudo
+  i=$(index_of fix)
+  [ "$i" -gt 0 ] || return 0
+  # without the models before Fix, run_round says which stage to run first
+  [ -f "$(model_dir $((i - 1)))/config.json" ] || return 0
+  if [ -z "$unlabeled_cuts" ]; then
+    ! grep -q 'ILT_EXP_DIR[^/]*/pseudo/' "$conf_dir/fix.yaml" ||
+      die "$conf_dir/fix.yaml trains on pseudo-labels: give --unlabeled-cuts CUTS, or remove that source"
+    return 0
+  fi
+  key=pseudo.$(key_of $((i - 1)))
+  todo "$key" || { log "Stage 5: pseudo-labels done already ($out)"; return; }
+  reuse "$key" pseudo && return
+  need "$unlabeled_cuts" "prepare the unlabeled manifest first (the corpus recipe's data stage)"
+  for ((j = 0; j < i; j++)); do
+    need "$(model_dir $j)/config.json" "run the rounds before Fix first"
+    models+=(--models "$(model_dir $j)")
+  done
+  log "Stage 5: pseudo-labels for $unlabeled_cuts by M0..M$((i - 1)) ($pseudo_voter, agreement >= $pseudo_min_agreement)"
+  unlink_ "$out"
+  # one process: its votes and manifest are written once (decoding is the cheap part of a round)
+  ilt pseudo-label "${models[@]}" --cuts "$unlabeled_cuts" --voter "$pseudo_voter" \
+    --min-agreement "$pseudo_min_agreement" --conf "$conf_dir/decode.yaml" --out "$out"
+  if [ -n "$pseudo_truth" ]; then  # the labels (kept or not) against the held-aside text
+    ilt score --ref "$pseudo_truth" --hyp "$out/votes.jsonl" --out "$out/score" --group-by language
+  fi
+  done_ "$key"
+}
+
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   log "Stage 1: evaluate the base model M0 (${base_model:-unset}) on: ${test_sets:-no test set}"
   evaluate 0
@@ -183,6 +229,7 @@ fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   log "Stage 5: Fix"
+  pseudo_labels
   run_round 5 fix
 fi
 
@@ -197,9 +244,40 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
     name=${spec%%=*}
     if [ -f "$exp_dir/decode/M0/$name/scores.json" ]; then
       ilt report "$exp_dir" --split "$name" --models "$models"
+      log "$name: report page: $exp_dir/report/report_$name.html"
     else
       log "$name: no reference text: no report (submissions: $exp_dir/decode/M*/$name/text)"
     fi
+  done
+  # each trained model's Hugging Face card (README.md) gets its error rates from the reports
+  for ((i = 1; i <= ${#chain[@]}; i++)); do
+    [ -L "$exp_dir/M$i" ] || ilt card "$exp_dir/M$i"
+  done
+fi
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+  log "Stage 7: Track 2 (diarize, transcribe whole sessions, tcpWER) on: ${session_sets:-no session set}"
+  [ "$track2_models" = all ] || [ "$track2_models" = ends ] || die "--track2-models: all or ends"
+  n=${#chain[@]}
+  for spec in $session_sets; do
+    [[ $spec == ?*=?* ]] || die "--session-sets: '$spec' is not NAME=SESSIONS"
+    name=${spec%%=*}; sessions=${spec#*=}; dia=$exp_dir/diarize/$name
+    need "$sessions" "prepare the session manifests first (ilt prepare mlc-slm ... --sessions)"
+    if todo "diarize.$name"; then
+      ilt diarize --sessions "$sessions" --diarizer "$diarizer" --out "$dia"
+      done_ "diarize.$name"
+    fi
+    for ((i = 0; i <= n; i++)); do
+      [ "$track2_models" = all ] || [ $i -eq 0 ] || [ $i -eq "$n" ] || continue
+      need "$(model_dir $i)/config.json" "run the rounds first"
+      for seg in oracle diarized; do
+        key=track2.$(key_of $i).$seg.$name
+        todo "$key" || { log "M$i/$name: Track 2 ($seg) done already"; continue; }
+        turns=(--oracle); [ $seg = oracle ] || turns=(--rttm "$dia/diarization.rttm")
+        ilt transcribe-sessions --model "$(model_dir $i)" --sessions "$sessions" "${turns[@]}" \
+          --conf "$conf_dir/decode.yaml" --out "$exp_dir/track2/$seg/M$i/$name"
+        done_ "$key"
+      done
+    done
   done
 fi
 log "Done: stages $stage..$stop_stage"

