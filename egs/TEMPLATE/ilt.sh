@@ -50,7 +50,7 @@ pseudo_min_agreement=0.6
 pseudo_truth=      # stage 5: the unlabeled audio's true text, if held aside: scores the labels
 session_sets=      # stage 7: "NAME=SESSIONS ...": session manifests (ilt prepare mlc-slm --sessions)
 diarizer='{name: offline, num_speakers: 2}'  # stage 7: a diarizer of `ilt plugins`, with options
-track2_models=all  # stage 7: all (M0..Mn) or ends (M0 and Mn)
+track2_models=all  # stage 7: all (M0..Mn), ends (M0 and Mn) or last (Mn)
 ngpu=1             # > 1: rounds and decoding run under accelerate launch
 force=false        # true: redo finished steps (and reuse nothing)
 
@@ -256,7 +256,7 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
 fi
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   log "Stage 7: Track 2 (diarize, transcribe whole sessions, tcpWER) on: ${session_sets:-no session set}"
-  [ "$track2_models" = all ] || [ "$track2_models" = ends ] || die "--track2-models: all or ends"
+  case $track2_models in all|ends|last) ;; *) die "--track2-models $track2_models: all, ends or last" ;; esac
   n=${#chain[@]}
   for spec in $session_sets; do
     [[ $spec == ?*=?* ]] || die "--session-sets: '$spec' is not NAME=SESSIONS"
@@ -267,7 +267,10 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
       done_ "diarize.$name"
     fi
     for ((i = 0; i <= n; i++)); do
-      [ "$track2_models" = all ] || [ $i -eq 0 ] || [ $i -eq "$n" ] || continue
+      case $track2_models in
+        ends) [ $i -eq 0 ] || [ $i -eq "$n" ] || continue ;;
+        last) [ $i -eq "$n" ] || continue ;;
+      esac
       need "$(model_dir $i)/config.json" "run the rounds first"
       for seg in oracle diarized; do
         key=track2.$(key_of $i).$seg.$name

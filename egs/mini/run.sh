@@ -32,7 +32,7 @@ conf_dir=conf            # round and decoding YAML scaled for 2 CPU cores
 test_sets="test"         # splits evaluated by stages 1 and 6 (dev picks each round's best checkpoint)
 pseudo_voter=rover
 pseudo_min_agreement=0.6
-track2_models=           # stage 7: all | ends (M0 and the last model); default: ends (demo), all (multilingual)
+track2_models=           # stage 7: all | ends (M0 and the last) | last; default: last (demo), all (multilingual)
 ngpu=1
 force=false
 synth_opts=              # extra options of local/synth_corpus.py (sizes), e.g. "--convs-per-accent 1 1 1"
@@ -49,7 +49,7 @@ exp_dir=${exp_dir:-exp$suffix}
 data_dir=${data_dir:-data$suffix}
 corpus_dir=${corpus_dir:-corpus$suffix}
 base_model=${base_model:-exp$suffix/M0}
-[ -n "$track2_models" ] || { [ "$track" = demo ] && track2_models=ends || track2_models=all; }
+[ -n "$track2_models" ] || { [ "$track" = demo ] && track2_models=last || track2_models=all; }
 export ILT_DATA_DIR=$data_dir  # conf/*.yaml name the manifests as ${ILT_DATA_DIR}/...
 manifests=$data_dir/manifests
 

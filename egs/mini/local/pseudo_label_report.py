@@ -76,10 +76,11 @@ def sctk_rover(models: dict[str, dict[str, dict]], refs, order: list[str]) -> di
         subprocess.run(args + ["-o", str(out), "-m", "avgconf", "-a", "1.0", "-c", "0.7"], check=True,
                        capture_output=True)
         labels: dict[str, list[str]] = {i: [] for i in refs}
+        by_lower = {i.lower(): i for i in refs}  # rover writes IDs in lower case
         for line in out.read_text(encoding="utf-8").splitlines():
             parts = line.split()
             if len(parts) >= 5 and parts[4] != "@":
-                labels[parts[0]].append(parts[4])
+                labels[by_lower.get(parts[0], parts[0])].append(parts[4])
     # units joined by spaces: scoring splits ja/ko/th into characters and ignores spaces
     return {i: " ".join(units) for i, units in labels.items()}
 

@@ -100,13 +100,15 @@ POOL_VARIANTS = {"male": ("m4", "m5", "m6", "m7"), "female": ("f4", "f5")}
 #: Preset sizes; an option given on the command line wins over its preset value.
 TRACKS: dict[str, dict[str, object]] = {
     "demo": {"languages": ["en", "es", "de"], "accents": ["American", "British", "Scottish", "Caribbean"],
-             "convs_per_accent": [2, 1, 1], "utts_per_conv": 6, "pool_convs_per_accent": 1},
+             "convs_per_accent": [2, 1, 1], "utts_per_conv": 6, "pool_convs_per_accent": 1,
+             "pool_utts_per_conv": 3},
     "multilingual": {"languages": LANGUAGES, "accents": ["American", "British", "Scottish", "Caribbean"],
                      "convs_per_accent": [3, 1, 1], "utts_per_conv": 8, "pool_convs_per_accent": 1},
 }
 DEFAULTS: dict[str, object] = {
     "languages": ["en", "es", "de", "fr", "it"], "accents": list(ENGLISH_ACCENTS),
     "convs_per_accent": [4, 2, 2], "utts_per_conv": 8, "pool_convs_per_accent": 2,
+    "pool_utts_per_conv": None,  # None: --utts-per-conv
 }
 
 
@@ -240,7 +242,8 @@ def plan(args: argparse.Namespace) -> list[Conversation]:
                     for label, var in zip("AB", pair)
                 }
                 turns = []
-                for t in range(args.utts_per_conv):
+                pool_turns = split == POOL and args.pool_utts_per_conv
+                for t in range(args.pool_utts_per_conv if pool_turns else args.utts_per_conv):
                     if not order:  # walk the sentences in a fresh random order, again and again
                         order = list(sentences)
                         rng.shuffle(order)
@@ -351,6 +354,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accents", nargs="+", choices=list(ENGLISH_ACCENTS), help="English accents (all five)")
     p.add_argument("--pool", action="store_true", help="also write the third-party pool/ split and pool_truth/")
     p.add_argument("--pool-convs-per-accent", type=int, help=f"({DEFAULTS['pool_convs_per_accent']})")
+    p.add_argument("--pool-utts-per-conv", type=int, help="turns per pool conversation (default: --utts-per-conv)")
     p.add_argument("--pool-text", choices=["inline", "aside"], default="inline",
                    help="aside: pool/ has no transcripts (only pool_truth/ has them); inline: both have")
     p.add_argument("--rate", type=int, default=16000, help="output sampling rate")
