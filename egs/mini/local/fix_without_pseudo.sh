@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The Fix round again from the same M2, without the pseudo-labelled source, and M2, M3 and
+# this M3 evaluated on dev and test: the "Fix with and without pseudo-labels" table of
+# RESULTS.md. Run after `bash run.sh` (stages 1-6):
+#
+#   bash local/fix_without_pseudo.sh [--exp-dir exp] [--data-dir data]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+exp_dir=exp
+data_dir=data
+conf_dir=conf
+
+. ../../tools/parse_options.sh
+
+export ILT_DATA_DIR=$data_dir ILT_EXP_DIR=$exp_dir
+manifests=$data_dir/manifests
+train=$manifests/mlc_slm_cuts_train.jsonl.gz
+# conf/fix.yaml's mix without its ${ILT_EXP_DIR}/pseudo source
+ilt round --config "$conf_dir/fix.yaml" \
+  -o "task.data=[{cuts: $train, weight: 1.0, languages: [en]}, {cuts: $train, weight: 1.0}]" \
+  --model "$exp_dir/M2" --out "$exp_dir/fix_nopseudo" --merged-out "$exp_dir/M3_nopseudo" \
+  --dev "$manifests/mlc_slm_cuts_dev.jsonl.gz" --decode-config "$conf_dir/decode.yaml"
+for m in M2 M3 M3_nopseudo; do
+  for split in dev test; do
+    [ -f "$exp_dir/decode/$m/$split/scores.json" ] && continue
+    ilt evaluate --model "$exp_dir/$m" --cuts "$manifests/mlc_slm_cuts_$split.jsonl.gz" \
+      --conf "$conf_dir/decode.yaml" --out "$exp_dir/decode/$m/$split" --group-by accent
+  done
+done
