@@ -10,11 +10,14 @@ this protocol, so a new model family is one plugin module.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+from ilt.errors import IltInputError
 
 #: LoRA scopes every backbone understands (the round YAML's ``target_modules``).
 SCOPES = ("attention", "wide")
@@ -178,3 +181,26 @@ def first_float_param(model: Any) -> Any:
         if p.is_floating_point():
             return p
     raise ValueError("model has no floating-point parameters")
+
+
+def read_model_config(model_dir: str | Path, model_type: str, family: str, hint: str = "") -> dict[str, Any]:
+    """The ``config.json`` of a model directory whose ``model_type`` must be
+    ``model_type``, or an :class:`IltInputError` naming the directory and what
+    it holds instead (``family``: the model family for the message; ``hint``:
+    appended to the message, e.g. how to convert another format)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise IltInputError(f"{model_dir}: no such model directory")
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        found = ", ".join(sorted(p.name for p in model_dir.iterdir())[:10]) or "nothing"
+        raise IltInputError(f"{model_dir}: not a {family} model directory: no config.json; found {found}{hint}")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IltInputError(f"{config_file}: unreadable model config: {exc}") from None
+    found_type = config.get("model_type") if isinstance(config, dict) else None
+    if found_type != model_type:
+        raise IltInputError(f"{model_dir}: not a {family} model: config.json has model_type {found_type!r}, "
+                            f"expected {model_type!r}{hint}")
+    return config

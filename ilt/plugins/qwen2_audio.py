@@ -28,7 +28,6 @@ paper's Feedback module list.
 from __future__ import annotations
 
 import copy
-import json
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,7 +35,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ilt import lid
-from ilt.backbone import Batch, first_float_param, generating_model, resolve_target_modules, unwrap_model
+from ilt.backbone import (Batch, first_float_param, generating_model, read_model_config, resolve_target_modules,
+                          unwrap_model)
 from ilt.data.audio import AudioProblem, load_checked
 from ilt.data.languages import WHISPER_LANGUAGES
 from ilt.errors import IltInputError
@@ -72,22 +72,7 @@ def audio_token_count(frames: int) -> int:
 def check_qwen2_audio_dir(model_dir: str | Path) -> dict[str, Any]:
     """The ``config.json`` of a Qwen2-Audio directory, or :class:`IltInputError`
     naming the directory and what it holds instead."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise IltInputError(f"{model_dir}: no such model directory")
-    config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        found = ", ".join(sorted(p.name for p in model_dir.iterdir())[:10]) or "nothing"
-        raise IltInputError(f"{model_dir}: not a Qwen2-Audio model directory: no config.json; found {found}")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IltInputError(f"{config_file}: unreadable model config: {exc}") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type != "qwen2_audio":
-        raise IltInputError(f"{model_dir}: not a Qwen2-Audio model: config.json has model_type {model_type!r}, "
-                            f"expected 'qwen2_audio'")
-    return config
+    return read_model_config(model_dir, "qwen2_audio", "Qwen2-Audio")
 
 
 def _token_id(tokenizer: Any, token: str) -> int:

@@ -16,7 +16,6 @@ loss is the mean cross-entropy over the text tokens and the end-of-text token
 from __future__ import annotations
 
 import copy
-import json
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ilt import lid
-from ilt.backbone import Batch, first_float_param, generating_model, resolve_target_modules, unwrap_model
+from ilt.backbone import (Batch, first_float_param, generating_model, read_model_config, resolve_target_modules,
+                          unwrap_model)
 from ilt.data.audio import AudioProblem, load_checked
 from ilt.data.languages import NO_SPACE_LANGUAGES
 from ilt.errors import IltInputError
@@ -74,24 +74,7 @@ def _ct2_hint(model_dir: Path) -> str:
 def check_whisper_dir(model_dir: str | Path) -> dict[str, Any]:
     """Return the ``config.json`` of a Whisper model directory, or raise
     :class:`IltInputError` naming the directory and what it holds instead."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise IltInputError(f"{model_dir}: no such model directory")
-    config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        found = ", ".join(sorted(p.name for p in model_dir.iterdir())[:10]) or "nothing"
-        hint = _ct2_hint(model_dir)
-        raise IltInputError(f"{model_dir}: not a Whisper model directory: no config.json; found {found}{hint}")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IltInputError(f"{config_file}: unreadable model config: {exc}") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type != "whisper":
-        hint = _ct2_hint(model_dir)
-        raise IltInputError(
-            f"{model_dir}: not a Whisper model: config.json has model_type {model_type!r}, expected 'whisper'{hint}")
-    return config
+    return read_model_config(model_dir, "whisper", "Whisper", _ct2_hint(Path(model_dir)))
 
 
 #: A Whisper tokenizer is read from ``tokenizer.json``, or from ``vocab.json`` plus ``merges.txt``.
@@ -273,7 +256,6 @@ class WhisperCollator:
         than the decoder takes are left out and listed in ``Batch.skipped``
         with the reason.
         """
-        import torch
 
         skipped: dict[str, str] = {}
         ids: list[str] = []
