@@ -204,3 +204,17 @@ def read_model_config(model_dir: str | Path, model_type: str, family: str, hint:
         raise IltInputError(f"{model_dir}: not a {family} model: config.json has model_type {found_type!r}, "
                             f"expected {model_type!r}{hint}")
     return config
+
+
+def split_generation_kwargs(gen_config: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Set each non-``None`` keyword that ``gen_config`` (a ``GenerationConfig``)
+    has as an attribute on it; return the others, for ``generate`` itself."""
+    extra = {}
+    for key, value in kwargs.items():
+        if value is None:
+            continue
+        if hasattr(gen_config, key):
+            setattr(gen_config, key, value)
+        else:
+            extra[key] = value
+    return extra

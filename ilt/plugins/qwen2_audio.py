@@ -36,7 +36,7 @@ import numpy as np
 
 from ilt import lid
 from ilt.backbone import (Batch, first_float_param, generating_model, read_model_config, resolve_target_modules,
-                          unwrap_model)
+                          split_generation_kwargs, unwrap_model)
 from ilt.data.audio import AudioProblem, load_checked
 from ilt.data.languages import WHISPER_LANGUAGES
 from ilt.errors import IltInputError
@@ -373,15 +373,7 @@ class Qwen2AudioBackbone:
         eos = gen.eos_token_id if isinstance(gen.eos_token_id, (list, tuple)) else [gen.eos_token_id]
         gen.eos_token_id = list(dict.fromkeys([self.collator.eos_id, *(e for e in eos if e is not None)]))
         gen.pad_token_id = self.collator.pad_id
-        extra = {}
-        for key, value in kwargs.items():
-            if value is None:
-                continue
-            if hasattr(gen, key):
-                setattr(gen, key, value)
-            else:
-                extra[key] = value
-        return gen, extra
+        return gen, split_generation_kwargs(gen, kwargs)
 
     def _run(self, model: Any, inputs: dict[str, Any], languages: Sequence[str | None], gen: Any,
              limits: Sequence[int], loop_tokens: int | None, extra: dict[str, Any]) -> list[list[int]]:

@@ -37,6 +37,7 @@ resumes with what it had embedded.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import logging
 from pathlib import Path
@@ -129,7 +130,7 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norm, 1e-12)
 
 
-class SpeakerSimilarity:
+class SpeakerSimilarity(abc.ABC):
     """What both selectors share: loading, speech check, batching, cache, SECS, threshold.
 
     A subclass sets :attr:`name`, and defines :meth:`identity` (its model, for
@@ -149,12 +150,13 @@ class SpeakerSimilarity:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._cache: EmbeddingCache | None = None
 
+    @abc.abstractmethod
     def identity(self) -> str:
-        raise NotImplementedError
+        """The embedding model's identity, part of the cache key."""
 
+    @abc.abstractmethod
     def embed_batch(self, audios: Sequence[np.ndarray]) -> np.ndarray:
         """One L2-normalised embedding per (prepared) audio, as a ``(n, dim)`` array."""
-        raise NotImplementedError
 
     def prepare(self, audio: np.ndarray) -> np.ndarray | None:
         """The audio to embed, or ``None`` when it holds no speech."""

@@ -304,8 +304,25 @@ def import_engine(name: str, module: str, attribute: str, hint: str) -> Any:
                           f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); {hint}") from None
 
 
-class F5TTSAugmenter:
+class _VoiceCloning:
+    """What the prompted engines share: the engine loads before any target (a
+    model that cannot load is an error, not N left-out targets), and each
+    prompt's audio is written to a temporary file for the engine to read.
+    A subclass sets :attr:`name` and defines ``engine()`` and ``_produce()``."""
+
+    name = ""
+
+    def augment(self, prompts: Any, targets: Sequence[AugmentTarget], out_dir: Path) -> Any:
+        self.engine()
+        with tempfile.TemporaryDirectory(prefix=".prompts.", dir=_made(out_dir)) as tmp:
+            return run_targets(self.name, prompts, targets, Path(out_dir),
+                               lambda t, p, path: self._produce(t, p, path, Path(tmp)))
+
+
+class F5TTSAugmenter(_VoiceCloning):
     """Voice cloning with F5-TTS from local checkpoint, vocabulary and vocoder files."""
+
+    name = "f5tts"
 
     def __init__(self, *, ckpt_file: str = "", vocab_file: str = "", vocoder_dir: str = "",
                  model: str = "F5TTS_v1_Base", device: str = "cpu", nfe_step: int = 32, speed: float = 1.0,
@@ -337,11 +354,6 @@ class F5TTSAugmenter:
         write_wav(path, resample(np.asarray(wav), int(rate), self.sampling_rate), self.sampling_rate)
         return {"model": self.options["model"], "checkpoint": Path(self.options["ckpt_file"]).name}
 
-    def augment(self, prompts: Any, targets: Sequence[AugmentTarget], out_dir: Path) -> Any:
-        self.engine()  # a model that cannot load is an error, not N left-out targets
-        with tempfile.TemporaryDirectory(prefix=".prompts.", dir=_made(out_dir)) as tmp:
-            return run_targets("f5tts", prompts, targets, Path(out_dir),
-                               lambda t, p, path: self._produce(t, p, path, Path(tmp)))
 
 
 def _made(directory: Path) -> Path:
@@ -349,8 +361,10 @@ def _made(directory: Path) -> Path:
     return Path(directory)
 
 
-class SparkTTSAugmenter:
+class SparkTTSAugmenter(_VoiceCloning):
     """Voice cloning with Spark-TTS from a local clone of its repository and a local checkpoint."""
+
+    name = "sparktts"
 
     #: Spark-TTS's BiCodec output rate (``SparkTTS.sample_rate`` from its config).
     DEFAULT_RATE = 16000
@@ -389,11 +403,6 @@ class SparkTTSAugmenter:
         write_wav(path, resample(wav.reshape(-1), rate, self.sampling_rate), self.sampling_rate)
         return {"model_dir": Path(self.model_dir).name}
 
-    def augment(self, prompts: Any, targets: Sequence[AugmentTarget], out_dir: Path) -> Any:
-        self.engine()  # a model that cannot load is an error, not N left-out targets
-        with tempfile.TemporaryDirectory(prefix=".prompts.", dir=_made(out_dir)) as tmp:
-            return run_targets("sparktts", prompts, targets, Path(out_dir),
-                               lambda t, p, path: self._produce(t, p, path, Path(tmp)))
 
 
 def _seed_torch(seed: int) -> None:

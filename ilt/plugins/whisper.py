@@ -24,7 +24,7 @@ import numpy as np
 
 from ilt import lid
 from ilt.backbone import (Batch, first_float_param, generating_model, read_model_config, resolve_target_modules,
-                          unwrap_model)
+                          split_generation_kwargs, unwrap_model)
 from ilt.data.audio import AudioProblem, load_checked
 from ilt.data.languages import NO_SPACE_LANGUAGES
 from ilt.errors import IltInputError
@@ -540,13 +540,7 @@ class WhisperBackbone:
         if temperature is not None and temperature > 0:
             whisper_options["temperature"] = float(temperature)
             gen_config.num_beams = 1
-        for key, value in kwargs.items():
-            if value is None:
-                continue
-            if hasattr(gen_config, key):
-                setattr(gen_config, key, value)
-            else:
-                whisper_options[key] = value
+        whisper_options.update(split_generation_kwargs(gen_config, kwargs))
         shared = (self.share_cross_attention and gen_config.num_beams > 1
                   and base.config._attn_implementation == "sdpa")
         # with language-ID embeddings, an unknown language is detected first (ilt.lid)
