@@ -10,6 +10,7 @@
 # Stages (one `ilt` command per step; each step writes $exp_dir/.done/<step> after it succeeds
 # and is skipped when run again, unless --force true):
 #   1  evaluate M0 on every test set: decode, submission file, score     -> decode/M0/<set>
+#      (with --detect-language m0|all, also with the language detected  -> decode/M0/<set>.detect)
 #   2  prepare the extra corpora of the knowledge tasks (ilt prepare)     -> $extra_dir
 #   3  Focus    (ilt round: train $conf_dir/focus.yaml, merge)    -> M<i>, i its place in --rounds
 #   4  Feedback (ilt round: train $conf_dir/feedback.yaml, merge) -> M<i>
@@ -44,6 +45,8 @@ rounds=focus,feedback,fix # any of them, in this order
 reuse_exp=         # a finished experiment with the same base model, conf and test sets: link
                    # its M0 decodes and the models of the longest prefix of --rounds it trained
 group_by=accent    # rows of the score tables: accent or language
+detect_language=none  # none | m0 | all: those models are also decoded with the language
+                   # detected (language: detect) into decode/M<i>/<set>.detect, and reported
 unlabeled_cuts=    # stage 5: audio (no text needed) pseudo-labelled for the Fix round
 pseudo_voter=rover # stage 5: a voter of `ilt plugins` (rover, majority)
 pseudo_min_agreement=0.6
@@ -72,6 +75,7 @@ for r in "${chain[@]}"; do
   last=$n
 done
 for spec in $test_sets; do [[ $spec == ?*=?* ]] || die "--test-sets: '$spec' is not NAME=CUTS"; done
+case $detect_language in none|m0|all) ;; *) die "--detect-language $detect_language: none, m0 or all" ;; esac
 
 markers=$exp_dir/.done
 mkdir -p "$markers"
@@ -119,10 +123,17 @@ unlink_() { local p; for p in "$@"; do [ ! -L "$p" ] || rm "$p"; done; }  # neve
 
 evaluated=" "  # steps evaluated by this run: --force redoes M0 once, not in stages 1 and 6
 evaluate() {  # evaluate i: decode M<i> on every test set, score those with reference text
-  local i=$1 key model spec name cuts out
+  local i=$1 key model spec name cuts out mode
+  local modes=(given) detect=()
   key=$(key_of "$i"); model=$(model_dir "$i")
+  if [ "$detect_language" = all ] || { [ "$detect_language" = m0 ] && [ "$i" -eq 0 ]; }; then
+    modes+=(detect)
+  fi
   for spec in $test_sets; do
-    name=${spec%%=*}; cuts=${spec#*=}; out=$exp_dir/decode/M$i/$name
+   for mode in "${modes[@]}"; do
+    name=${spec%%=*}; cuts=${spec#*=}
+    detect=(); [ "$mode" = given ] || { name=$name.detect; detect=(-o language=detect); }
+    out=$exp_dir/decode/M$i/$name
     if [[ $evaluated == *" $key.$name "* ]] || ! todo "decode.$key.$name"; then
       log "M$i/$name: evaluated already ($out)"; continue
     fi
@@ -136,10 +147,11 @@ evaluate() {  # evaluate i: decode M<i> on every test set, score those with refe
     need "$cuts" "prepare the $name manifest first (the corpus recipe's data stage)"
     unlink_ "$out"
     "${ilt_run[@]}" evaluate --model "$model" --cuts "$cuts" --conf "$conf_dir/decode.yaml" --out "$out" \
-      --group-by "$group_by"
+      --group-by "$group_by" "${detect[@]}"
     [ -f "$out/scores.json" ] || log "M$i/$name: $cuts has no reference text: not scored; submission: $out/text"
     done_ "decode.$key.$name"
     evaluated+="$key.$name "
+   done
   done
 }
 
@@ -245,6 +257,10 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
     if [ -f "$exp_dir/decode/M0/$name/scores.json" ]; then
       ilt report "$exp_dir" --split "$name" --models "$models"
       log "$name: report page: $exp_dir/report/report_$name.html"
+      case $detect_language in  # languages detected: the same table (M0 only, or every model)
+        m0) ilt report "$exp_dir" --split "$name.detect" --models M0 ;;
+        all) ilt report "$exp_dir" --split "$name.detect" --models "$models" ;;
+      esac
     else
       log "$name: no reference text: no report (submissions: $exp_dir/decode/M*/$name/text)"
     fi

@@ -32,6 +32,8 @@ conf_dir=conf            # round and decoding YAML scaled for 2 CPU cores
 test_sets="test"         # splits evaluated by stages 1 and 6 (dev picks each round's best checkpoint)
 pseudo_voter=rover
 pseudo_min_agreement=0.6
+detect_language=         # stages 1/6: none | m0 | all also decode with the language detected;
+                         # default: none (demo), m0 (multilingual)
 track2_models=           # stage 7: all | ends (M0 and the last) | last; default: last (demo), all (multilingual)
 ngpu=1
 force=false
@@ -49,6 +51,7 @@ exp_dir=${exp_dir:-exp$suffix}
 data_dir=${data_dir:-data$suffix}
 corpus_dir=${corpus_dir:-corpus$suffix}
 base_model=${base_model:-exp$suffix/M0}
+[ -n "$detect_language" ] || { [ "$track" = demo ] && detect_language=none || detect_language=m0; }
 [ -n "$track2_models" ] || { [ "$track" = demo ] && track2_models=last || track2_models=all; }
 export ILT_DATA_DIR=$data_dir  # conf/*.yaml name the manifests as ${ILT_DATA_DIR}/...
 manifests=$data_dir/manifests
@@ -77,4 +80,4 @@ exec bash ../TEMPLATE/ilt.sh --stage $((stage < 1 ? 1 : stage)) --stop-stage "$s
   --pseudo-truth "$data_dir/extra/mlc_slm_cuts_pool_truth.jsonl.gz" \
   --pseudo-voter "$pseudo_voter" --pseudo-min-agreement "$pseudo_min_agreement" \
   --session-sets "test=$manifests/mlc_slm_sessions_test.jsonl.gz" --track2-models "$track2_models" \
-  --ngpu "$ngpu" --force "$force"
+  --detect-language "$detect_language" --ngpu "$ngpu" --force "$force"
