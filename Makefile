@@ -32,7 +32,7 @@ sysdeps:
 
 test: install sysdeps
 	$(BIN)/ilt config check conf/*.yaml $(wildcard egs/*/conf/*.yaml)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 demo: install sysdeps
 	cd egs/mini && PATH=$(abspath $(BIN)):$$PATH bash run.sh
