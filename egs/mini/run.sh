@@ -34,7 +34,7 @@ pseudo_voter=rover
 pseudo_min_agreement=0.6
 detect_language=         # stages 1/6: none | m0 | all also decode with the language detected;
                          # default: none (demo), m0 (multilingual)
-track2_models=           # stage 7: all | ends (M0 and the last) | last; default: last (demo), all (multilingual)
+track2_models=           # stage 7: all | ends (M0 and the last) | last (the default: it fits the budgets)
 ngpu=1
 force=false
 synth_opts=              # extra options of local/synth_corpus.py (sizes), e.g. "--convs-per-accent 1 1 1"
@@ -52,7 +52,7 @@ data_dir=${data_dir:-data$suffix}
 corpus_dir=${corpus_dir:-corpus$suffix}
 base_model=${base_model:-exp$suffix/M0}
 [ -n "$detect_language" ] || { [ "$track" = demo ] && detect_language=none || detect_language=m0; }
-[ -n "$track2_models" ] || { [ "$track" = demo ] && track2_models=last || track2_models=all; }
+[ -n "$track2_models" ] || track2_models=last
 export ILT_DATA_DIR=$data_dir  # conf/*.yaml name the manifests as ${ILT_DATA_DIR}/...
 manifests=$data_dir/manifests
 
