@@ -365,8 +365,8 @@ def evaluate(group_by, **options):
 
 @cli.command("pseudo-label")
 @click.option("--models", "model_paths", required=True, multiple=True, type=MODEL,
-              help="A voting model (repeatable, at least 2): a full model directory, or an adapter "
-                   "(best/, checkpoints/step-N) on --base.")
+              help="A voting model (repeatable; one alone labels by its own hypotheses): a full model "
+                   "directory, or an adapter (best/, checkpoints/step-N) on --base.")
 @click.option("--base", type=MODEL,
               help="The model the adapters in --models were trained on (a directory or a hub ID).")
 @click.option("--cuts", "cuts_path", required=True, type=click.Path(exists=True, dir_okay=False),

@@ -83,8 +83,11 @@ def voting_models(paths: Sequence[str | Path], base: str | Path | None = None) -
         while unique in taken:
             unique, n = f"{name}-{n}", n + 1
         models.append(VotingModel(unique, Path(base) if adapter else path, path if adapter else None))
-    if len(models) < 2:
-        raise IltInputError(f"voting needs at least 2 models, got {len(models)}")
+    if not models:
+        raise IltInputError("pseudo-labels need at least one model (--models)")
+    if len(models) == 1:  # e.g. a Fix round right after M0 (the ablation's "Only Fix")
+        log.warning("pseudo-label: one model, %s: its hypotheses are the labels (self-training); with "
+                    "nothing to vote, every agreement is 1 and --min-agreement keeps them all", models[0].name)
     return models
 
 

@@ -124,12 +124,30 @@ def test_model_arguments_are_checked(setup, tmp_path):
     root, base, adapter, pool = setup
     with pytest.raises(IltInputError, match="needs --base"):
         voting_models([base, adapter])
-    with pytest.raises(IltInputError, match="at least 2 models"):
-        voting_models([base])
+    with pytest.raises(IltInputError, match="at least one model"):
+        voting_models([])
     with pytest.raises(IltInputError, match="no such directory"):
         voting_models([base, tmp_path / "nope"])
     with pytest.raises(IltInputError, match=r"\[0, 1\]"):
         pseudo_label(voting_models([base, base]), pool, tmp_path / "o", min_agreement=1.5)
+
+
+def test_one_model_labels_with_its_own_hypotheses(setup, tmp_path, caplog):
+    """With one model (Fix right after M0) the labels are its hypotheses: self-training."""
+    root, base, adapter, pool = setup
+    with caplog.at_level("WARNING", logger="ilt"):
+        models = voting_models([base])
+    assert "self-training" in caplog.text
+    summary = pseudo_label(models, pool, tmp_path / "one", min_agreement=0.6)
+    votes = [json.loads(line) for line in (tmp_path / "one" / "votes.jsonl").read_text().splitlines()]
+    (hyps_file,) = (tmp_path / "one" / "hyps").rglob("hyps.jsonl")
+    hyps = {r["id"]: r["text"] for r in map(json.loads, hyps_file.read_text().splitlines())}
+    assert votes and all(v["agreement"] == 1.0 for v in votes)
+    from ilt.data.text import tokens_for_scoring  # rover writes the label in scoring units
+
+    assert all(tokens_for_scoring(v["text"], v["language"]) == tokens_for_scoring(hyps[v["id"]], v["language"])
+               for v in votes)
+    assert summary["kept"] == sum(bool(v["text"]) for v in votes) and summary["models"] == [models[0].name]
 
 
 def test_cli(setup, tmp_path):
