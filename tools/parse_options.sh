@@ -32,7 +32,9 @@ while [ $# -gt 0 ]; do
     *) _po_positional+=("$1"); shift; continue ;;
   esac
   _po_var="${_po_name#--}"; _po_var="${_po_var//-/_}"
-  if ! printf '%s\n' ${_po_vars} | grep -qx "${_po_var}"; then
+  # no pipe into grep -q here: under pipefail, printf's SIGPIPE once grep has matched would
+  # fail the test now and then ("unknown option --stage" for a declared option)
+  if [[ " $(echo ${_po_vars}) " != *" ${_po_var} "* ]]; then
     echo "$0: unknown option ${_po_name} (see --help)" >&2
     exit 1
   fi

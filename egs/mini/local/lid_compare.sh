@@ -39,7 +39,7 @@ for lid in off on; do
 done
 
 for split in test test.detect; do
-  ilt report "$exp/lid/off" "$exp/lid/on" --split $split --out "$exp/lid/table_$split.md"
+  ilt report "$exp/lid/off" "$exp/lid/on" --split $split --out "$exp/lid/table_$split.md" > /dev/null
   echo "## language $([ $split = test ] && echo given || echo detected)"; cat "$exp/lid/table_$split.md"
 done
 python - "$exp" <<'PY'
