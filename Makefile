@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ilt-installed
 
-.PHONY: install sysdeps test demo bench reliability clean-venv
+.PHONY: install sysdeps test demo bench reliability mutation clean-venv
 
 install: $(STAMP)
 
@@ -31,8 +31,10 @@ sysdeps:
 	@bash tools/install_sysdeps.sh
 
 test: install sysdeps
-	$(BIN)/ilt config check conf/*.yaml $(wildcard egs/*/conf/*.yaml)
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/ilt config check conf/*.yaml $(wildcard egs/*/conf/*.yaml egs/*/conf_*/*.yaml)
+	@# two workers (2 cores), one test file each at a time, one torch thread each: most tests are
+	@# single-threaded Python and subprocess start-up; a file's module fixtures stay in one worker
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 demo: install sysdeps
 	cd egs/mini && PATH=$(abspath $(BIN)):$$PATH bash run.sh
@@ -46,6 +48,15 @@ bench: install sysdeps
 # the full reliability suite (kill anywhere, bad input, two processes): docs/reliability.md
 reliability: install sysdeps
 	$(BIN)/python tools/reliability.py
+
+# mutation testing (mutmut 3.8.1) of scoring, the voters and the text normalisation, each against its
+# own tests (setup.cfg [mutmut]); not part of `make test`. A fresh run in ./mutants/ (git-ignored), one
+# worker at the lowest priority; results: docs/reliability.md, "Mutation testing".
+mutation: install
+	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/python -m pip install -q mutmut==3.8.1
+	rm -rf mutants
+	nice -n 19 env OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 1
+	$(BIN)/mutmut results
 
 clean-venv:
 	rm -rf $(VENV)

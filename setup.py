@@ -50,7 +50,7 @@ setup(
         # the tests; selenium: tests/test_report_html.py opens the report page in headless
         # Chromium when Debian's chromium and chromium-driver are installed (skipped otherwise).
         # `make test` installs [dev,models,export,speaker,track2].
-        "dev": ["pytest", "ruff", "selenium"],
+        "dev": ["pytest", "pytest-xdist", "ruff", "selenium"],
     },
     entry_points={
         "console_scripts": ["ilt = ilt.cli:main"],
