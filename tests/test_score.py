@@ -364,3 +364,198 @@ def test_cli_score(tmp_path, result):
     assert run.exit_code == 1
     assert "bad.jsonl:1: 'text' of 'x' must be a string" in run.output
     assert "Traceback" not in run.output
+
+
+# --------------------------------------------------------------------------- found by mutation testing
+# (docs/reliability.md, "Mutation testing"): each test below kills mutants that the tests above let live.
+
+
+def _cut(cut_id, *sups):
+    """A cut with supervisions ``(start, text, language, accent)``, listed in the order given."""
+    from lhotse import MonoCut, SupervisionSegment
+    from lhotse.testing.dummies import dummy_recording
+
+    rec = dummy_recording(0, duration=4.0)
+    segments = [SupervisionSegment(id=f"{cut_id}-{n}", recording_id=rec.id, start=start, duration=0.5, text=text,
+                                   language=lang, custom={"accent": accent} if accent else None)
+                for n, (start, text, lang, accent) in enumerate(sups)]
+    return MonoCut(id=cut_id, start=0.0, duration=4.0, channel=0, recording=rec, supervisions=segments)
+
+
+def test_alignment_counts_add_up_separate_deletions_and_insertions():
+    res = score({"d": ("en", "one two three four five", None), "i": ("en", "one two three", None)},
+                {"d": "two four five", "i": "uh one er two three"})
+    by_id = {u.id: (u.sub, u.dele, u.ins, u.hits) for u in res.utterances}
+    assert by_id == {"d": (0, 2, 0, 3), "i": (0, 0, 2, 3)}
+
+
+def test_details_and_scores_json_hold_every_field(tmp_path, caplog):
+    import logging
+
+    refs = {"u1": ("en", "Hello, how are you doing today?", "American"), "u2": ("ja", "今日はいい天気ですね。", None),
+            "u3": ("en", "Fine thanks", "British")}
+    hyps = {"u1": "hello how are you today", "u2": "今日はいい天気です"}
+    ref, hyp = _write_cuts(tmp_path / "cuts.jsonl.gz", refs), _write_jsonl(tmp_path / "hyp.jsonl", hyps)
+    with caplog.at_level(logging.INFO, logger="ilt"):
+        res = score_files(ref, hyp, tmp_path / "out", group_by="accent")
+    assert f"score: {hyp}: 3 utterance(s), overall 22.22% (4 errors / 18 units) -> {tmp_path / 'out'}" \
+        in caplog.messages
+    raw = (tmp_path / "out" / "details.jsonl").read_text(encoding="utf-8")
+    assert '"ref": "今 日 は い い 天 気 で す ね"' in raw  # UTF-8, not \u escapes
+    details = {d["id"]: d for d in map(json.loads, raw.splitlines())}
+    assert details["u1"] == {"id": "u1", "status": "scored", "group": "en-American", "language": "en",
+                             "accent": "American", "unit": "word", "ref": "hello how are you doing today",
+                             "hyp": "hello how are you today", "sub": 0, "del": 1, "ins": 0, "hits": 5,
+                             "ref_units": 6, "errors": 1}
+    assert details["u3"]["status"] == "missing_hypothesis" and details["u3"]["hyp"] == ""
+    assert (details["u2"]["group"], details["u2"]["language"], details["u2"]["accent"]) == ("ja", "ja", None)
+    data = json.loads((tmp_path / "out" / "scores.json").read_text(encoding="utf-8"))
+    assert (data["group_by"], data["ref"], data["hyp"]) == ("accent", str(ref), str(hyp))
+    assert data["normalisation"].startswith("MLC-SLM challenge: lowercase, punctuation deleted (apostrophes")
+    assert data["rows"][0] == {"group": "en-American", "unit": "word", "error_rate": 100.0 / 6, "sub": 0,
+                               "del": 1, "ins": 0, "hits": 5, "errors": 1, "ref_units": 6, "utts": 1}
+    assert data["overall"]["group"] == "Overall" and data["overall"]["unit"] == "mixed"
+    assert json.loads(res.to_json()) == res.to_dict()
+    assert res.to_json().startswith('{\n  "group_by": "accent",\n')
+    accented = score({"q": ("fr", "oui", "Québécois")}, {"q": "oui"}, group_by="accent")
+    assert '"group": "fr-Québécois"' in accented.to_json()  # UTF-8, not \u escapes
+    # the sclite speaker field: the group with non-word characters turned into "_"
+    assert "(en_American-u1)" in (tmp_path / "out" / "hyp.trn").read_text(encoding="utf-8").split()
+    # a perfect score is logged as 0.00%
+    perfect = _write_jsonl(tmp_path / "perfect.jsonl", {"u1": refs["u1"][1]})
+    one = _write_cuts(tmp_path / "one.jsonl.gz", {"u1": refs["u1"]})
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ilt"):
+        score_files(one, perfect, tmp_path / "out1")
+    assert any("overall 0.00% (0 errors / 6 units)" in m for m in caplog.messages)
+
+
+def test_markdown_table_and_notes_exactly():
+    res = score({"a": ("en", "one two", None), "b": ("en", "", None), "c": ("fr", "un", None)},
+                {"a": "one", "s": "stray"})
+    assert res.to_markdown() == (
+        "| language | unit | error % | sub | del | ins | ref units | utts |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|\n"
+        "| en | word | 50.00 | 0 | 1 | 0 | 2 | 1 |\n"
+        "| fr | word | 100.00 | 0 | 1 | 0 | 1 | 1 |\n"
+        "| Overall | word | 66.67 | 0 | 2 | 0 | 3 | 2 |\n"
+        "\n"
+        "Note: 1 reference(s) without a hypothesis, scored as empty; 1 reference(s) with empty text skipped; "
+        "1 hypothesis ID(s) without a reference skipped.\n")
+    with pytest.raises(KeyError, match=r"no row 'de'; rows: \['en', 'fr'\]"):
+        res.row("de")
+    # nothing to score: no rows, and an Overall row without a rate
+    empty = score({"b": ("en", " ?! ", None)}, {})
+    assert empty.rows == [] and (empty.overall.unit, empty.overall.error_rate) == ("-", None)
+    assert empty.to_markdown().splitlines()[2:] == ["| Overall | - | n/a | 0 | 0 | 0 | 0 | 0 |", "",
+                                                    "Note: 1 reference(s) with empty text skipped."]
+
+
+def test_skips_are_logged_with_counts_and_examples(caplog):
+    import logging
+
+    refs = {"r0": ("en", "yes", None), **{f"r{i}": ("en", "no", None) for i in range(1, 5)},
+            **{f"e{i}": ("en", "", None) for i in range(1, 5)}}
+    with caplog.at_level(logging.WARNING, logger="ilt"):
+        score(refs, {"r0": "yes", "s1": "stray"})
+    assert caplog.messages == [
+        "score: 4 reference(s) have no hypothesis, scored as empty (e.g. r1, r2, r3)",
+        "score: skipped 4 empty reference (e.g. e1, e2, e3)",
+        "score: skipped 1 hypothesis without reference (e.g. s1)",
+    ]
+
+
+def test_unrelated_hypotheses_error_shows_examples_of_both():
+    with pytest.raises(IltInputError, match=re.escape(
+            f"none of the 4 hypothesis IDs is a reference ID (e.g. 's1', 's2', 's3'; references e.g. {EN1!r}): "
+            "are the hypotheses for this reference set?")):
+        score(REFS, {f"s{i}": "x" for i in range(1, 5)})
+
+
+def test_reference_of_joins_supervisions_in_time_order():
+    from ilt.score import reference_of
+
+    # listed out of order; a whitespace-only supervision in another language does not count
+    cut = _cut("c1", (1.0, "world", "en", None), (0.0, "Hello", "en", "American"), (2.0, "  ", "de", None))
+    language, text, accent = reference_of(cut)
+    assert (language, text.split(), accent) == ("en", ["Hello", "world"], "American")
+    # the language is that of the supervisions with text
+    assert reference_of(_cut("c2", (0.0, None, "de", None), (1.0, "bonjour", "fr", None)))[:2] == ("fr", "bonjour")
+    # no text: the first supervision's language; no supervision: nothing
+    assert reference_of(_cut("c3", (0.0, None, "en", None))) == ("en", None, None)
+    assert reference_of(_cut("c4")) == (None, None, None)
+
+
+def test_reference_errors_name_the_manifest_and_the_cut(tmp_path):
+    from lhotse import CutSet
+
+    from ilt.score import load_references, reference_of, references
+
+    mixed = _cut("mix", (0.0, "hello", "en", None), (1.0, "bonjour", "fr", None))
+    with pytest.raises(IltInputError, match=r"^cut 'mix' mixes languages \['en', 'fr'\]$"):
+        reference_of(mixed)
+    with pytest.raises(IltInputError, match=r"^m\.jsonl: cut 'mix' mixes languages"):
+        references([mixed], "m.jsonl")
+    ok = _cut("ok", (0.0, "hello", "en", None))
+    with pytest.raises(IltInputError, match=r"^cuts: cut ID 'ok' appears twice$"):
+        references([ok, ok])
+    with pytest.raises(IltInputError, match=r"^m\.jsonl: cut ID 'ok' appears twice$"):
+        references([ok, ok], "m.jsonl")
+    path = tmp_path / "mixed.jsonl.gz"
+    CutSet.from_cuts([mixed]).to_file(path)
+    with pytest.raises(IltInputError, match=rf"^{re.escape(str(path))}: cut 'mix' mixes languages"):
+        load_references(path)
+    from lhotse import RecordingSet
+
+    recs = tmp_path / "recs.jsonl.gz"
+    RecordingSet.from_recordings([ok.recording]).to_file(recs)
+    with pytest.raises(IltInputError, match=r"recs\.jsonl\.gz: expected a CutSet, found RecordingSet$"):
+        load_references(recs)
+    garbage = tmp_path / "refs.jsonl.gz"
+    garbage.write_bytes(b"this is not gzip")
+    with pytest.raises(IltInputError, match=r"refs\.jsonl\.gz: cannot read reference cuts: BadGzipFile: "):
+        load_references(garbage)
+
+
+def test_gzipped_hypotheses_jsonl_and_trn(tmp_path):
+    import gzip
+
+    jsonl = tmp_path / "hyp.jsonl.gz"
+    jsonl.write_bytes(gzip.compress('{"id": "a", "text": "ça va"}\n'.encode()))
+    assert load_hypotheses(jsonl) == {"a": "ça va"}
+    trn = tmp_path / "hyp.trn.gz"
+    trn.write_bytes(gzip.compress("ça va (en-a)\n".encode()))
+    assert load_hypotheses(trn, ["a"]) == {"a": "ça va"}
+    with pytest.raises(IltInputError, match=r"missing\.jsonl: cannot read hypotheses: .*No such file"):
+        load_hypotheses(tmp_path / "missing.jsonl")
+
+
+def test_more_malformed_hypothesis_lines(tmp_path):
+    cases = {
+        "empty_id.jsonl": ('{"id": "", "text": "x"}\n', r"empty_id\.jsonl:1: 'id' must be a non-empty string, got ''"),
+        "int_id.jsonl": ('{"id": 5, "text": "x"}\n', r"int_id\.jsonl:1: 'id' must be a non-empty string, got 5"),
+        "after_id.trn": ("hello (a) XX\n", r"after_id\.trn:1: expected 'text \(utterance-id\)', got 'hello \(a\) XX'"),
+        "long.trn": ("x" * 100 + "\n", rf"long\.trn:1: expected 'text \(utterance-id\)', got '{'x' * 80}'$"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(content, encoding="utf-8")
+        with pytest.raises(IltInputError, match=message):
+            load_hypotheses(path)
+
+
+def test_cut_ids_that_cannot_go_in_a_trn_file(tmp_path):
+    ref = _write_cuts(tmp_path / "cuts.jsonl.gz", {"a (1)": ("en", "hello", None)})
+    hyp = _write_jsonl(tmp_path / "hyp.jsonl", {"a (1)": "hello"})
+    with pytest.raises(IltInputError, match=r"cut ID 'a \(1\)' has whitespace or parentheses and cannot go in a "
+                                            r"\.trn file"):
+        score_files(ref, hyp, tmp_path / "out")
+
+
+def test_has_references(tmp_path):
+    from ilt.score import has_references
+
+    assert has_references(_write_cuts(tmp_path / "dev.jsonl.gz", {"a": ("en", "", None), "b": ("fr", "Oui.", None)}))
+    # an eval set: no text, or text that normalises to nothing
+    assert not has_references(_write_cuts(tmp_path / "eval.jsonl.gz", {"a": ("en", None, None),
+                                                                       "b": ("en", " ?! ", None)}))

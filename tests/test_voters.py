@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 from click.testing import CliRunner
@@ -183,3 +184,73 @@ def test_voters_are_registered_plugins():
         assert ["voter", "majority", "ilt"] in rows and ["voter", "rover", "ilt"] in rows
     finally:
         get_registry.cache_clear()
+
+
+# ---------------------------------------------------------------- found by mutation testing (docs/reliability.md)
+
+
+def test_option_errors_name_the_voter_and_the_option():
+    for kwargs, name in [({"alpha": 1.5}, "alpha"), ({"alpha": True}, "alpha"),
+                         ({"null_confidence": -0.1}, "null_confidence"),
+                         ({"null_confidence": "0.5"}, "null_confidence")]:
+        with pytest.raises(ConfigError, match=rf"^voter rover: {name} must be a number in \[0, 1\], got "):
+            RoverVoter(**kwargs)
+    with pytest.raises(ConfigError, match=r"^voter rover: null_wins_ties must be true or false, got 'yes'$"):
+        RoverVoter(null_wins_ties="yes")
+    with pytest.raises(ConfigError, match=r"^voter majority: normalized must be true or false, got 1$"):
+        MajorityVoter(normalized=1)
+    both_ends = RoverVoter(alpha=0, null_confidence=1)  # [0, 1] is closed
+    assert (both_ends.alpha, both_ends.null_confidence) == (0.0, 1.0)
+    for name, voter in (("majority", MajorityVoter()), ("rover", RoverVoter())):
+        with pytest.raises(ValueError, match=rf"^voter '{name}': no hypotheses to vote on"):
+            voter.vote([], "en")
+
+
+def test_rover_confidence_of_a_word_is_the_mean_over_its_voters():
+    # alpha 0 votes by confidence alone: "a" has two voters at 0.5 (mean 0.5), "b" one at 0.8
+    hyps = [H("a", math.log(0.5), "m1"), H("a", math.log(0.5), "m2"), H("b", math.log(0.8), "m3")]
+    assert RoverVoter(alpha=0.0).vote(hyps, "en") == Vote("b", 1 / 3)
+
+
+def test_rover_score_mixes_frequency_share_and_confidence():
+    # alpha 0.5: "a" 0.5 * 2/3 + 0.5 * 0.3 = 0.483 < "b" 0.5 * 1/3 + 0.5 * 0.95 = 0.642
+    hyps = [H("a", math.log(0.3), "m1"), H("a", math.log(0.3), "m2"), H("b", math.log(0.95), "m3")]
+    assert RoverVoter(alpha=0.5).vote(hyps, "en").text == "b"
+    assert RoverVoter(alpha=1.0).vote(hyps, "en").text == "a"
+
+
+def test_rover_confidence_is_at_most_one():
+    # a positive score (not a log-probability) counts as confidence 1, not exp(0.5) = 1.65:
+    # "a" 0.5 * 1/3 + 0.5 * 1 = 0.667 < "b" 0.5 * 2/3 + 0.5 * 1 = 0.833
+    hyps = [H("a", 0.5, "m1"), H("b", 0.0, "m2"), H("b", 0.0, "m3")]
+    assert RoverVoter(alpha=0.5).vote(hyps, "en").text == "b"
+
+
+def test_rover_ties_between_words_go_to_the_more_confident_then_the_smaller():
+    # equal counts: the more confident word wins even when it sorts after the other
+    hyps = [H("y", math.log(0.9), "m1"), H("x", math.log(0.6), "m2")]
+    assert RoverVoter().vote(hyps, "en") == Vote("y", 0.5)
+    # equal counts and confidences: the smaller unit, in every slot (not the first hypothesis' unit)
+    hyps = [H("a z", -0.1, "m1"), H("b y", -0.1, "m2")]
+    assert RoverVoter().vote(hyps, "en") == Vote("a y", 0.5)
+
+
+def test_rover_builds_the_network_from_the_most_confident_hypothesis_first():
+    hyps = [H("a c d d", -0.2, "m0"), H("c b b c", -0.1, "m1"), H("c", -0.3, "m2")]
+    best_first = [["c", "b", "b", "c"], ["a", "c", "d", "d"], ["c"]]
+
+    def as_multisets(slots):  # the network up to the order of its hypotheses' columns
+        return sorted(sorted(slot, key=lambda u: (u is None, u or "")) for slot in slots)
+
+    assert as_multisets(build_network(best_first)) != as_multisets(build_network(best_first[::-1]))
+    vote = RoverVoter().vote(hyps, "en")
+    assert vote.text == "c b b c" and vote.agreement == pytest.approx(8 / 15)
+
+
+def test_each_sequence_is_aligned_to_the_most_frequent_unit_of_each_slot():
+    # slot 2 holds b, b, a: it is represented by "b", so "x a b" inserts "a" and matches "b"
+    assert build_network([["x", "b"], ["x", "b"], ["x", "a"], ["x", "a", "b"]]) == [
+        ["x"] * 4, [None, None, None, "a"], ["b", "b", "a", "b"]]
+    # slot 2 holds b, a, a tie: the smaller "a" represents it, so "x a b" matches "a" and appends "b"
+    assert build_network([["x", "b"], ["x", "a"], ["x", "a", "b"]]) == [
+        ["x"] * 3, ["b", "a", "a"], [None, None, "b"]]
