@@ -9,7 +9,8 @@
 #   bash run_ablation.sh --track multilingual    # -> exp_ml/ablation/table2.md
 #
 # Each configuration runs run.sh in its own exp dir with --reuse-exp: from the main chain
-# (exp/ or exp_ml/) or from the configuration of its rounds but the last, it links M0's decode
+# (exp/ or exp_ml/) when its rounds begin that chain, else from the configuration of its
+# rounds but the last, it links M0's decode
 # and the models of the longest prefix of its rounds already trained there (same configs,
 # data and seed give the same models) instead of training them again.
 set -euo pipefail
@@ -37,8 +38,8 @@ dirs=()
 for rounds in $configs; do
   name=${rounds//,/+}
   prefix=${rounds%,*}
-  reuse=$main
-  [ "$prefix" = "$rounds" ] || reuse=$ablation_dir/${prefix//,/+}
+  reuse=$main  # a prefix of the main chain's rounds is all there; otherwise the config but its last
+  case focus,feedback,fix, in "$rounds",*) ;; *) [ "$prefix" = "$rounds" ] || reuse=$ablation_dir/${prefix//,/+} ;; esac
   log "$name: rounds $rounds, reusing what $reuse finished"
   bash run.sh --track "$track" --stage 3 --stop-stage 6 --rounds "$rounds" --exp-dir "$ablation_dir/$name" \
     --reuse-exp "$reuse" --test-sets "$test_sets" --detect-language none
