@@ -30,19 +30,23 @@ class Batch:
     ``tensors`` goes to the model (features, labels, attention masks...);
     ``cut_ids`` lists the cuts it holds, in order; ``skipped`` maps the IDs of
     cuts dropped while collating to the reason (unreadable audio, text too
-    long...), for counting and logging by the caller.
+    long...), for counting and logging by the caller. ``languages`` is each
+    held cut's language (its first supervision's), in order: what a loss
+    that treats languages apart reads (``distill``: each cut's teacher); a
+    backbone that does not fill it leaves it empty.
     """
 
     tensors: dict[str, Any]
     cut_ids: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
+    languages: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.cut_ids)
 
     def to(self, device: Any) -> "Batch":
         moved = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in self.tensors.items()}
-        return Batch(moved, self.cut_ids, self.skipped)
+        return Batch(moved, self.cut_ids, self.skipped, self.languages)
 
 
 @runtime_checkable

@@ -59,7 +59,9 @@ class Loss(Protocol):
         under ``model``, which may be PEFT-wrapped and is already on the
         batch's device. It must be differentiable with respect to the LoRA
         weights and averaged (not summed) over the batch, so that gradient
-        accumulation and ``train.lr`` keep their meaning."""
+        accumulation and ``train.lr`` keep their meaning. Besides its
+        tensors, ``batch`` names its cuts (``cut_ids``) and their languages
+        (``languages``, in order; empty when a backbone does not give them)."""
 
 
 # --------------------------------------------------------------------------- voters

@@ -226,6 +226,53 @@ class RoundConfig:
 
 
 @dataclass
+class ExpertsSection:
+    """Which languages get a LoRA expert (``ilt experts train``, :mod:`ilt.experts`)."""
+
+    languages: Union[list[str], None] = _field(
+        None, help="train an expert for each of these ISO 639-1 languages (each must have training cuts); "
+                   "default: every language of the training cuts with at least min_cuts cuts")
+    min_cuts: int = _field(1, min=1, help="a language of the training cuts with fewer cuts gets no expert")
+
+    def __post_init__(self) -> None:
+        if self.languages is not None:
+            from ilt.data.languages import validate_language
+            from ilt.errors import IltInputError
+
+            try:
+                codes = [validate_language(code, f"experts.languages[{i}]") for i, code in enumerate(self.languages)]
+            except IltInputError as exc:
+                raise ConfigError(str(exc)) from None
+            twice = sorted({c for c in codes if codes.count(c) > 1})
+            if twice:
+                raise ConfigError(f"experts.languages: {', '.join(twice)} listed twice; list each language once")
+            if not codes:
+                raise ConfigError("experts.languages: empty; list languages, or remove the key for every "
+                                  "language of the training cuts")
+            self.languages = codes
+
+
+@dataclass
+class ExpertsConfig(RoundConfig):
+    """LoRA language experts (``conf/experts.yaml``): one round per language,
+    each on that language's cuts, plus the ``experts:`` section."""
+
+    experts: ExpertsSection = _field(default_factory=ExpertsSection)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.train.lid_embeddings:
+            raise ConfigError("train.lid_embeddings: not with language experts (each expert is one language, "
+                              "and one decoding batch mixes experts); set it to false")
+
+    def expert_round(self, language: str, data: list[DataSource]) -> RoundConfig:
+        """The round config of one language's expert: named ``<name>-<language>``, on ``data``."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(RoundConfig)}
+        task = dataclasses.replace(self.task, data=data)
+        return RoundConfig(**{**fields, "name": f"{self.name}-{language}", "task": task})
+
+
+@dataclass
 class DecodeConfig:
     """Decoding options (``conf/decode.yaml``)."""
 
@@ -255,9 +302,19 @@ class DecodeConfig:
     language: Literal["given", "detect"] = _field(
         "given", help="given: each cut decodes in its own language; detect: in the language the model detects "
                       "(the cut's own is kept as given_language; decode_stats.json counts the confusions)")
+    quantize: Literal["none", "int8"] = _field(
+        "none", help="none: the exact path; int8: dynamic int8 quantization of the Linear layers when the model "
+                     "is loaded for decoding (CPU only, no unmerged adapter; not for training's dev decoding); "
+                     "decode_stats.json records it under numerics")
+    quantize_scope: Literal["decoder", "all"] = _field(
+        "decoder", help="with quantize: int8, which Linear layers: decoder (every one outside the encoder, the "
+                        "output projection included) or all (the encoder's too)")
 
     def __post_init__(self) -> None:
         self.backbone = ComponentSpec.from_yaml(self.backbone, "backbone")
+        if self.quantize == "none" and self.quantize_scope != "decoder":
+            raise ConfigError(f"quantize_scope: {self.quantize_scope!r} needs quantize: int8 "
+                              f"(quantize is 'none', so nothing is quantized)")
 
     def beam_for(self, language: str | None) -> int:
         return self.beam_size.get(language or "", self.beam_size.get("default", 1))
@@ -273,7 +330,7 @@ class DecodeConfig:
 
 
 #: Which schema a file is checked against, by the top-level keys it has.
-SCHEMAS: dict[str, type] = {"round": RoundConfig, "decode": DecodeConfig}
+SCHEMAS: dict[str, type] = {"round": RoundConfig, "decode": DecodeConfig, "experts": ExpertsConfig}
 
 
 # ---------------------------------------------------------------------------
@@ -456,6 +513,8 @@ def load_decode(path: str | Path | None) -> DecodeConfig:
 
 def schema_for(data: dict[str, Any]) -> type:
     """The schema of a parsed file, recognised by its top-level keys."""
+    if "experts" in data:  # a round plus the experts: section
+        return ExpertsConfig
     if data.keys() & {"name", "lora", "task", "train", "select"}:  # keys only a round has
         return RoundConfig
     return DecodeConfig

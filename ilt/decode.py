@@ -15,6 +15,10 @@
   the lowest ratio is kept.
 * Unreadable, empty or non-finite audio (:func:`ilt.data.audio.load_checked`)
   and unsupported languages are counted, logged skips.
+* ``quantize: int8`` (decoding only, on a CPU): :func:`decode_files` replaces
+  the model's Linear layers by dynamically quantized int8 ones after loading
+  it (:func:`quantize_for_decoding`); ``decode_stats.json`` records what the
+  model decoded with under ``numerics`` (:func:`model_numerics`).
 
 Only the :class:`ilt.backbone.Backbone` protocol is used (``features``,
 ``generate``, ``sampling_rate``, ``max_input_seconds``).
@@ -78,6 +82,8 @@ class DecodeStats:
     skips: dict[str, int] = field(default_factory=dict)
     #: ``language: detect`` only: cuts detected, how many differ from their own language, and as what
     language_detection: dict[str, Any] | None = None
+    #: what the model decoded with (:func:`model_numerics`): weight dtype, int8-quantized Linear layers
+    numerics: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -158,24 +164,41 @@ class _Decoder:
         self.config = config
         self.stats = stats
 
-    def _generate(self, chunks: Sequence[np.ndarray], language: str | None, **options: Any) -> list[str]:
+    def _generate(self, chunks: Sequence[np.ndarray], languages: Sequence[str | None],
+                  adapters: Sequence[str] | None, **options: Any) -> list[str]:
         texts: list[str] = []
         rate = float(self.backbone.sampling_rate)
-        for part in _batches(list(chunks), self.config.batch_size):
-            inputs = self.backbone.features(list(part))
-            budgets = self.config.token_budgets([c.shape[-1] / rate for c in part], language)
+        size = self.config.batch_size
+        for start in range(0, len(chunks), size):
+            part, rows = list(chunks[start:start + size]), list(languages[start:start + size])
+            inputs = self.backbone.features(part)
+            budgets = [self.config.token_budgets([c.shape[-1] / rate], lang)[0] for c, lang in zip(part, rows)]
+            # one language for the batch, or one per row (a batch that mixes languages)
+            language = rows[0] if all(lang == rows[0] for lang in rows) else rows
+            if adapters is not None:  # one PEFT adapter per row (ilt.experts' mixed batches)
+                options["adapter_names"] = list(adapters[start:start + size])
             texts.extend(self.backbone.generate(self.model, inputs, language=language, max_new_tokens=budgets,
                                                 loop_tokens=self.config.loop_tokens, **options))
         return texts
 
-    def decode(self, chunks: Sequence[np.ndarray], language: str | None) -> list[str]:
-        """Hypotheses of ``chunks`` (beam search, then the loop guard)."""
+    def decode(self, chunks: Sequence[np.ndarray], language: str | None | Sequence[str | None],
+               adapters: Sequence[str] | None = None) -> list[str]:
+        """Hypotheses of ``chunks`` (beam search, then the loop guard).
+
+        ``language``: one for every chunk, or one per chunk (a batch that
+        mixes languages; their beam sizes must agree); ``adapters``: the PEFT
+        adapter of each chunk (``"__base__"`` for none), for a model holding
+        several (:mod:`ilt.experts`).
+        """
         config = self.config
-        beam_options: dict[str, Any] = {"num_beams": config.beam_for(language),
-                                        "length_penalty": config.length_penalty}
+        rows = [language] * len(chunks) if language is None or isinstance(language, str) else list(language)
+        beams = {config.beam_for(lang) for lang in rows} or {config.beam_for(None)}
+        if len(beams) > 1:
+            raise ValueError(f"one batch mixes beam sizes {sorted(beams)}: batch languages of one beam size")
+        beam_options: dict[str, Any] = {"num_beams": beams.pop(), "length_penalty": config.length_penalty}
         if config.no_repeat_ngram_size:
             beam_options["no_repeat_ngram_size"] = config.no_repeat_ngram_size
-        texts = self._generate(chunks, language, **beam_options)
+        texts = self._generate(chunks, rows, adapters, **beam_options)
         threshold = config.compression_ratio_threshold
         if threshold is None or not config.fallback_temperatures:
             return texts
@@ -188,8 +211,9 @@ class _Decoder:
             import torch
 
             torch.manual_seed(FALLBACK_SEED + step)
-            retried = self._generate([chunks[i] for i in looping], language, num_beams=1,
-                                     temperature=temperature)
+            retried = self._generate([chunks[i] for i in looping], [rows[i] for i in looping],
+                                     None if adapters is None else [adapters[i] for i in looping],
+                                     num_beams=1, temperature=temperature)
             self.stats.fallback_decodes += len(looping)
             still = []
             for i, text in zip(looping, retried):
@@ -220,7 +244,7 @@ class _Decoder:
 
 
 def _counters(stats: DecodeStats) -> dict[str, Any]:
-    return {k: v for k, v in stats.__dict__.items() if k not in ("seconds", "skips", "cuts")}
+    return {k: v for k, v in stats.__dict__.items() if k not in ("seconds", "skips", "cuts", "numerics")}
 
 
 def _resume(journal: Any, skips: Skips, stats: DecodeStats) -> tuple[list[dict[str, Any]], set[str]]:
@@ -252,7 +276,8 @@ def decode_cuts(backbone: Any, model: Any, cuts: Iterable[Any], config: DecodeCo
     from tqdm import tqdm
 
     model = backbone.model if model is None else model
-    stats = DecodeStats()
+    stats = DecodeStats(numerics=model_numerics(model))
+    _check_quantized(config, stats.numerics)
     skips = Skips("decode")
     sampling_rate = int(backbone.sampling_rate)
     window = min(float(config.chunk_seconds), float(backbone.max_input_seconds))
@@ -306,14 +331,20 @@ def decode_cuts(backbone: Any, model: Any, cuts: Iterable[Any], config: DecodeCo
     stats.cuts = len(records)
     stats.skips = skips.report()
     records.sort(key=lambda r: order[r["id"]])
-    if detected is not None:
-        given = {cut.id: _language(cut) for cut in cut_list}
-        for record in records:
-            record["given_language"] = given[record["id"]]
+    _keep_given_languages(records, cut_list, detected)
     _log_summary(stats, config)
     if out_dir is not None:
         write_outputs(records, out_dir, config, stats)
     return records
+
+
+def _keep_given_languages(records: list[dict[str, Any]], cuts: Sequence[Any],
+                          detected: dict[str, str | None] | None) -> None:
+    """Under ``language: detect``, each record keeps its cut's own language as ``given_language``."""
+    if detected is not None:
+        given = {cut.id: _language(cut) for cut in cuts}
+        for record in records:
+            record["given_language"] = given[record["id"]]
 
 
 def _groups(cuts: Sequence[Any], detected: dict[str, str | None] | None) -> dict[str | None, list[Any]]:
@@ -399,7 +430,9 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
     shard of the cuts on its own device; the main process gathers the
     records and writes the outputs. ``device`` defaults to Accelerate's
     choice (the process's GPU, else the CPU); bf16/fp16 on a CPU falls back
-    to fp32 with a warning.
+    to fp32 with a warning. ``config.quantize: int8`` quantizes the loaded
+    model's Linear layers (:func:`quantize_for_decoding`); it is refused, before
+    the model loads, on a GPU and with an ``adapter``.
     """
     from accelerate.utils import gather_object
 
@@ -411,11 +444,16 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
     state = process_state()  # under torchrun on CPU too: each process decodes its shard only
     device = state.device if device is None else device
     precision = config.precision
-    if getattr(device, "type", str(device)).startswith("cpu") and precision != "fp32":
+    on_cpu = getattr(device, "type", str(device)).startswith("cpu")
+    _check_quantize_applies(config, device, on_cpu, adapter)
+    if on_cpu and precision != "fp32":
         log.warning("decode: precision %s on a CPU: decoding in fp32 instead", precision)
         precision = "fp32"
     backbone = create("backbone", config.backbone, Path(model_dir), dtype=precision, device=device)
     model = backbone.model
+    if config.quantize != "none":
+        count = quantize_for_decoding(model, config.quantize_scope)
+        log.info("decode: %d Linear layer(s) (%s) quantized to dynamic int8", count, config.quantize_scope)
     if adapter is not None:
         from ilt.adapter import load_adapter
 
@@ -435,6 +473,112 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
         state.wait_for_everyone()
     journal.remove()  # the outputs are complete
     return records
+
+
+def _check_quantize_applies(config: DecodeConfig, device: Any, on_cpu: bool, adapter: Any) -> None:
+    """Refuse ``quantize`` where it does not apply, before the model loads."""
+    if config.quantize == "none":
+        return
+    if not on_cpu:
+        raise IltInputError(f"quantize: {config.quantize} decodes on a CPU only (torch's dynamic int8 kernels), "
+                            f"but this process decodes on {device}: set quantize: none")
+    if adapter is not None:
+        raise IltInputError(f"quantize: {config.quantize} cannot decode with an unmerged adapter ({adapter}): "
+                            f"merge it first (ilt merge) and decode the merged model, or set quantize: none")
+
+
+def quantize_for_decoding(model: Any, scope: str = "decoder") -> int:
+    """Replace ``model``'s ``torch.nn.Linear`` layers, in place, by dynamically
+    quantized int8 ones, for decoding on a CPU; return how many were replaced.
+
+    The weights are stored in int8 per output channel; each input is quantized
+    per batch at run time and the products run in torch's int8 CPU kernels
+    (fbgemm or oneDNN), with fp32 outputs. ``scope`` ``decoder``: every Linear
+    outside ``model.get_encoder()`` (the decoder layers and the output
+    projection, where autoregressive decoding spends its steps); ``all``: the
+    encoder's too. Other modules (convolutions, embeddings, layer norms) stay
+    as they are.
+
+    This uses ``torch.ao.quantization.quantize_dynamic``: torch marks it
+    deprecated in favour of torchao, but torchao 0.18's eager
+    ``Int8DynamicActivationInt8WeightConfig`` ran a Whisper-sized Linear about
+    10x slower than fp32 on a CPU, where ``quantize_dynamic`` ran it about 3x
+    faster, so its deprecation warnings are silenced here.
+
+    :raises IltInputError: a PEFT model (merge the adapter first), no Linear
+        layer in ``scope``, ``decoder`` on a model without an encoder, or a
+        torch without dynamic int8 kernels.
+    """
+    import warnings
+
+    import torch
+
+    if scope not in ("decoder", "all"):
+        raise IltInputError(f"quantize_scope: {scope!r} is not one of 'decoder', 'all'")
+    if hasattr(model, "peft_config") or any(hasattr(m, "lora_A") for m in model.modules()):
+        raise IltInputError("quantize: int8 cannot quantize a model with LoRA layers: merge the adapter first")
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError as exc:
+        raise IltInputError(f"quantize: int8 needs torch.ao.quantization.quantize_dynamic, which torch "
+                            f"{torch.__version__} does not have ({exc}): set quantize: none") from None
+    if torch.backends.quantized.engine in (None, "none"):
+        raise IltInputError(f"quantize: int8: torch {torch.__version__} has no quantized CPU engine here "
+                            f"(supported: {torch.backends.quantized.supported_engines}): set quantize: none")
+    skip: set[int] = set()
+    if scope == "decoder":
+        encoder = model.get_encoder() if hasattr(model, "get_encoder") else None
+        if encoder is None or encoder is model:
+            raise IltInputError(f"quantize_scope: decoder: {type(model).__name__} has no separate encoder; "
+                                f"use quantize_scope: all")
+        skip = {id(m) for m in encoder.modules()}
+    names = [name for name, m in model.named_modules() if type(m) is torch.nn.Linear and id(m) not in skip]
+    dtypes = {str(model.get_submodule(name).weight.dtype).removeprefix("torch.") for name in names}
+    if dtypes - {"float32"}:
+        raise IltInputError(f"quantize: int8 quantizes fp32 Linear layers, and this model's are "
+                            f"{', '.join(sorted(dtypes))}: load it in fp32")
+    if not names:
+        raise IltInputError(f"quantize: int8: {type(model).__name__} has no torch.nn.Linear layer in scope "
+                            f"{scope!r}: nothing to quantize; set quantize: none")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
+        quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, inplace=True)
+    model.eval()
+    return sum(_is_int8_linear(m) for m in model.modules())
+
+
+def _is_int8_linear(module: Any) -> bool:
+    """Whether ``module`` is a dynamically quantized int8 Linear (checked by
+    class, without importing the deprecated ``torch.ao`` modules)."""
+    cls = type(module)
+    return cls.__name__ == "Linear" and cls.__module__.startswith("torch.ao.nn.quantized.dynamic")
+
+
+def model_numerics(model: Any) -> dict[str, Any] | None:
+    """What ``model`` decodes with, for ``decode_stats.json``: ``{"dtype"``: its
+    floating-point weights' dtype, ``"int8_linear"``: Linear layers quantized
+    to dynamic int8, ``"float_linear"``: Linear layers left in ``dtype``,
+    ``"device"}``; ``None`` for an object that is not a torch module."""
+    if not hasattr(model, "named_modules") or not hasattr(model, "parameters"):
+        return None
+    import torch
+
+    floats = [p for p in model.parameters() if p.is_floating_point()]
+    modules = list(model.modules())
+    return {"dtype": str(floats[0].dtype).removeprefix("torch.") if floats else None,
+            "int8_linear": sum(_is_int8_linear(m) for m in modules),
+            "float_linear": sum(isinstance(m, torch.nn.Linear) for m in modules),
+            "device": str(floats[0].device) if floats else None}
+
+
+def _check_quantized(config: DecodeConfig, numerics: dict[str, Any] | None) -> None:
+    """``quantize`` is applied where a model is loaded for decoding
+    (:func:`decode_files`); refuse a config that asks for it with a model that
+    was not quantized (training's dev decoding, a model loaded another way)."""
+    if config.quantize != "none" and not (numerics or {}).get("int8_linear"):
+        raise IltInputError(f"quantize: {config.quantize} applies to a model loaded for decoding (ilt decode), "
+                            f"and this model is not quantized (training's dev decoding?): set quantize: none")
 
 
 def _journal(model_dir: str | Path, adapter: str | Path | None, cuts_path: str | Path, out_dir: str | Path,

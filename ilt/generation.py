@@ -77,10 +77,13 @@ class StopRules:
         import torch
 
         rows = input_ids.shape[0]
-        if rows % len(self.budgets):
-            raise ValueError(f"{rows} rows are not a multiple of {len(self.budgets)} utterances")
         generated = input_ids[:, self.prompt_length:]
-        budgets = torch.tensor(self.budgets, device=input_ids.device).repeat_interleave(rows // len(self.budgets))
+        if rows % len(self.budgets) == 0:
+            budgets = torch.tensor(self.budgets, device=input_ids.device).repeat_interleave(rows // len(self.budgets))
+        else:
+            # Whisper's temperature fallback re-decodes a subset of the rows (say 1 of 5) without
+            # saying which: every row gets the largest budget, which never stops one too early
+            budgets = torch.full((rows,), max(self.budgets), device=input_ids.device)
         over = budgets <= generated.shape[1]
         looping = (looping_rows(generated, self.loop_tokens) & ~over if self.loop_tokens
                    else torch.zeros_like(over))

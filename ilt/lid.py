@@ -233,8 +233,8 @@ def decode_languages(backbone: Any, model: Any, inputs: dict[str, Any], language
     ``None`` when the model has no embeddings (nothing to apply)."""
     if find(model) is None:
         return None
-    if language is not None:
-        return [language] * rows
+    if language is not None:  # one for every row, or one per row
+        return [language] * rows if isinstance(language, str) else list(language)
     return list(backbone.detect_language(model, inputs))
 
 

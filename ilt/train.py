@@ -466,6 +466,16 @@ def _check_finite(accelerator: Any, losses: Sequence[tuple[Any, list[str]]], ste
 # --------------------------------------------------------------------------- the stage
 
 
+def _dev_decode_config(config: RoundConfig, decode_config: DecodeConfig | None) -> DecodeConfig:
+    """The dev decode's configuration (greedy by default); a decoding-only option
+    (``quantize: int8``) is refused before training starts, not at the first dev check."""
+    decode_config = decode_config or DecodeConfig(backbone=config.backbone, beam_size={"default": 1})
+    if decode_config.quantize != "none":
+        raise IltInputError(f"--decode-config: quantize: {decode_config.quantize} is for decoding only (ilt decode); "
+                            f"set quantize: none in the dev decode configuration")
+    return decode_config
+
+
 def train_round(
     config: RoundConfig,
     model_dir: str | Path,
@@ -509,7 +519,7 @@ def train_round(
     train = config.train
     if dev_cuts is not None and not Path(dev_cuts).is_file():
         raise IltInputError(f"{dev_cuts}: dev cut manifest not found")
-    decode_config = decode_config or DecodeConfig(backbone=config.backbone, beam_size={"default": 1})
+    decode_config = _dev_decode_config(config, decode_config)
     state = process_state()  # `accelerate launch --cpu`, and torchrun on a machine without CUDA
     manifests = _prepare_out_dir(config, out_dir, dev_cuts, command, state.is_main_process)
     state.wait_for_everyone()

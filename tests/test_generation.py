@@ -46,6 +46,16 @@ def test_stop_rules_force_end_of_text_per_row_and_per_beam():
     assert rules.stopped == {"budget": 2, "loop": 0}
 
 
+def test_stop_rules_on_a_subset_of_the_rows_use_the_largest_budget():
+    """Whisper's temperature fallback re-decodes some rows alone (1 of 2 here): no
+    error, and no row stops before the largest budget of the batch."""
+    rules = StopRules([2, 5], prompt_length=1, eos_id=EOS, loop_tokens=None)
+    scores = rules(torch.tensor([[0, 1, 2]]), torch.zeros(1, 10))
+    assert (scores == 0).all()  # 2 tokens: utterance 0's budget, but the row may be utterance 1's
+    scores = rules(torch.tensor([[0, 1, 2, 3, 4, 5]]), torch.zeros(1, 10))
+    assert scores[0].argmax() == EOS and rules.stopped["budget"] == 1
+
+
 def test_stop_rules_end_a_loop_only_in_its_row():
     rules = StopRules([100, 100], prompt_length=2, eos_id=EOS, loop_tokens=12)
     ids = torch.tensor([[0, 0] + [3] * 12, [0, 0] + list(range(12))])

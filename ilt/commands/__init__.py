@@ -18,6 +18,7 @@ COMMAND_MODULES: list[str] = [
     "ilt.commands.augment",
     "ilt.commands.select",
     "ilt.commands.sessions",
+    "ilt.commands.experts",
 ]
 
 

@@ -105,11 +105,20 @@ def parse_weights(weights: str | None) -> list[float] | None:
 def decode_options(fn):
     """The options of `ilt decode`, shared by `ilt evaluate`."""
     options = [
-        click.option("--model", "model_dir", required=True, type=MODEL,
-                     help="A model directory, or a hub ID ORG/NAME[@REVISION] (its cached snapshot)."),
+        click.option("--model", "model_dir", type=MODEL,
+                     help="A model directory, or a hub ID ORG/NAME[@REVISION] (its cached snapshot); "
+                          "required unless --experts names the base model."),
         click.option("--adapter", "adapter_dir", type=click.Path(exists=True, file_okay=False),
                      help="A LoRA on top of --model, unmerged: a round's best/ or final/, or a checkpoint "
                           "checkpoints/step-N."),
+        click.option("--experts", "experts_dir", type=click.Path(file_okay=False),
+                     help="LoRA language experts (`ilt experts train --out DIR`): each cut decodes with its "
+                          "language's expert (detected by the base model when the cut has none; the base model "
+                          "when its language has no expert) on the base model experts.json names (or --model)."),
+        click.option("--expert-batching", type=click.Choice(["mixed", "per-group"]), default="mixed",
+                     show_default=True,
+                     help="With --experts: mixed puts several languages and experts in one batch (PEFT "
+                          "adapter_names); per-group decodes one language after another."),
         click.option("--cuts", "cuts_path", required=True, type=click.Path(exists=True, dir_okay=False)),
         click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False)),
         click.option("--conf", "conf_path", type=click.Path(exists=True, dir_okay=False),
@@ -123,11 +132,21 @@ def decode_options(fn):
     return fn
 
 
-def run_decode(model_dir, adapter_dir, cuts_path, out_dir, conf_path, scores, overrides) -> list[dict[str, Any]]:
+def run_decode(model_dir, adapter_dir, cuts_path, out_dir, conf_path, scores, overrides, experts_dir=None,
+               expert_batching="mixed") -> list[dict[str, Any]]:
     from ilt.config import DecodeConfig
     from ilt.decode import decode_files
 
     cfg = load_config(conf_path, DecodeConfig, overrides)
+    if experts_dir is not None:
+        from ilt.experts import decode_expert_files
+
+        if adapter_dir is not None:
+            raise IltError("--adapter and --experts: give one (the experts are LoRAs on the base model)")
+        return decode_expert_files(experts_dir, cuts_path, out_dir, cfg, model_dir=model_dir,
+                                   batching=expert_batching, scores=scores)
+    if model_dir is None:
+        raise IltError("Missing option '--model' (or --experts DIR, whose experts.json names the base model)")
     return decode_files(model_dir, cuts_path, out_dir, cfg, adapter=adapter_dir, scores=scores)
 
 

@@ -223,8 +223,9 @@ class Qwen2AudioCollator:
             kept.append(i)
         tensors = {k: v[kept] for k, v in features.items()}
         tensors.update(self.teacher_forcing(seqs, prompt_lens))
-        tensors["language_ids"] = lid.language_ids([loaded[i].supervisions[0].language for i in kept])
-        return Batch(tensors=tensors, cut_ids=[loaded[i].id for i in kept], skipped=skipped)
+        languages = [loaded[i].supervisions[0].language for i in kept]
+        tensors["language_ids"] = lid.language_ids(languages)
+        return Batch(tensors=tensors, cut_ids=[loaded[i].id for i in kept], skipped=skipped, languages=languages)
 
 
 class Qwen2AudioBackbone:

@@ -300,7 +300,7 @@ class WhisperCollator:
             "labels": labels,
             "language_ids": lid.language_ids(languages),  # rows of the language-ID embeddings (ilt.lid)
         }
-        return Batch(tensors=tensors, cut_ids=ids, skipped=skipped)
+        return Batch(tensors=tensors, cut_ids=ids, skipped=skipped, languages=languages)
 
     def decoder_tensors(self, seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> tuple[Any, Any]:
         """``(decoder_input_ids, labels)`` for teacher forcing: each sequence
@@ -329,6 +329,11 @@ class WhisperBackbone:
     #: hypotheses, several times faster). Set to False to decode with plain
     #: ``generate``, for comparison.
     share_cross_attention: bool = True
+
+    #: :meth:`generate` takes one language per row (a batch mixing languages,
+    #: as :mod:`ilt.experts` decodes), and PEFT's ``adapter_names`` (one
+    #: adapter per row), with beam search too.
+    per_row_languages: bool = True
 
     def __init__(self, model: Any, feature_extractor: Any, tokenizer: Any) -> None:
         self.model = model
@@ -503,7 +508,10 @@ class WhisperBackbone:
         """Transcribe one batch of :meth:`features` output, without timestamps.
 
         A multilingual model is forced to ``language`` (``None``: it detects the
-        language); an English-only model ignores ``language``. ``temperature``
+        language; a list: one language per input); an English-only model
+        ignores ``language``. ``adapter_names`` (one PEFT adapter name per
+        input, ``"__base__"`` for none) decodes each input with its own LoRA
+        of a PEFT model holding several, in one pass. ``temperature``
         > 0 samples instead of searching. ``max_new_tokens`` is one limit for
         the batch or one per input (each hypothesis ends at its own, see
         :mod:`ilt.generation`); ``loop_tokens`` ends a hypothesis once its last
@@ -527,10 +535,12 @@ class WhisperBackbone:
         processors = self._stop_rules(gen_config, features.shape[0], max_new_tokens, prompt_len, loop_tokens)
         whisper_options: dict[str, Any] = {"return_timestamps": False}
         if multilingual:
-            if language is not None and language not in self.collator.language_ids:
-                raise IltInputError(f"language {language!r} is not supported by this Whisper model")
-            if language is not None:
-                whisper_options["language"] = language
+            given = [language] if language is None or isinstance(language, str) else list(language)
+            unknown = [lang for lang in given if lang is not None and lang not in self.collator.language_ids]
+            if unknown:
+                raise IltInputError(f"language {unknown[0]!r} is not supported by this Whisper model")
+            if language is not None:  # one for the batch, or one per row
+                whisper_options["language"] = language if isinstance(language, str) else given
             whisper_options["task"] = "transcribe"
         else:
             # English-only: no language token and no language detection.
@@ -541,6 +551,10 @@ class WhisperBackbone:
             whisper_options["temperature"] = float(temperature)
             gen_config.num_beams = 1
         whisper_options.update(split_generation_kwargs(gen_config, kwargs))
+        row_adapters = whisper_options.get("adapter_names")  # one PEFT adapter per row (ilt.experts)
+        if row_adapters is not None:
+            # PEFT repeats each row's adapter name for its beams only when num_beams is an argument of generate
+            whisper_options["num_beams"] = gen_config.num_beams
         shared = (self.share_cross_attention and gen_config.num_beams > 1
                   and base.config._attn_implementation == "sdpa")
         # with language-ID embeddings, an unknown language is detected first (ilt.lid)
@@ -549,12 +563,13 @@ class WhisperBackbone:
             whisper_options["language"] = languages
         with torch.inference_mode(), lid.applied(base, languages):
             if shared:
-                from ilt.plugins.whisper_beam import beam_shared_attention, prefill
+                from ilt.plugins.whisper_beam import adapters_per_row, beam_shared_attention, prefill
 
                 with beam_shared_attention(base):
                     # language detection (a multilingual model, no language given) reads the encoder states
-                    encoder_outputs, cache = prefill(base, features,
-                                                     keep_encoder_states=multilingual and language is None)
+                    with adapters_per_row(runner, row_adapters):
+                        encoder_outputs, cache = prefill(base, features,
+                                                         keep_encoder_states=multilingual and language is None)
                     sequences = runner.generate(encoder_outputs=encoder_outputs, past_key_values=cache,
                                                 generation_config=gen_config, logits_processor=processors,
                                                 **whisper_options)

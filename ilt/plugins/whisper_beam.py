@@ -125,3 +125,14 @@ def beam_shared_attention(model: Any) -> Iterator[None]:
         yield
     finally:
         model.set_attn_implementation(previous)
+
+
+def adapters_per_row(model: Any, adapter_names: Any) -> Any:
+    """A context in which the LoRA layers of ``model`` (a PEFT model holding
+    several adapters) apply adapter ``adapter_names[i]`` to row ``i`` (PEFT's
+    mixed-batch forward, entered as PEFT's own ``generate`` enters it), for
+    :func:`prefill`: the encoder and the cross-attention projections run on
+    one row per utterance, outside ``generate``. A null context without names."""
+    if adapter_names is None:
+        return contextlib.nullcontext()
+    return model._enable_peft_forward_hooks(adapter_names=list(adapter_names))
