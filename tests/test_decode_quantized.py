@@ -123,3 +123,13 @@ def test_int8_is_refused_where_it_does_not_apply(tiny, tmp_path):
             call()
         assert reason in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "gpu").exists() and not (tmp_path / "lora").exists()
+
+
+def test_training_refuses_a_quantized_dev_decode_before_it_starts():
+    from ilt.config import RoundConfig
+    from ilt.train import _dev_decode_config
+
+    config = from_dict(RoundConfig, {"name": "focus", "task": {"data": [{"cuts": "x.jsonl.gz"}]}})
+    assert _dev_decode_config(config, None).quantize == "none"
+    with pytest.raises(IltInputError, match="quantize: int8 is for decoding only"):
+        _dev_decode_config(config, from_dict(DecodeConfig, {"quantize": "int8"}))
