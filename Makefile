@@ -49,7 +49,7 @@ bench: install sysdeps
 reliability: install sysdeps
 	$(BIN)/python tools/reliability.py
 
-# mutation testing (mutmut 3.8.1) of scoring, the voters and the text normalisation, each against its
+# mutation testing (mutmut 3.8.1) of scoring, voters, text normalisation, checkpoint choice, merge, mix and decoding, each against its
 # own tests (setup.cfg [mutmut]); not part of `make test`. A fresh run in ./mutants/ (git-ignored), one
 # worker at the lowest priority; results: docs/reliability.md, "Mutation testing".
 mutation: install
