@@ -414,6 +414,21 @@ def write_outputs(records: Sequence[dict[str, Any]], out_dir: str | Path, config
         write_json_atomic(out_dir / "decode_stats.json", stats.as_dict())
 
 
+def gather_in_order(records: list[dict[str, Any]], cuts: Sequence[Any], out_dir: str | Path,
+                    config: DecodeConfig, state: Any) -> list[dict[str, Any]]:
+    """Under several processes: every process's records, in the order of ``cuts``; the main
+    process writes the outputs, and every process waits for it."""
+    from accelerate.utils import gather_object
+
+    records = gather_object(records)
+    order = {cut.id: n for n, cut in enumerate(cuts)}
+    records.sort(key=lambda r: order[r["id"]])
+    if state.is_main_process:
+        write_outputs(records, out_dir, config)
+    state.wait_for_everyone()
+    return records
+
+
 def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Path,
                  config: DecodeConfig | None = None, *, adapter: str | Path | None = None,
                  device: Any = None, progress: bool = True, scores: bool = False) -> list[dict[str, Any]]:
@@ -434,7 +449,6 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
     model's Linear layers (:func:`quantize_for_decoding`); it is refused, before
     the model loads, on a GPU and with an ``adapter``.
     """
-    from accelerate.utils import gather_object
 
     from ilt.data.manifests import load_cuts
     from ilt.plugins import create
@@ -465,12 +479,7 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
                           out_dir if state.num_processes == 1 else None,
                           progress=progress and state.is_local_main_process, scores=scores, journal=journal)
     if state.num_processes > 1:
-        records = gather_object(records)
-        order = {cut.id: n for n, cut in enumerate(cuts)}
-        records.sort(key=lambda r: order[r["id"]])
-        if state.is_main_process:
-            write_outputs(records, out_dir, config)
-        state.wait_for_everyone()
+        records = gather_in_order(records, cuts, out_dir, config, state)
     journal.remove()  # the outputs are complete
     return records
 

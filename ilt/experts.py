@@ -61,6 +61,7 @@ from ilt.decode import (
     _load_batch,
     _log_summary,
     _records,
+    gather_in_order,
     model_numerics,
     write_outputs,
 )
@@ -613,7 +614,6 @@ def decode_expert_files(experts_dir: str | Path, cuts_path: str | Path, out_dir:
     Under ``accelerate launch`` each process decodes its shard and the main
     process writes the gathered records (as :func:`ilt.decode.decode_files`).
     """
-    from accelerate.utils import gather_object
 
     from ilt.data.manifests import load_cuts
     from ilt.plugins import create
@@ -644,12 +644,7 @@ def decode_expert_files(experts_dir: str | Path, cuts_path: str | Path, out_dir:
                                   progress=progress and state.is_local_main_process, scores=scores,
                                   detection=detection)
     if state.num_processes > 1:
-        records = gather_object(records)
-        order = {cut.id: n for n, cut in enumerate(cuts)}
-        records.sort(key=lambda r: order[r["id"]])
-        if state.is_main_process:
-            write_outputs(records, out_dir, config)
-        state.wait_for_everyone()
+        records = gather_in_order(records, cuts, out_dir, config, state)
     return records
 
 
