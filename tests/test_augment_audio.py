@@ -100,6 +100,18 @@ def test_ilt_augment_tts_writes_audio_and_cuts_resumes_and_counts_skips(tmp_path
     res = CliRunner().invoke(cli, args[:-4] + ["--chunk-size", "3", "--per-sentence", "2"])
     assert res.exit_code == 1 and "--force" in res.output
 
+    # --languages: only the English sentences are spoken (the paper's TTS is for English accents)
+    only = tmp_path / "tts_en"
+    res = CliRunner().invoke(cli, [*args[:args.index("--out")], "--out", str(only), "--languages", "en",
+                                   "--per-sentence", "2"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((only / "summary.json").read_text())
+    assert summary["targets"] == summary["produced"] == 4
+    assert summary["skipped"]["sentence in a language not asked for (--languages)"] == 2
+    assert {c.supervisions[0].language for c in load_cuts(only / "cuts.jsonl.gz")} == {"en"}
+    res = CliRunner().invoke(cli, [*args[:args.index("--out")], "--out", str(tmp_path / "x"), "--languages", "xx"])
+    assert res.exit_code == 1 and "--languages" in res.output
+
 
 def test_tts_bad_input_is_one_line_errors(tmp_path):
     prompts = tmp_path / "prompts.jsonl.gz"

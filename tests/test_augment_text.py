@@ -284,6 +284,18 @@ def test_hard_cases_keep_what_is_decoded_badly(model_dir, hard_setup, tmp_path):
     none = hard_cases(model_dir, cuts, rare, tmp_path / "none")
     assert none["candidates"] == none["kept"] == 0 and len(calls) == 1
     assert len(load_cuts(tmp_path / "none" / "cuts.jsonl.gz")) == 0
+    # --max-candidates bounds the decoding: the same sample whatever the manifest's order
+    capped = hard_cases(model_dir, cuts, stats, tmp_path / "capped", max_candidates=2)
+    sampled = [c.id for c in load_cuts(tmp_path / "capped" / "candidates.jsonl.gz")]
+    assert capped["candidates"] == 4 and capped["sampled"] == capped["decoded"] == len(sampled) == 2
+    assert set(sampled) <= set(candidates) and len(calls) == 2
+    from ilt.augment.text import sample_candidates
+
+    found = list(load_cuts(out / "candidates.jsonl.gz"))
+    assert [c.id for c in sample_candidates(found[::-1], 2)] == sampled[::-1]
+    assert sample_candidates(found, 10) == found
+    with pytest.raises(IltInputError, match="--max-candidates 0"):
+        hard_cases(model_dir, cuts, stats, tmp_path / "zero", max_candidates=0)
 
 
 def test_hard_cases_real_decode_cli(model_dir, tmp_path):

@@ -153,9 +153,9 @@ def test_ablation_runner_reuses_through_the_option_not_markers():
 # --------------------------------------------------------------------------- errors, fast
 
 
-def template(*args, cwd):
+def template(*args, cwd, timeout=120):
     return subprocess.run(["bash", str(TEMPLATE), *args], check=False, cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -260,3 +260,120 @@ def test_round_trains_then_merges(tiny, tmp_path):
     assert (tmp_path / "focus" / "best").is_dir()
     assert (tmp_path / "M1" / "config.json").is_file() and (tmp_path / "M1" / "lineage.json").is_file()
     assert (tmp_path / "M1" / "command.txt").is_file()
+
+
+# --------------------------------------------------------------------------- stage 2: knowledge sets
+
+KNOWLEDGE_TRAIN = [("spk-a", "en-us+m1", "the cat sat on the mat"), ("spk-b", "en-gb+f2", "the dog ran to the park"),
+                   ("spk-a", "en-us+m1", "she reads the book at night"), ("spk-b", "en-gb+f2", "we walk to the station")]
+KNOWLEDGE_CANDIDATES = [("tp-1", "en-us+m3", "a zebra crossed the river"), ("tp-2", "en-029+f4", "violins and cellos"),
+                        ("tp-3", "en-us+m3", "the lighthouse keeper waved")]
+KNOWLEDGE_TEXT = "en\tzebras gallop across the savanna\nen\tthe cat sat on the mat\nen\tmagnificent kaleidoscopes\n"
+
+
+def _espeak_cuts(root, rows):
+    """Cuts of real espeak-ng speech at 16 kHz, one speaker label per voice."""
+    from ilt.plugins.tts import EspeakAugmenter
+    from ilt.testing import make_cuts
+
+    engine = EspeakAugmenter()
+    return make_cuts(root, [{"id": f"{spk}-{n}", "speaker": spk, "text": text,
+                             "audio": engine.synthesize(text, voice, 170, 50)}
+                            for n, (spk, voice, text) in enumerate(rows)])
+
+
+@pytest.fixture(scope="module")
+def knowledge(tiny, tmp_path_factory):
+    """Stage 2 on tiny data: every knowledge step once (tiny random M0, espeak, resemblyzer)."""
+    if not shutil.which("espeak-ng"):
+        pytest.skip("needs espeak-ng (make sysdeps)")
+    pytest.importorskip("resemblyzer", reason="ilt select's default selector (pip install 'ilt[speaker]')")
+    _, model = tiny
+    root = tmp_path_factory.mktemp("knowledge")
+    _espeak_cuts(root / "train", KNOWLEDGE_TRAIN).to_file(root / "train.jsonl.gz")
+    _espeak_cuts(root / "tp", KNOWLEDGE_CANDIDATES).to_file(root / "tp.jsonl.gz")
+    (root / "tp.txt").write_text(KNOWLEDGE_TEXT)
+    conf = root / "conf"
+    conf.mkdir()
+    (conf / "decode.yaml").write_text("backbone: whisper\nbeam_size: {default: 1}\nmax_new_tokens: 3\nbatch_size: 4\n"
+                                      "compression_ratio_threshold: null\nprecision: fp32\n")
+    args = ["--stage", "2", "--stop-stage", "2", "--base-model", str(model), "--conf-dir", str(conf),
+            "--knowledge-train-cuts", "train.jsonl.gz", "--third-party-text", "tp.txt", "--token-low", "1",
+            "--token-high", "2", "--hard-cases-cuts", "train.jsonl.gz", "--hard-max-cuts", "2",
+            "--select-candidates", "tp.jsonl.gz"]
+    first = template(*args, cwd=root, timeout=900)  # five `ilt` processes: about 30 s on a quiet core
+    assert first.returncode == 0, first.stderr[-4000:]
+    return root, args, first
+
+
+@needs_espeak
+def test_stage2_builds_the_knowledge_sets(knowledge):
+    from ilt.data.manifests import load_cuts
+
+    root, args, _ = knowledge
+    kn = root / "data" / "extra" / "knowledge"  # the default: shared by every --exp-dir
+    stats = json.loads((kn / "token_stats" / "stats.json").read_text())
+    assert stats["thresholds"] == {"low": 1, "high": 2} and stats["languages"]["en"]["utterances"] == 4
+    text = json.loads((kn / "rare_text" / "summary.json").read_text())
+    assert text["sentences"] == 3 and text["kept"] == 2  # rare: never seen; the training sentence is not
+    assert "the cat sat on the mat" not in (kn / "rare_text" / "selected.txt").read_text()
+    hard = json.loads((kn / "hard_cases" / "summary.json").read_text())
+    assert hard["candidates"] == 4 and hard["decoded"] == 2  # " the" is frequent; --hard-max-cuts 2
+    assert hard["kept"] == len(load_cuts(kn / "hard_cases" / "cuts.jsonl.gz"))
+    tts = load_cuts(kn / "tts" / "cuts.jsonl.gz")
+    assert sorted(c.supervisions[0].text for c in tts) == ["magnificent kaleidoscopes",
+                                                          "zebras gallop across the savanna"]
+    assert {c.supervisions[0].speaker for c in tts} <= {"spk-a", "spk-b"}  # the prompts' voices
+    select = json.loads((kn / "select" / "summary.json").read_text())
+    assert select["candidates"] == select["scored"] == 3 and select["threshold"] == 0.85
+    assert select["kept"] == len(load_cuts(kn / "select" / "cuts.jsonl.gz"))
+    for step in ("token_stats", "rare_text", "hard_cases", "tts", "select"):
+        assert (kn / ".done" / step).is_file(), step
+    assert "ilt augment tts" in (kn / "tts" / "command.txt").read_text()
+
+    # the evidence script reads the same outputs
+    report = subprocess.run([sys.executable, str(ROOT / "egs" / "mini" / "local" / "knowledge_report.py"), str(kn)],
+                            capture_output=True, text=True, check=True).stdout
+    assert "Kept **2 of 3** sentences" in report and "kept **{}** (error rate".format(hard["kept"]) in report
+    assert "**2 written**" in report and f"kept **{select['kept']} of 3** candidates" in report
+
+    # run again: every step is built already, nothing runs
+    again = template(*args, cwd=root)
+    assert again.returncode == 0 and again.stderr.count("built already") == 5, again.stderr[-3000:]
+
+    # a second base model may not overwrite the sets of the first in the same directory
+    other = root / "other_model"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    clash = template(*[a if a != args[5] else str(other) for a in args], cwd=root)
+    assert clash.returncode != 0 and "give each base model its own --knowledge-dir" in clash.stderr
+
+    # without --select-candidates the selection is skipped, and a round that trains on it stops
+    without = args[:-2]
+    skipped = template(*without, cwd=root)
+    assert skipped.returncode == 0 and "select skipped: no --select-candidates" in skipped.stderr
+    assert not (kn / ".done" / "select").exists() and (kn / ".done" / "tts").is_file()
+    (root / "conf" / "feedback.yaml").write_text(
+        "name: feedback\ntask:\n  data:\n    - {cuts: \"${ILT_KNOWLEDGE_DIR:-x}/tts/cuts.jsonl.gz\"}\n"
+        "    - {cuts: \"${ILT_KNOWLEDGE_DIR:-x}/select/cuts.jsonl.gz\"}\n")
+    proc = template("--stage", "4", "--stop-stage", "4", "--rounds", "feedback", "--base-model", args[5],
+                    "--conf-dir", str(root / "conf"), cwd=root)
+    assert proc.returncode != 0
+    assert "trains on the knowledge set 'select'" in proc.stderr and "run stage 2 with --select-candidates" in proc.stderr
+
+
+@pytest.mark.parametrize("source, message", [
+    ("hard_cases", "which stage 2 did not build: run stage 2 with --hard-cases-cuts CUTS"),
+    ("tts", "which stage 2 did not build: run stage 2 with --third-party-text FILE"),
+    ("speakers", "names the knowledge set 'speakers': stage 2 builds hard_cases, tts and select"),
+])
+def test_round_naming_a_knowledge_set_stage2_did_not_build_stops(tiny, tmp_path, source, message):
+    _, model = tiny
+    (tmp_path / "fix.yaml").write_text(
+        "name: fix\ntask:\n  data:\n    - {cuts: train.jsonl.gz}\n"
+        f"    # ${{ILT_KNOWLEDGE_DIR}}/select/cuts.jsonl.gz in a comment is not a source\n"
+        f"    - {{cuts: \"${{ILT_KNOWLEDGE_DIR:-data/extra/knowledge}}/{source}/cuts.jsonl.gz\", weight: 2}}\n")
+    proc = template("--stage", "5", "--stop-stage", "5", "--rounds", "fix", "--base-model", str(model),
+                    "--conf-dir", str(tmp_path), "--knowledge-dir", str(tmp_path / "kn"), cwd=tmp_path)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert "'select'" not in proc.stderr

@@ -30,6 +30,7 @@ TINY = ["--convs-per-accent", "1", "1", "1", "--utts-per-conv", "2", "--language
         "--accents", "American", "Scottish", "--pool", "--pool-convs-per-accent", "1", "--pool-text", "aside"]
 ISO_TO_DIR = {iso: name for name, iso in LANGUAGE_DIRS.items()}
 SPLITS = ("train", "dev", "test", "pool")
+LISTS = (*SPLITS, "thirdparty")  # every sentence list (thirdparty/ is written only with --thirdparty)
 
 
 def load_module():
@@ -125,7 +126,7 @@ def test_native_scripts(corpus):
     assert any("CJK" in _scripts(t) for t in texts["test"]["Japanese"])  # kanji, not only kana
     assert not any(" " in t for split in SPLITS for t in texts[split]["Japanese"])
     # What espeak-ng speaks instead: a kana reading for Japanese, a Latin respelling for Thai.
-    for split in SPLITS:
+    for split in LISTS:
         for s in synth_corpus.load_sentences("ja", split):
             assert _scripts(s.spoken) <= {"HIRAGANA", "KATAKANA"}, s
         for s in synth_corpus.load_sentences("th", split):
@@ -136,7 +137,7 @@ def test_espeak_speaks_each_language_in_its_own_voice():
     """espeak-ng switches to English (``(en)`` in its phonemes) on text it cannot read, e.g. kanji."""
     for iso in ("ja", "ko", "th", "ru", "vi", "pt"):
         voice = synth_corpus.OTHER_LANGUAGES[iso][1]
-        spoken = "\n".join(s.spoken for split in SPLITS for s in synth_corpus.load_sentences(iso, split))
+        spoken = "\n".join(s.spoken for split in LISTS for s in synth_corpus.load_sentences(iso, split))
         phonemes = subprocess.run(["espeak-ng", "-b", "1", "-q", "-x", "-v", voice], input=spoken.encode(),
                                   capture_output=True, check=True).stdout.decode()
         assert phonemes.strip() and not re.search(r"\([a-z]{2,3}\)", phonemes), (iso, phonemes[:300])
@@ -144,11 +145,13 @@ def test_espeak_speaks_each_language_in_its_own_voice():
 
 def test_sentence_lists_disjoint_and_sized(corpus):
     for iso in synth_corpus.LANGUAGES:
-        lists = {split: synth_corpus.load_sentences(iso, split) for split in SPLITS}
-        assert sum(map(len, lists.values())) >= 40, iso
+        lists = {split: synth_corpus.load_sentences(iso, split) for split in LISTS}
+        assert sum(map(len, lists.values())) >= 40 and len(lists["thirdparty"]) >= 20, iso
         if iso not in ("ja", "th"):  # languages written with spaces: 5-15 words
             assert all(5 <= len(s.text.split()) <= 15 for ss in lists.values() for s in ss), iso
-    synth_corpus.check_disjoint(synth_corpus.LANGUAGES, list(SPLITS))
+        for split, ss in lists.items():
+            assert len({s.text for s in ss}) == len(ss), (iso, split)  # no sentence twice in a list
+    synth_corpus.check_disjoint(synth_corpus.LANGUAGES, list(LISTS))
     texts = texts_by_split(corpus)
     for lang in texts["test"]:
         for i, a in enumerate(SPLITS):
@@ -216,3 +219,45 @@ def test_prepare_on_synthetic_corpus(corpus, tmp_path):
     assert {c.supervisions[0].language for c in result["test"]} == set(synth_corpus.LANGUAGES)
     accents = {c.supervisions[0].custom["accent"] for c in result["train"]}
     assert accents == {"American", "Scottish", *(ISO_TO_DIR[i] for i in synth_corpus.OTHER_LANGUAGES)}
+
+
+def test_thirdparty_split_is_labelled_pool_voiced_and_leaves_the_rest_unchanged(corpus, tmp_path):
+    out = tmp_path / "with_thirdparty"
+    synth(out, "--thirdparty")
+    # without --thirdparty nothing changes: every other file, synth_info.json included (its settings
+    # name no third-party option), is byte-identical to the corpus written without it
+    assert not (corpus / "thirdparty").exists()
+    plain = json.loads((corpus / "synth_info.json").read_text())["settings"]
+    assert not any(k.startswith("thirdparty") for k in plain)
+    others = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()
+                    and p.relative_to(out).parts[0] not in ("thirdparty", "synth_info.json"))
+    assert others == sorted(p.relative_to(corpus) for p in corpus.rglob("*") if p.is_file()
+                            and p.name != "synth_info.json")
+    assert all((out / p).read_bytes() == (corpus / p).read_bytes() for p in others)
+    info = json.loads((out / "synth_info.json").read_text())
+    assert {k: v for k, v in info["settings"].items() if not k.startswith("thirdparty")} == plain
+    assert "already synthesised" in synth(out, "--thirdparty")
+
+    # the split: one conversation per group (the pool's English accents), transcribed
+    others_dirs = [ISO_TO_DIR[iso] for iso in synth_corpus.OTHER_LANGUAGES]
+    expected = [f"English/{a}/thirdparty_001.wav" for a in ("American", "Lancastrian", "NewYork", "Scottish")]
+    expected += [f"{n}/thirdparty_001.wav" for n in others_dirs]
+    root = out / "thirdparty"
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.wav")) == sorted(expected)
+    lists = {iso: {s.text for s in synth_corpus.load_sentences(iso, "thirdparty")} for iso in synth_corpus.LANGUAGES}
+    dir_to_iso = {name: iso for iso, name in ISO_TO_DIR.items()}
+    for t in root.rglob("*.txt"):
+        rows = read_txt(t)
+        assert len(rows) == 2 and all(len(r) == 4 and r[3] for r in rows), t  # labelled
+        iso = dir_to_iso[t.relative_to(root).parts[0]]
+        assert {r[3] for r in rows} <= lists[iso], t  # its own sentences, no other split's
+    # its speakers are the pool's voices and variants, never a main-corpus speaker
+    speakers = {c["path"].split("/")[0]: set() for c in info["conversations"]}
+    for c in info["conversations"]:
+        speakers[c["path"].split("/")[0]].update(v.split()[0] for v in c["speakers"].values())
+    assert speakers["thirdparty"].isdisjoint(speakers["train"] | speakers["dev"] | speakers["test"])
+    assert all(v.split("+")[1] in synth_corpus.POOL_VARIANTS["male"] + synth_corpus.POOL_VARIANTS["female"]
+               for v in speakers["thirdparty"])
+    cuts = prepare_mlc_slm(out, tmp_path / "data", splits=("thirdparty",))["thirdparty"]
+    assert len(cuts) == 2 * len(expected) and all(c.supervisions[0].text for c in cuts)
+    assert {c.supervisions[0].language for c in cuts} == set(synth_corpus.LANGUAGES)

@@ -12,6 +12,21 @@
 #   1  evaluate M0 on every test set: decode, submission file, score     -> decode/M0/<set>
 #      (with --detect-language m0|all, also with the language detected  -> decode/M0/<set>.detect)
 #   2  prepare the extra corpora of the knowledge tasks (ilt prepare)     -> $extra_dir
+#      then build the knowledge sets of Feedback and Fix (the paper's 3.2) -> $knowledge_dir
+#      (default $extra_dir/knowledge, shared by every --exp-dir on the same base model and data;
+#      its markers are $knowledge_dir/.done/<step>, and a step is redone when its command, or that
+#      of a step it reads, changed), each step skipped when its input option is empty:
+#        token_stats/  ilt augment token-stats: M0's tokens counted over --knowledge-train-cuts
+#        rare_text/    ilt augment select-text: --third-party-text sentences mostly of rare tokens
+#        hard_cases/   ilt augment hard-cases: M0 decodes --hard-cases-cuts holding frequent
+#                      tokens, keeps those above --hard-max-error
+#        tts/          ilt augment tts: --tts-augmenter speaks the rare-token sentences in the
+#                      voices of --tts-prompts (default --knowledge-train-cuts)
+#        select/       ilt select: --select-candidates whose speakers sound like those of
+#                      --knowledge-train-cuts (SECS above --secs-threshold)
+#      round YAMLs name a set as ${ILT_KNOWLEDGE_DIR}/<hard_cases|tts|select>/cuts.jsonl.gz
+#      (this script exports ILT_KNOWLEDGE_DIR); a round naming a set the last stage 2 did not
+#      build stops and says which option builds it
 #   3  Focus    (ilt round: train $conf_dir/focus.yaml, merge)    -> M<i>, i its place in --rounds
 #   4  Feedback (ilt round: train $conf_dir/feedback.yaml, merge) -> M<i>
 #   5  Fix      (ilt round: train $conf_dir/fix.yaml, merge)      -> M<i>
@@ -39,6 +54,25 @@ dev_cuts=          # each round keeps its best checkpoint on these cuts
 test_sets=         # "NAME=CUTS ...": evaluated into decode/<model>/NAME by stages 1 and 6
 extra_corpora=     # stage 2: "NAME:DIR[:OPTION,OPTION...] ...", NAME a corpus of `ilt plugins`
 extra_dir=data/extra
+knowledge_dir=     # stage 2: the knowledge sets (default: $extra_dir/knowledge); one per base model
+knowledge_train_cuts=  # stage 2: in-domain training cuts: token statistics, TTS prompts and the
+                   # reference speakers of the selection (default: --train-cuts); empty: no set
+third_party_text=  # stage 2: "FILE ...": third-party sentences (LANG<TAB>sentence lines, or a cut
+                   # manifest whose texts are read) for the rare-token selection and TTS
+token_low=20       # stage 2: a token counted fewer times in the training text is rare
+token_high=200     #   and one counted more times is frequent (the paper's 20 and 200)
+rare_ratio=0.5     # stage 2: keep sentences whose rare tokens are more than this share
+hard_cases_cuts=   # stage 2: labelled cuts M0 decodes for hard cases (usually the training cuts)
+hard_max_error=0.05  # stage 2: keep hard-case candidates whose WER (CER for ja/ko/th) is above it
+hard_max_cuts=     # stage 2: decode at most this many hard-case candidates (default: all)
+tts_augmenter=espeak  # stage 2: an augmenter of `ilt plugins` (YAML with options); none: no TTS
+tts_prompts=       # stage 2: prompt cuts whose voices speak (default: --knowledge-train-cuts)
+tts_per_sentence=1 # stage 2: prompt voices per selected sentence
+tts_languages=     # stage 2: speak only the sentences of these languages, comma-separated (the
+                   # paper speaks English only; default: all)
+select_candidates= # stage 2: third-party cuts (labelled) kept when their speaker is close
+selector=resemblyzer  # stage 2: a selector of `ilt plugins` (YAML with options)
+secs_threshold=0.85   # stage 2: keep candidates whose SECS is above it
 conf_dir=$ILT_ROOT/conf   # focus.yaml feedback.yaml fix.yaml decode.yaml
 exp_dir=exp
 rounds=focus,feedback,fix # any of them, in this order
@@ -80,6 +114,9 @@ case $detect_language in none|m0|all) ;; *) die "--detect-language $detect_langu
 markers=$exp_dir/.done
 mkdir -p "$markers"
 export ILT_EXP_DIR=$exp_dir  # round YAMLs name this experiment's outputs as ${ILT_EXP_DIR}/...
+knowledge_dir=${knowledge_dir:-$extra_dir/knowledge}
+knowledge_train_cuts=${knowledge_train_cuts:-$train_cuts}
+export ILT_KNOWLEDGE_DIR=$knowledge_dir  # and the knowledge sets of stage 2 as ${ILT_KNOWLEDGE_DIR}/...
 echo "cd $(printf '%q' "$PWD") && $COMMAND" >> "$exp_dir/commands.sh"  # replayable
 todo() { [ "$force" = true ] || [ ! -f "$markers/$1" ]; }
 done_() { touch "$markers/$1"; }
@@ -168,6 +205,7 @@ run_round() {  # run_round STAGE ROUND
   else
     need "$prev/config.json" "run stage $(stage_of "${chain[$((i - 2))]}") first"
   fi
+  [ -n "$train_cuts" ] || knowledge_check "$conf_dir/$round.yaml"
   args=(round --config "$conf_dir/$round.yaml" --model "$prev" --out "$exp_dir/$round"
         --merged-out "$exp_dir/M$i" --decode-config "$conf_dir/decode.yaml")
   if [ -n "$dev_cuts" ]; then
@@ -181,6 +219,138 @@ run_round() {  # run_round STAGE ROUND
   unlink_ "$exp_dir/$round" "$exp_dir/M$i"
   "${ilt_run[@]}" "${args[@]}"
   done_ "$key"
+}
+
+# Stage 2's knowledge sets live in $knowledge_dir, shared by experiments: their markers too
+# ($knowledge_dir/.done/<step>, holding the step's command and those of the steps it reads, so
+# other inputs or options rebuild it and what follows it). Each run of stage 2 decides which
+# sets exist: a step skipped for want of its input option loses its marker (its files stay, as
+# caches), and a round naming that set stops (knowledge_check).
+knowledge_step() {  # knowledge_step NAME FINGERPRINT: 0 when the step must run (krebuild=true:
+  krebuild=false    # its output holds another build), 1 when it is built already
+  if [ -f "$kmarks/$1" ]; then
+    if [ "$force" != true ] && [ "$(cat "$kmarks/$1")" = "$2" ]; then
+      log "Stage 2: $1 built already ($knowledge_dir/$1)"; return 1
+    fi
+    [ "$force" = true ] || log "Stage 2: $1 was built from other inputs or options: rebuilding it"
+    krebuild=true
+    rm "$kmarks/$1"  # until the step succeeds again, no round may use its set
+  fi
+  [ "$force" != true ] || krebuild=true
+  return 0
+}
+knowledge_skip() {  # knowledge_skip NAME WHY
+  local was=
+  if [ -f "$kmarks/$1" ]; then rm "$kmarks/$1"; was=" (the set built before, $knowledge_dir/$1, is no longer used)"; fi
+  log "Stage 2: $1 skipped: $2$was"
+}
+fingerprint() { printf '%q ' "$@"; }
+
+knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TTS, speaker selection
+  local kn=$knowledge_dir fp_stats fp_text fp fps texts=() cmd f base
+  kmarks=$kn/.done
+  if [ -z "$knowledge_train_cuts" ]; then
+    log "Stage 2: no --knowledge-train-cuts (nor --train-cuts): no knowledge set built"
+    return 0
+  fi
+  [ -n "$base_model" ] || die "stage 2 needs --base-model (its tokenizer and decoding build the knowledge sets)"
+  need "$base_model/config.json" "--base-model must be a Hugging Face model directory"
+  need "$knowledge_train_cuts" "prepare the training manifest first (the corpus recipe's data stage)"
+  mkdir -p "$kmarks"
+  base=$(cd "$base_model" && pwd -P)
+  if [ -f "$kmarks/base_model" ] && [ "$(cat "$kmarks/base_model")" != "$base" ] && [ "$force" != true ]; then
+    die "$kn holds the knowledge sets of base model $(cat "$kmarks/base_model"), not $base: give each base model its own --knowledge-dir DIR (or --force true to rebuild them here)"
+  fi
+  echo "$base" > "$kmarks/base_model"
+
+  cmd=(ilt augment token-stats --cuts "$knowledge_train_cuts" --model "$base_model" --low "$token_low"
+       --high "$token_high" --out "$kn/token_stats")
+  fp_stats=$(fingerprint "${cmd[@]}")
+  if knowledge_step token_stats "$fp_stats"; then
+    log "Stage 2: token statistics of $knowledge_train_cuts (rare < $token_low, frequent > $token_high)"
+    "${cmd[@]}"
+    echo "$fp_stats" > "$kmarks/token_stats"
+  fi
+
+  fp_text=
+  if [ -z "$third_party_text" ]; then
+    knowledge_skip rare_text "no --third-party-text"
+  else
+    for f in $third_party_text; do need "$f" "--third-party-text: a text file or cut manifest"; texts+=(--text "$f"); done
+    cmd=(ilt augment select-text --stats "$kn/token_stats" "${texts[@]}" --min-ratio "$rare_ratio"
+         --out "$kn/rare_text")
+    fp_text="$(fingerprint "${cmd[@]}")| $fp_stats"
+    if knowledge_step rare_text "$fp_text"; then
+      log "Stage 2: rare-token sentences of $third_party_text (rare tokens > $rare_ratio of a sentence)"
+      "${cmd[@]}"
+      echo "$fp_text" > "$kmarks/rare_text"
+    fi
+  fi
+
+  if [ -z "$hard_cases_cuts" ]; then
+    knowledge_skip hard_cases "no --hard-cases-cuts"
+  else
+    need "$hard_cases_cuts" "--hard-cases-cuts: prepare that manifest first"
+    cmd=(ilt augment hard-cases --model "$base_model" --cuts "$hard_cases_cuts" --stats "$kn/token_stats"
+         --max-error-rate "$hard_max_error" --conf "$conf_dir/decode.yaml" --out "$kn/hard_cases")
+    [ -z "$hard_max_cuts" ] || cmd+=(--max-candidates "$hard_max_cuts")
+    fp="$(fingerprint "${cmd[@]}")| $fp_stats"
+    if knowledge_step hard_cases "$fp"; then
+      log "Stage 2: hard cases: M0 decodes the cuts of $hard_cases_cuts with frequent tokens${hard_max_cuts:+ (at most $hard_max_cuts)}"
+      "${cmd[@]}"
+      echo "$fp" > "$kmarks/hard_cases"
+    fi
+  fi
+
+  if [ -z "$fp_text" ] || [ -z "$tts_augmenter" ] || [ "$tts_augmenter" = none ]; then
+    knowledge_skip tts "$([ -z "$fp_text" ] && echo "no rare-token sentences (no --third-party-text)" || echo "--tts-augmenter none")"
+  elif [ ! -s "$kn/rare_text/selected.txt" ]; then
+    knowledge_skip tts "select-text kept no sentence ($kn/rare_text/summary.json): lower --rare-ratio or raise --token-low"
+  else
+    need "${tts_prompts:-$knowledge_train_cuts}" "--tts-prompts: prepare that manifest first"
+    cmd=(ilt augment tts --augmenter "$tts_augmenter" --prompts "${tts_prompts:-$knowledge_train_cuts}"
+         --texts "$kn/rare_text/selected.txt" --per-sentence "$tts_per_sentence" --out "$kn/tts")
+    [ -z "$tts_languages" ] || cmd+=(--languages "$tts_languages")
+    fp="$(fingerprint "${cmd[@]}")| $fp_text"
+    if knowledge_step tts "$fp"; then
+      log "Stage 2: TTS ($tts_augmenter) of the rare-token sentences${tts_languages:+ in $tts_languages} in the voices of ${tts_prompts:-$knowledge_train_cuts}"
+      if [ "$krebuild" = true ]; then "${cmd[@]}" --force; else "${cmd[@]}"; fi  # else: resume
+      echo "$fp" > "$kmarks/tts"
+    fi
+  fi
+
+  if [ -z "$select_candidates" ]; then
+    knowledge_skip select "no --select-candidates"
+  else
+    need "$select_candidates" "--select-candidates: prepare the third-party manifest first"
+    cmd=(ilt select --selector "$selector" --reference "$knowledge_train_cuts" --candidates "$select_candidates"
+         --threshold "$secs_threshold" --out "$kn/select")
+    fps=$(fingerprint "${cmd[@]}")
+    if knowledge_step select "$fps"; then
+      log "Stage 2: speaker selection ($selector) of $select_candidates (SECS > $secs_threshold)"
+      "${cmd[@]}"
+      echo "$fps" > "$kmarks/select"
+    fi
+  fi
+}
+
+knowledge_check() {  # knowledge_check YAML: every knowledge set it names, stage 2 built (not empty)
+  local yaml=$1 set cuts hint
+  for set in $(grep -vE '^[[:space:]]*#' "$yaml" | grep -oE 'ILT_KNOWLEDGE_DIR[^}]*\}/[A-Za-z0-9_.-]+' |
+               sed 's#.*}/##' | sort -u); do
+    case $set in
+      hard_cases) hint="--hard-cases-cuts CUTS" ;;
+      tts) hint="--third-party-text FILE (TTS speaks the rare-token sentences it selects)" ;;
+      select) hint="--select-candidates CUTS" ;;
+      *) die "$yaml names the knowledge set '$set': stage 2 builds hard_cases, tts and select" ;;
+    esac
+    cuts=$knowledge_dir/$set/cuts.jsonl.gz
+    if [ ! -f "$knowledge_dir/.done/$set" ] || [ ! -f "$cuts" ]; then
+      die "$yaml trains on the knowledge set '$set' ($cuts), which stage 2 did not build: run stage 2 with $hint and --knowledge-train-cuts CUTS (see its log), or remove that source from $yaml"
+    fi
+    [ -n "$(gzip -cd "$cuts" 2>/dev/null | head -c 1)" ] ||
+      die "$yaml trains on the knowledge set '$set' ($cuts), but stage 2 kept no cut in it (see $knowledge_dir/$set/summary.json): loosen its thresholds, or remove that source from $yaml"
+  done
 }
 
 pseudo_labels() {  # the models of the chain before Fix vote labels for --unlabeled-cuts
@@ -222,11 +392,13 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   log "Stage 2: prepare the extra corpora of the knowledge tasks: ${extra_corpora:-none}"
   for spec in $extra_corpora; do
     IFS=: read -r name dir opts <<< "$spec"
-    todo "extra.$name.$(basename "$dir")" || { log "$spec: prepared already"; continue; }
+    key=extra.$name.$(basename "$dir")${opts:+.$(printf '%s' "$opts" | tr -c 'A-Za-z0-9_.-' _)}
+    todo "$key" || { log "$spec: prepared already"; continue; }
     # shellcheck disable=SC2086  # OPTIONS are `ilt prepare NAME` options, split at commas
     ilt prepare "$name" "$dir" "$extra_dir" ${opts//,/ }
-    done_ "extra.$name.$(basename "$dir")"
+    done_ "$key"
   done
+  knowledge_sets
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then

@@ -15,6 +15,12 @@
 #
 # Stage 5 pseudo-labels the third-party pool for the Fix round: the pool's audio is prepared
 # without text, its true text is held aside (pool_truth) and only scores the labels.
+# Stage 2 builds the knowledge sets of Feedback and Fix (../TEMPLATE/ilt.sh) from another,
+# labelled third-party split (thirdparty: the pool's voices reading sentences of their own):
+# its text gives the rare-token sentences that espeak speaks in the training speakers'
+# voices (tts, English only as in the paper), its audio the candidates of the speaker
+# selection (select); M0 mines hard cases among the training cuts (at most --hard-max-cuts
+# decoded). Token thresholds are scaled to the corpus (minutes, not 40,000 hours).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -38,6 +44,12 @@ track2_models=           # stage 7: all | ends (M0 and the last) | last (the def
 ngpu=1
 force=false
 synth_opts=              # extra options of local/synth_corpus.py (sizes), e.g. "--convs-per-accent 1 1 1"
+token_low=2              # stage 2: rare: counted fewer times in the training text (the paper: 20)
+token_high=10            # stage 2: frequent: counted more times (the paper: 200)
+hard_max_cuts=16         # stage 2: M0 decodes at most this many hard-case candidates (one batch)
+tts_augmenter='{name: espeak, accent_voices: {American: en-us, British: en-gb-x-rp, Scottish: en-gb-scotland, Caribbean: en-029, WestMidlands: en-gb-x-gbcwmd}}'
+tts_languages=en         # stage 2: as the paper (English accents); espeak misreads kanji and Thai
+secs_threshold=0.85      # stage 2: ilt select keeps third-party cuts above this SECS
 
 . ../../tools/parse_options.sh
 
@@ -57,10 +69,10 @@ export ILT_DATA_DIR=$data_dir  # conf/*.yaml name the manifests as ${ILT_DATA_DI
 manifests=$data_dir/manifests
 
 if [ $stage -le -1 ] && [ $stop_stage -ge -1 ]; then
-  log "Stage -1: synthesise the $track corpus (+ third-party pool, its text aside) and convert $m0 to M0"
+  log "Stage -1: synthesise the $track corpus (+ third-party pool, its text aside; labelled third-party split) and convert $m0 to M0"
   # Both skip work already done: the corpus when synth_info.json matches, M0 when it exists.
   # shellcheck disable=SC2086  # synth_opts are options, split at spaces
-  python local/synth_corpus.py --out "$corpus_dir" --track "$track" --pool --pool-text aside $synth_opts
+  python local/synth_corpus.py --out "$corpus_dir" --track "$track" --pool --pool-text aside --thirdparty $synth_opts
   [ -f "$base_model/config.json" ] || ilt convert ct2 --package "$m0" "$base_model"
 fi
 
@@ -72,9 +84,15 @@ fi
 
 [ $stop_stage -ge 1 ] || exit 0
 sets=; for s in $test_sets; do sets+="${sets:+ }$s=$manifests/mlc_slm_cuts_$s.jsonl.gz"; done
+train=$manifests/mlc_slm_cuts_train.jsonl.gz
+thirdparty=$data_dir/extra/mlc_slm_cuts_thirdparty.jsonl.gz  # stage 2 prepares it (--extra-corpora)
 exec bash ../TEMPLATE/ilt.sh --stage $((stage < 1 ? 1 : stage)) --stop-stage "$stop_stage" \
   --base-model "$base_model" --dev-cuts "$manifests/mlc_slm_cuts_dev.jsonl.gz" --test-sets "$sets" \
-  --extra-corpora "mlc-slm:$corpus_dir:--splits,pool,--splits,pool_truth" --extra-dir "$data_dir/extra" \
+  --extra-corpora "mlc-slm:$corpus_dir:--splits,pool,--splits,pool_truth,--splits,thirdparty" \
+  --extra-dir "$data_dir/extra" --knowledge-train-cuts "$train" --third-party-text "$thirdparty" \
+  --token-low "$token_low" --token-high "$token_high" --hard-cases-cuts "$train" --hard-max-cuts "$hard_max_cuts" \
+  --tts-augmenter "$tts_augmenter" --tts-languages "$tts_languages" --select-candidates "$thirdparty" \
+  --secs-threshold "$secs_threshold" \
   --conf-dir "$conf_dir" --exp-dir "$exp_dir" --rounds "$rounds" --reuse-exp "$reuse_exp" \
   --unlabeled-cuts "$data_dir/extra/mlc_slm_cuts_pool.jsonl.gz" \
   --pseudo-truth "$data_dir/extra/mlc_slm_cuts_pool_truth.jsonl.gz" \

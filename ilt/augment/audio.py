@@ -53,6 +53,7 @@ NO_TRANSCRIPT = "prompt without transcript"
 NO_LANGUAGE = "prompt without language"
 NO_PROMPT = "sentence in a language no prompt speaks"
 NOT_PRODUCED = "not produced by the augmenter"
+NOT_ASKED = "sentence in a language not asked for (--languages)"
 
 
 def usable_prompts(prompts: Any, skips: Skips) -> dict[str, list[Any]]:
@@ -153,12 +154,15 @@ def _run_chunks(engine: Any, name: str, prompts: Any, targets: Sequence[AugmentT
 
 def synthesize(augmenter: Any, prompts_path: str | Path, texts_path: str | Path, out_dir: str | Path, *,
                language: str | None = None, per_sentence: int = 1, chunk_size: int = 16, seed: int = 0,
-               prefix: str | None = None, force: bool = False) -> dict[str, Any]:
+               prefix: str | None = None, force: bool = False,
+               languages: Sequence[str] | None = None) -> dict[str, Any]:
     """Speak every sentence of ``texts_path`` in the voice of prompts of ``prompts_path``; return the summary.
 
     :param augmenter: a registered augmenter's name or :class:`ilt.config.ComponentSpec`.
     :param per_sentence: how many prompts (voices) speak each sentence.
     :param prefix: of the new cut IDs (``<prefix>-<sentence>-<k>``; default the augmenter's name).
+    :param languages: speak only the sentences in these languages (the paper: English); the others
+        are counted skips. Default: every language.
     """
     from lhotse import CutSet
 
@@ -172,6 +176,14 @@ def synthesize(augmenter: Any, prompts_path: str | Path, texts_path: str | Path,
     sentences = read_sentences(texts_path, language)  # an empty file is an error naming it
     prompts = load_cuts(prompts_path)
     skips = Skips("augment tts")
+    if languages:
+        from ilt.data.languages import base_language, validate_language
+
+        wanted = {base_language(validate_language(code, "--languages")) for code in languages}
+        for sentence in sentences:
+            if base_language(sentence.language) not in wanted:
+                skips.skip(NOT_ASKED, sentence.where, f"language {sentence.language!r}")
+        sentences = [s for s in sentences if base_language(s.language) in wanted]
     by_language = usable_prompts(prompts, skips)
     if not by_language:
         raise IltInputError(f"{prompts_path}: no usable prompt cut ({len(prompts)} cut(s), none with a transcript "

@@ -34,6 +34,7 @@ error.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -466,12 +467,25 @@ def keep_hard(candidates: Sequence[Any], records: dict[str, dict], max_error_rat
     return kept
 
 
+def sample_candidates(candidates: Sequence[Any], max_candidates: int | None) -> list[Any]:
+    """At most ``max_candidates`` of ``candidates`` (all when ``None``), in their
+    order: those whose ID hashes lowest, so the sample is spread over the
+    languages and speakers and does not depend on the manifest's order."""
+    if max_candidates is None or len(candidates) <= max_candidates:
+        return list(candidates)
+    ranked = sorted(candidates, key=lambda c: hashlib.sha256(c.id.encode("utf-8")).hexdigest())
+    chosen = {c.id for c in ranked[:max_candidates]}
+    return [c for c in candidates if c.id in chosen]
+
+
 def hard_cases(model_dir: str | Path, cuts_path: str | Path, stats_path: str | Path, out_dir: str | Path, *,
-               max_error_rate: float = 0.05, decode_config: DecodeConfig | None = None) -> dict[str, Any]:
+               max_error_rate: float = 0.05, decode_config: DecodeConfig | None = None,
+               max_candidates: int | None = None) -> dict[str, Any]:
     """Mine hard cases (see the module docstring) and write, under ``out_dir``:
-    ``candidates.jsonl.gz`` (the cuts with high-frequency tokens), ``decode/``
-    (their decoding, reused on a rerun), ``cuts.jsonl.gz`` (the hard cases)
-    and ``summary.json``; return the summary."""
+    ``candidates.jsonl.gz`` (the cuts with high-frequency tokens, at most
+    ``max_candidates`` of them: decoding is the cost), ``decode/`` (their
+    decoding, reused on a rerun), ``cuts.jsonl.gz`` (the hard cases) and
+    ``summary.json``; return the summary."""
     from lhotse import CutSet
 
     from ilt.data.manifests import load_cuts, save_manifest
@@ -479,30 +493,37 @@ def hard_cases(model_dir: str | Path, cuts_path: str | Path, stats_path: str | P
 
     if not max_error_rate >= 0:
         raise IltInputError(f"--max-error-rate {max_error_rate}: expected a number >= 0")
+    if max_candidates is not None and max_candidates < 1:
+        raise IltInputError(f"--max-candidates {max_candidates}: expected at least 1 (leave it out for all)")
     config = decode_config or DecodeConfig()
     stats = TokenStats.load(stats_path)
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     cuts = load_cuts(cuts_path)
     tokenizer = load_text_tokenizer(model_dir, config.backbone)
     skips = Skips("hard-cases")
-    candidates = hard_case_candidates(cuts, stats, tokenizer, skips)
-    if not candidates:
+    found = hard_case_candidates(cuts, stats, tokenizer, skips)
+    if not found:
         log.warning("hard-cases: no cut of %s holds a token counted more than %d times in %s: nothing to decode; "
                     "lower the high threshold (token-stats --high)", cuts_path, stats.high, stats_path)
+    candidates = sample_candidates(found, max_candidates)
+    if len(candidates) < len(found):
+        log.info("hard-cases: decoding %d of the %d cut(s) with high-frequency tokens (--max-candidates)",
+                 len(candidates), len(found))
     save_manifest(CutSet.from_cuts(candidates), out_dir / CANDIDATES)
     records = _decode_cached(model_dir, out_dir / CANDIDATES, out_dir / "decode", config) if candidates else {}
     kept = keep_hard(candidates, records, max_error_rate, skips)
     save_manifest(CutSet.from_cuts(kept), out_dir / HARD_CUTS)
     per_language: dict[str, dict[str, int]] = {}
-    for key, group in (("candidates", candidates), ("kept", kept)):
+    for key, group in (("candidates", found), ("kept", kept)):
         for cut in group:
             row = per_language.setdefault(str(reference_of(cut)[0]).lower(), {"candidates": 0, "kept": 0})
             row[key] += 1
-    summary = {"cuts": len(cuts), "candidates": len(candidates), "decoded": len(records), "kept": len(kept),
+    summary = {"cuts": len(cuts), "candidates": len(found), "sampled": len(candidates), "decoded": len(records),
+               "kept": len(kept), "max_candidates": max_candidates,
                "skipped": skips.report(), "per_language": dict(sorted(per_language.items())),
                "max_error_rate": max_error_rate, "high_threshold": stats.high, "model": str(model_dir),
                "cuts_path": str(cuts_path), "stats": str(stats_path)}
     write_json_atomic(out_dir / SUMMARY_JSON, summary)
-    log.info("hard-cases: %d of %d cut(s) hold high-frequency tokens; %d above error rate %g -> %s",
-             len(candidates), len(cuts), len(kept), max_error_rate, out_dir / HARD_CUTS)
+    log.info("hard-cases: %d of %d cut(s) hold high-frequency tokens, %d decoded; %d above error rate %g -> %s",
+             len(found), len(cuts), len(records), len(kept), max_error_rate, out_dir / HARD_CUTS)
     return summary

@@ -98,22 +98,27 @@ def select_text_cmd(stats_path, text_paths, language, min_ratio, model_dir, out_
               help="stats.json of `ilt augment token-stats` (or its directory): its high-frequency tokens.")
 @click.option("--max-error-rate", type=click.FloatRange(min=0.0), default=0.05, show_default=True,
               help="Keep cuts whose utterance WER (CER for ja/ko/th) is above this.")
+@click.option("--max-candidates", type=click.IntRange(min=1), default=None,
+              help="Decode at most this many of the cuts with high-frequency tokens (a sample spread by cut ID "
+                   "hash; decoding is the cost) [default: all].")
 @click.option("--conf", "conf_path", type=click.Path(exists=True, dir_okay=False),
               help="Decoding YAML (default: built-in defaults, see conf/decode.yaml).")
 @override_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Writes candidates.jsonl.gz, decode/ (reused on a rerun), cuts.jsonl.gz (the hard cases) "
                    "and summary.json.")
-def hard_cases_cmd(model_dir, cuts_path, stats_path, max_error_rate, conf_path, overrides, out_dir):
+def hard_cases_cmd(model_dir, cuts_path, stats_path, max_error_rate, max_candidates, conf_path, overrides, out_dir):
     """Decode the cuts holding high-frequency tokens; keep those decoded badly."""
     from ilt.augment.text import HARD_CUTS, hard_cases
     from ilt.config import DecodeConfig
 
     summary = hard_cases(model_dir, cuts_path, stats_path, out_dir, max_error_rate=max_error_rate,
-                         decode_config=load_config(conf_path, DecodeConfig, overrides))
+                         decode_config=load_config(conf_path, DecodeConfig, overrides),
+                         max_candidates=max_candidates)
     save_command(out_dir)
     skipped = ", ".join(f"{n} {reason}" for reason, n in summary["skipped"].items()) or "none skipped"
-    click.echo(f"{summary['candidates']} of {summary['cuts']} cut(s) hold high-frequency tokens; "
+    sampled = f", {summary['decoded']} decoded" if summary["sampled"] < summary["candidates"] else ""
+    click.echo(f"{summary['candidates']} of {summary['cuts']} cut(s) hold high-frequency tokens{sampled}; "
                f"{summary['kept']} have an error rate above {max_error_rate} ({skipped}) -> "
                f"{Path(out_dir) / HARD_CUTS}")
 

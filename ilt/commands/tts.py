@@ -22,6 +22,8 @@ from ilt.commands.common import parse_component, save_command
               help="The sentences to speak: LANG<TAB>sentence lines (selected.txt of `ilt augment select-text`) "
                    "or bare lines in --language; an empty file is an error.")
 @click.option("--language", help="The language of lines without LANG<TAB> (ISO 639-1).")
+@click.option("--languages", help="Speak only the sentences in these languages: comma-separated ISO 639-1 codes "
+                                 "(the paper synthesises English only) [default: all].")
 @click.option("--per-sentence", type=click.IntRange(min=1), default=1, show_default=True,
               help="How many prompt voices speak each sentence.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=16, show_default=True,
@@ -31,13 +33,15 @@ from ilt.commands.common import parse_component, save_command
 @click.option("--force", is_flag=True, help="Start again, even if --out holds a finished or other run.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Writes audio/, cuts.jsonl.gz and summary.json (parts/ and plan.json for resuming).")
-def tts(augmenter, prompts_path, texts_path, language, per_sentence, chunk_size, seed, prefix, force, out_dir):
+def tts(augmenter, prompts_path, texts_path, language, languages, per_sentence, chunk_size, seed, prefix, force,
+        out_dir):
     """Synthesise speech for each sentence in the voice of a prompt cut of its language."""
     from ilt.augment.audio import CUTS, synthesize
 
     spec = parse_component(augmenter, "--augmenter")
     summary = synthesize(spec, prompts_path, texts_path, out_dir, language=language, per_sentence=per_sentence,
-                         chunk_size=chunk_size, seed=seed, prefix=prefix, force=force)
+                         chunk_size=chunk_size, seed=seed, prefix=prefix, force=force,
+                         languages=[c.strip() for c in languages.split(",") if c.strip()] if languages else None)
     save_command(out_dir)
     skipped = ", ".join(f"{n} {reason}" for reason, n in summary["skipped"].items()) or "none skipped"
     click.echo(f"synthesised {summary['produced']} of {summary['targets']} utterance(s) "

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Synthesise a small MLC-SLM-layout corpus (the challenge's 11 languages) with espeak-ng and sox.
 
-    python egs/mini/local/synth_corpus.py --out corpus [--track demo|multilingual] [--pool]
+    python egs/mini/local/synth_corpus.py --out corpus [--track demo|multilingual] [--pool] [--thirdparty]
 
 Writes ``<out>/<split>/<Language>/<Accent>/<conv>.wav`` (English) and
 ``<out>/<split>/<Language>/<conv>.wav`` (other languages), each beside a
@@ -29,6 +29,15 @@ and score the labels (``ilt prepare mlc-slm OUT DIR --splits pool_truth`` gives
 the same cut IDs as ``pool``, with text). ``--pool-text aside`` writes
 ``pool/`` without the text column (an unlabelled corpus); ``inline`` (the
 default) keeps it there too.
+
+``--thirdparty`` adds a labelled ``thirdparty/`` split: another "third-party"
+corpus, spoken by the pool's voices (never a main-corpus speaker) reading the
+sentences of ``sentences/<iso>.thirdparty.txt``, which no other split reads,
+with their transcripts. The knowledge tasks of the recipe use it as labelled
+third-party data: its text for rare-token selection, its audio for
+speaker-similarity selection. ``pool/`` stays unlabelled and is only
+pseudo-labelled. Without ``--thirdparty`` every other file, ``synth_info.json``
+included, is what it was before the option existed.
 
 ``--track`` picks a preset size (demo: 4 English accents + es, de, small;
 multilingual: all 11 languages); options given explicitly override it.
@@ -64,6 +73,11 @@ SENTENCES = HERE / "sentences"
 ESPEAK_RATE = 22050  # espeak-ng's output rate
 SPLITS = ("train", "dev", "test")
 POOL, TRUTH = "pool", "pool_truth"
+THIRDPARTY = "thirdparty"
+#: Splits spoken by the pool's voices and variants (never the main corpus speakers).
+POOL_VOICED = (POOL, THIRDPARTY)
+#: Options of ``--thirdparty``: recorded in synth_info.json only when it is on.
+THIRDPARTY_KEYS = ("thirdparty", "thirdparty_convs_per_accent", "thirdparty_utts_per_conv")
 
 #: English accent directory -> espeak voice (main corpus).
 ENGLISH_ACCENTS: dict[str, str] = {
@@ -101,14 +115,16 @@ POOL_VARIANTS = {"male": ("m4", "m5", "m6", "m7"), "female": ("f4", "f5")}
 TRACKS: dict[str, dict[str, object]] = {
     "demo": {"languages": ["en", "es", "de"], "accents": ["American", "British", "Scottish", "Caribbean"],
              "convs_per_accent": [2, 1, 1], "utts_per_conv": 6, "pool_convs_per_accent": 1,
-             "pool_utts_per_conv": 3},
+             "pool_utts_per_conv": 3, "thirdparty_utts_per_conv": 4},
     "multilingual": {"languages": LANGUAGES, "accents": ["American", "British", "Scottish", "Caribbean"],
-                     "convs_per_accent": [3, 1, 1], "utts_per_conv": 8, "pool_convs_per_accent": 1},
+                     "convs_per_accent": [3, 1, 1], "utts_per_conv": 8, "pool_convs_per_accent": 1,
+                     "thirdparty_utts_per_conv": 6},
 }
 DEFAULTS: dict[str, object] = {
     "languages": ["en", "es", "de", "fr", "it"], "accents": list(ENGLISH_ACCENTS),
     "convs_per_accent": [4, 2, 2], "utts_per_conv": 8, "pool_convs_per_accent": 2,
     "pool_utts_per_conv": None,  # None: --utts-per-conv
+    "thirdparty_convs_per_accent": 1, "thirdparty_utts_per_conv": None,  # None: --utts-per-conv
 }
 
 
@@ -209,25 +225,29 @@ def groups_of(args: argparse.Namespace, split: str) -> list[tuple[str, Path, str
     for iso in args.languages:
         if iso == "en":
             accents = {a: v for a, v in ENGLISH_ACCENTS.items() if a in args.accents}
-            if split == POOL:
+            if split in POOL_VOICED:
                 accents.update(POOL_ONLY_ACCENTS)
             groups += [("en", Path("English") / accent, voice) for accent, voice in accents.items()]
         else:
             name, main_voice, pool_voice = OTHER_LANGUAGES[iso]
-            groups.append((iso, Path(name), pool_voice if split == POOL else main_voice))
+            groups.append((iso, Path(name), pool_voice if split in POOL_VOICED else main_voice))
     return groups
 
 
 def plan(args: argparse.Namespace) -> list[Conversation]:
     """Every conversation's sentences, voices and pauses, drawn from the seeded RNGs."""
-    splits = list(SPLITS) + ([POOL] if args.pool else [])
+    splits = list(SPLITS) + ([POOL] if args.pool else []) + ([THIRDPARTY] if args.thirdparty else [])
     convs_per = dict(zip(SPLITS, args.convs_per_accent))
     convs_per[POOL] = args.pool_convs_per_accent
+    convs_per[THIRDPARTY] = args.thirdparty_convs_per_accent
+    turns_per = dict.fromkeys(SPLITS, args.utts_per_conv)
+    turns_per[POOL] = args.pool_utts_per_conv or args.utts_per_conv
+    turns_per[THIRDPARTY] = args.thirdparty_utts_per_conv or args.utts_per_conv
     caps = dict(zip(SPLITS, args.sentences_per_split))
-    caps[POOL] = 0
+    caps[POOL] = caps[THIRDPARTY] = 0
     conversations = []
     for split in splits:
-        variants = POOL_VARIANTS if split == POOL else MAIN_VARIANTS
+        variants = POOL_VARIANTS if split in POOL_VOICED else MAIN_VARIANTS
         for iso, directory, voice in groups_of(args, split):
             sentences = load_sentences(iso, split)
             if caps[split]:
@@ -242,8 +262,7 @@ def plan(args: argparse.Namespace) -> list[Conversation]:
                     for label, var in zip("AB", pair)
                 }
                 turns = []
-                pool_turns = split == POOL and args.pool_utts_per_conv
-                for t in range(args.pool_utts_per_conv if pool_turns else args.utts_per_conv):
+                for t in range(turns_per[split]):
                     if not order:  # walk the sentences in a fresh random order, again and again
                         order = list(sentences)
                         rng.shuffle(order)
@@ -304,14 +323,14 @@ def render(conv: Conversation, utts: dict[tuple[Speaker, str], np.ndarray], out:
     """
     pieces, rows, pos = [], [], 0
     for (label, speaker, sentence), gap in zip(conv.turns, conv.gaps):
-        silence = int(round(gap * ESPEAK_RATE))
+        silence = round(gap * ESPEAK_RATE)
         pieces.append(np.zeros(silence, dtype=np.float32))
         pos += silence
         audio = utts[(speaker, sentence.spoken)]
         pieces.append(audio)
         rows.append((f"{pos / ESPEAK_RATE:.3f}\t{(pos + len(audio)) / ESPEAK_RATE:.3f}\t{label}", sentence.text))
         pos += len(audio)
-    pieces.append(np.zeros(int(round(conv.gaps[-1] * ESPEAK_RATE)), dtype=np.float32))
+    pieces.append(np.zeros(round(conv.gaps[-1] * ESPEAK_RATE), dtype=np.float32))
     signal = np.concatenate(pieces)
     signal += noise_floor(len(signal), conv.path().as_posix())
     buf = io.BytesIO()
@@ -357,6 +376,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-utts-per-conv", type=int, help="turns per pool conversation (default: --utts-per-conv)")
     p.add_argument("--pool-text", choices=["inline", "aside"], default="inline",
                    help="aside: pool/ has no transcripts (only pool_truth/ has them); inline: both have")
+    p.add_argument("--thirdparty", action="store_true",
+                   help="also write the labelled third-party split thirdparty/ (pool voices, its own sentences)")
+    p.add_argument("--thirdparty-convs-per-accent", type=int,
+                   help=f"({DEFAULTS['thirdparty_convs_per_accent']})")
+    p.add_argument("--thirdparty-utts-per-conv", type=int,
+                   help="turns per third-party conversation (default: --utts-per-conv)")
     p.add_argument("--rate", type=int, default=16000, help="output sampling rate")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--force", action="store_true", help="re-synthesise even if the corpus exists")
@@ -394,15 +419,15 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install espeak-ng sox")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                if k not in ("out", "jobs", "force", "track")}
+                if k not in ("out", "jobs", "force", "track") and (args.thirdparty or k not in THIRDPARTY_KEYS)}
     info_path = args.out / "synth_info.json"
-    if not args.force and info_path.is_file():
-        if json.loads(info_path.read_text(encoding="utf-8")).get("settings") == settings:
-            print(f"{args.out}: already synthesised with these settings (--force to redo)")
-            return 0
+    if (not args.force and info_path.is_file()
+            and json.loads(info_path.read_text(encoding="utf-8")).get("settings") == settings):
+        print(f"{args.out}: already synthesised with these settings (--force to redo)")
+        return 0
 
     t0 = time.time()
-    check_disjoint(args.languages, list(SPLITS) + [POOL])
+    check_disjoint(args.languages, list(SPLITS) + list(POOL_VOICED))
     conversations = plan(args)
     jobs = sorted({(spk, s.spoken) for c in conversations for _, spk, s in c.turns},
                   key=lambda j: (j[0].key(), j[1]))
