@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Feedback and Fix with the knowledge sets of stage 2 against without them (issue #12).
+# After the main chain (run.sh: M0 -> M1 -> M2 -> M3 with the sets), it trains a second
+# Feedback and Fix from the same M1 with conf/feedback.yaml and conf/fix.yaml minus every
+# source under ${ILT_KNOWLEDGE_DIR} (nothing else changes: weights, steps, seed, the pseudo-label
+# vote), then scores M1, M2 and M3 of both chains on dev and test, per language, in one table.
+#
+#   bash run.sh && bash local/knowledge_compare.sh    # demo track -> exp/knowledge_cmp/table.md
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+track=demo
+conf_dir=conf
+sets="dev test"
+
+. ../../tools/parse_options.sh
+
+log() { echo -e "$(date '+%Y-%m-%d %H:%M:%S') (knowledge_compare.sh:${BASH_LINENO[0]}) $*" >&2; }
+case $track in demo) suffix= ;; multilingual) suffix=_ml ;; *) log "ERROR: --track $track"; exit 1 ;; esac
+exp=exp$suffix; manifests=data$suffix/manifests; off=$exp/knowledge_off; out=$exp/knowledge_cmp
+[ -f "$exp/M3/config.json" ] || { log "ERROR: $exp/M3: run 'bash run.sh --track $track' first"; exit 1; }
+
+log "$off/conf: $conf_dir without the knowledge sets"
+mkdir -p "$off/conf"
+cp "$conf_dir"/*.yaml "$off/conf/"
+python - "$conf_dir" "$off/conf" <<'PY'
+import sys
+from pathlib import Path
+import yaml
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+for name in ("feedback.yaml", "fix.yaml"):
+    cfg = yaml.safe_load((src / name).read_text())
+    data = cfg["task"]["data"]
+    kept = [d for d in data if "ILT_KNOWLEDGE_DIR" not in str(d["cuts"])]
+    if len(kept) == len(data):
+        sys.exit(f"{src / name}: task.data has no source under ILT_KNOWLEDGE_DIR: nothing to compare")
+    cfg["task"]["data"] = kept
+    (dst / name).write_text(f"# {src / name} without its knowledge sets (local/knowledge_compare.sh)\n"
+                            + yaml.safe_dump(cfg, sort_keys=False))
+    print(f"{name}: {len(data) - len(kept)} knowledge source(s) left out, {len(kept)} kept", file=sys.stderr)
+PY
+
+log "the second chain in $off: M1 linked from $exp, then Feedback and Fix without the sets"
+bash run.sh --track "$track" --exp-dir "$off" --stage 3 --stop-stage 3 --reuse-exp "$exp"
+bash run.sh --track "$track" --exp-dir "$off" --conf-dir "$off/conf" --stage 4 --stop-stage 5
+
+for chain in with without; do
+  dir=$exp; [ $chain = with ] || dir=$off
+  for i in 1 2 3; do
+    [ $chain = without ] && [ $i -eq 1 ] && continue  # the same M1
+    for s in $sets; do
+      d=$out/$chain/M$i/$s
+      [ -f "$d/scores.json" ] || ilt evaluate --model "$dir/M$i" --cuts "$manifests/mlc_slm_cuts_$s.jsonl.gz" \
+        --conf "$conf_dir/decode.yaml" --out "$d" --group-by language
+    done
+  done
+done
+
+python - "$out" $sets <<'PY' | tee "$out/table.md"
+import json, sys
+out, sets = sys.argv[1], sys.argv[2:]
+rows = [("M1 (Focus)", "with/M1"), ("M2 Feedback, with the sets", "with/M2"),
+        ("M2 Feedback, without", "without/M2"), ("M3 Fix, with the sets", "with/M3"),
+        ("M3 Fix, without", "without/M3")]
+for s in sets:
+    table = {name: {r["group"]: r["error_rate"]
+                    for r in json.load(open(f"{out}/{d}/{s}/scores.json"))["rows"]} for name, d in rows}
+    groups = [g for g in table["M1 (Focus)"] if g != "Overall"] + ["Overall"]
+    print(f"\n{s} (WER %, CER for ja/ko/th)\n")
+    print("| model | " + " | ".join(groups) + " |")
+    print("|---|" + "---:|" * len(groups))
+    for name, row in table.items():
+        print(f"| {name} | " + " | ".join(f"{row.get(g, float('nan')):.2f}" for g in groups) + " |")
+PY
+log "what stage 2 kept"
+python local/knowledge_report.py "${ILT_KNOWLEDGE_DIR:-data$suffix/extra/knowledge}" | tee "$out/knowledge_report.md"
