@@ -76,6 +76,8 @@ secs_threshold=0.85   # stage 2: keep candidates whose SECS is above it
 conf_dir=$ILT_ROOT/conf   # focus.yaml feedback.yaml fix.yaml decode.yaml
 exp_dir=exp
 rounds=focus,feedback,fix # any of them, in this order
+round_overrides=   # "ROUND:KEY=VALUE ...": `-o KEY=VALUE` for that round's YAML (ROUND: focus,
+                   # feedback, fix, or all), e.g. "all:train.max_dev_cuts=6 fix:train.max_steps=4"
 reuse_exp=         # a finished experiment with the same base model, conf and test sets: link
                    # its M0 decodes and the models of the longest prefix of --rounds it trained
 group_by=accent    # rows of the score tables: accent or language
@@ -88,6 +90,7 @@ pseudo_truth=      # stage 5: the unlabeled audio's true text, if held aside: sc
 session_sets=      # stage 7: "NAME=SESSIONS ...": session manifests (ilt prepare mlc-slm --sessions)
 diarizer='{name: offline, num_speakers: 2}'  # stage 7: a diarizer of `ilt plugins`, with options
 track2_models=all  # stage 7: all (M0..Mn), ends (M0 and Mn) or last (Mn)
+track2_turns=oracle,diarized  # stage 7: the reference turns, the diarizer's, or both
 ngpu=1             # > 1: rounds and decoding run under accelerate launch
 force=false        # true: redo finished steps (and reuse nothing)
 
@@ -193,7 +196,7 @@ evaluate() {  # evaluate i: decode M<i> on every test set, score those with refe
 }
 
 run_round() {  # run_round STAGE ROUND
-  local stage_no=$1 round=$2 i key prev args
+  local stage_no=$1 round=$2 i key prev args spec
   i=$(index_of "$round")
   if [ "$i" -eq 0 ]; then log "Stage $stage_no: $round is not in --rounds $rounds: skipped"; return; fi
   key=$(key_of "$i"); prev=$(model_dir $((i - 1)))
@@ -208,6 +211,14 @@ run_round() {  # run_round STAGE ROUND
   [ -n "$train_cuts" ] || knowledge_check "$conf_dir/$round.yaml"
   args=(round --config "$conf_dir/$round.yaml" --model "$prev" --out "$exp_dir/$round"
         --merged-out "$exp_dir/M$i" --decode-config "$conf_dir/decode.yaml")
+  for spec in $round_overrides; do
+    [[ $spec == ?*:?*=* ]] || die "--round-overrides: '$spec' is not ROUND:KEY=VALUE"
+    case ${spec%%:*} in
+      all|"$round") args+=(-o "${spec#*:}") ;;
+      focus|feedback|fix) ;;
+      *) die "--round-overrides: '${spec%%:*}' in '$spec' is not focus, feedback, fix or all" ;;
+    esac
+  done
   if [ -n "$dev_cuts" ]; then
     need "$dev_cuts" "prepare the dev manifest first (the corpus recipe's data stage)"
     args+=(--dev "$dev_cuts")
@@ -445,12 +456,15 @@ fi
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   log "Stage 7: Track 2 (diarize, transcribe whole sessions, tcpWER) on: ${session_sets:-no session set}"
   case $track2_models in all|ends|last) ;; *) die "--track2-models $track2_models: all, ends or last" ;; esac
+  for seg in ${track2_turns//,/ }; do
+    case $seg in oracle|diarized) ;; *) die "--track2-turns: '$seg' is not oracle or diarized" ;; esac
+  done
   n=${#chain[@]}
   for spec in $session_sets; do
     [[ $spec == ?*=?* ]] || die "--session-sets: '$spec' is not NAME=SESSIONS"
     name=${spec%%=*}; sessions=${spec#*=}; dia=$exp_dir/diarize/$name
     need "$sessions" "prepare the session manifests first (ilt prepare mlc-slm ... --sessions)"
-    if todo "diarize.$name"; then
+    if [[ ,$track2_turns, == *,diarized,* ]] && todo "diarize.$name"; then
       ilt diarize --sessions "$sessions" --diarizer "$diarizer" --out "$dia"
       done_ "diarize.$name"
     fi
@@ -460,7 +474,7 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
         last) [ $i -eq "$n" ] || continue ;;
       esac
       need "$(model_dir $i)/config.json" "run the rounds first"
-      for seg in oracle diarized; do
+      for seg in ${track2_turns//,/ }; do
         key=track2.$(key_of $i).$seg.$name
         todo "$key" || { log "M$i/$name: Track 2 ($seg) done already"; continue; }
         turns=(--oracle); [ $seg = oracle ] || turns=(--rttm "$dia/diarization.rttm")

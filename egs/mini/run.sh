@@ -28,6 +28,9 @@ stage=-1
 stop_stage=7
 track=demo               # demo | multilingual: corpus size, languages and where things go
 rounds=focus,feedback,fix
+round_overrides=default  # "ROUND:KEY=VALUE ..." for the round YAMLs (../TEMPLATE/ilt.sh); default: the
+                         # track's scale: demo shortens the rounds of conf/ (10/10/6 steps, 18 dev
+                         # cuts) to 6/6/4 steps and 6 dev cuts, multilingual keeps them
 m0=whisper-base          # the packaged Whisper converted to M0: whisper-base | whisper-tiny.en
 exp_dir=                 # default: exp (demo), exp_ml (multilingual)
 base_model=              # default: <exp dir of the track>/M0, shared by every --exp-dir (ablations)
@@ -41,12 +44,13 @@ pseudo_min_agreement=0.6
 detect_language=         # stages 1/6: none | m0 | all also decode with the language detected;
                          # default: none (demo), m0 (multilingual)
 track2_models=           # stage 7: all | ends (M0 and the last) | last (the default: it fits the budgets)
+track2_turns=            # stage 7: oracle,diarized; default: diarized (demo), oracle,diarized (multilingual)
 ngpu=1
 force=false
 synth_opts=              # extra options of local/synth_corpus.py (sizes), e.g. "--convs-per-accent 1 1 1"
 token_low=2              # stage 2: rare: counted fewer times in the training text (the paper: 20)
 token_high=10            # stage 2: frequent: counted more times (the paper: 200)
-hard_max_cuts=16         # stage 2: M0 decodes at most this many hard-case candidates (one batch)
+hard_max_cuts=           # stage 2: M0 decodes at most this many hard-case candidates; default 8 (demo), 16
 tts_augmenter='{name: espeak, accent_voices: {American: en-us, British: en-gb-x-rp, Scottish: en-gb-scotland, Caribbean: en-029, WestMidlands: en-gb-x-gbcwmd}}'
 tts_languages=en         # stage 2: as the paper (English accents); espeak misreads kanji and Thai
 secs_threshold=0.85      # stage 2: ilt select keeps third-party cuts above this SECS
@@ -65,6 +69,16 @@ corpus_dir=${corpus_dir:-corpus$suffix}
 base_model=${base_model:-exp$suffix/M0}
 [ -n "$detect_language" ] || { [ "$track" = demo ] && detect_language=none || detect_language=m0; }
 [ -n "$track2_models" ] || track2_models=last
+# The demo's scale: make demo (install included) within 15 minutes on 2 CPU cores
+if [ "$track" = demo ]; then
+  [ "$round_overrides" != default ] || round_overrides="focus:train.max_steps=6 focus:train.eval_every=3
+    feedback:train.max_steps=6 feedback:train.eval_every=3 fix:train.max_steps=4 fix:train.eval_every=2
+    all:train.max_dev_cuts=6"
+  track2_turns=${track2_turns:-diarized}; hard_max_cuts=${hard_max_cuts:-8}
+else
+  [ "$round_overrides" != default ] || round_overrides=
+  track2_turns=${track2_turns:-oracle,diarized}; hard_max_cuts=${hard_max_cuts:-16}
+fi
 export ILT_DATA_DIR=$data_dir  # conf/*.yaml name the manifests as ${ILT_DATA_DIR}/...
 manifests=$data_dir/manifests
 
@@ -93,9 +107,11 @@ exec bash ../TEMPLATE/ilt.sh --stage $((stage < 1 ? 1 : stage)) --stop-stage "$s
   --token-low "$token_low" --token-high "$token_high" --hard-cases-cuts "$train" --hard-max-cuts "$hard_max_cuts" \
   --tts-augmenter "$tts_augmenter" --tts-languages "$tts_languages" --select-candidates "$thirdparty" \
   --secs-threshold "$secs_threshold" \
-  --conf-dir "$conf_dir" --exp-dir "$exp_dir" --rounds "$rounds" --reuse-exp "$reuse_exp" \
+  --conf-dir "$conf_dir" --exp-dir "$exp_dir" --rounds "$rounds" --round-overrides "$round_overrides" \
+  --reuse-exp "$reuse_exp" \
   --unlabeled-cuts "$data_dir/extra/mlc_slm_cuts_pool.jsonl.gz" \
   --pseudo-truth "$data_dir/extra/mlc_slm_cuts_pool_truth.jsonl.gz" \
   --pseudo-voter "$pseudo_voter" --pseudo-min-agreement "$pseudo_min_agreement" \
   --session-sets "test=$manifests/mlc_slm_sessions_test.jsonl.gz" --track2-models "$track2_models" \
+  --track2-turns "$track2_turns" \
   --detect-language "$detect_language" --ngpu "$ngpu" --force "$force"
