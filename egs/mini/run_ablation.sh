@@ -25,8 +25,10 @@ control=true   # the single long round (conf_control/feedback.yaml)
 
 log() { echo -e "$(date '+%Y-%m-%d %H:%M:%S') (run_ablation.sh:${BASH_LINENO[0]}) $*" >&2; }
 case $track in
-  demo) main=exp ;;
-  multilingual) main=exp_ml ;;
+  # the control's steps are those of the three rounds together: 26 (conf_control) at the
+  # multilingual scale (conf/: 10 + 10 + 6), 13 at the demo's (run.sh: 5 + 5 + 3)
+  demo) main=exp; control_overrides="feedback:train.max_steps=13 feedback:train.eval_every=3 all:train.max_dev_cuts=6" ;;
+  multilingual) main=exp_ml; control_overrides= ;;
   *) log "ERROR: --track $track: choose demo or multilingual"; exit 1 ;;
 esac
 ablation_dir=$main/ablation
@@ -52,7 +54,7 @@ if [ "$control" = true ]; then
   export ILT_PSEUDO_CUTS=$main/pseudo/cuts.jsonl.gz
   log "control: one Feedback-scope round, the three rounds' steps and data"
   bash run.sh --track "$track" --stage 3 --stop-stage 6 --rounds feedback --conf-dir conf_control \
-    --exp-dir "$ablation_dir/control" --reuse-exp "$main" --test-sets "$test_sets" --detect-language none
+    --round-overrides "$control_overrides" --exp-dir "$ablation_dir/control" --reuse-exp "$main" --test-sets "$test_sets" --detect-language none
   dirs+=("$ablation_dir/control")
 fi
 

@@ -115,7 +115,7 @@ POOL_VARIANTS = {"male": ("m4", "m5", "m6", "m7"), "female": ("f4", "f5")}
 TRACKS: dict[str, dict[str, object]] = {
     "demo": {"languages": ["en", "es", "de"], "accents": ["American", "British", "Scottish", "Caribbean"],
              "convs_per_accent": [2, 1, 1], "utts_per_conv": 4, "pool_convs_per_accent": 1,
-             "pool_utts_per_conv": 2, "thirdparty_utts_per_conv": 3},
+             "pool_utts_per_conv": 1, "thirdparty_utts_per_conv": 3},
     "multilingual": {"languages": LANGUAGES, "accents": ["American", "British", "Scottish", "Caribbean"],
                      "convs_per_accent": [3, 1, 1], "utts_per_conv": 8, "pool_convs_per_accent": 1,
                      "thirdparty_utts_per_conv": 6},
