@@ -64,8 +64,7 @@ best=$(python - "$out" ${fuse_methods//,/ } <<'PY'
 import json, sys
 out, methods = sys.argv[1], sys.argv[2:]
 def pooled(m):
-    rows = json.load(open(f"{out}/decode/fused-{m}/dev/scores.json"))["rows"]
-    return next(r["error_rate"] for r in rows if r["group"] == "Overall")
+    return json.load(open(f"{out}/decode/fused-{m}/dev/scores.json"))["overall"]["error_rate"]
 print(min(methods, key=pooled))
 PY
 )
@@ -87,8 +86,8 @@ systems = [("M0 (no LoRA)", "../decode/M0"), ("(a) one shared LoRA", "a-shared")
            ("(e) experts, language detected", "e-experts-detect")]
 table = {}
 for name, d in systems:
-    rows = json.load(open(f"{out}/decode/{d}/test/scores.json"))["rows"]
-    table[name] = {r["group"]: r["error_rate"] for r in rows}
+    scores = json.load(open(f"{out}/decode/{d}/test/scores.json"))
+    table[name] = {r["group"]: r["error_rate"] for r in scores["rows"] + [scores["overall"]]}
 groups = [g for g in table["(a) one shared LoRA"] if g != "Overall"] + ["Overall"]
 print("| system | " + " | ".join(groups) + " | rel. gain vs (a) |")
 print("|---|" + "---:|" * (len(groups) + 1))

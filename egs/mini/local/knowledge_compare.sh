@@ -63,8 +63,10 @@ rows = [("M1 (Focus)", "with/M1"), ("M2 Feedback, with the sets", "with/M2"),
         ("M2 Feedback, without", "without/M2"), ("M3 Fix, with the sets", "with/M3"),
         ("M3 Fix, without", "without/M3")]
 for s in sets:
-    table = {name: {r["group"]: r["error_rate"]
-                    for r in json.load(open(f"{out}/{d}/{s}/scores.json"))["rows"]} for name, d in rows}
+    table = {}
+    for name, d in rows:
+        scores = json.load(open(f"{out}/{d}/{s}/scores.json"))
+        table[name] = {r["group"]: r["error_rate"] for r in scores["rows"] + [scores["overall"]]}
     groups = [g for g in table["M1 (Focus)"] if g != "Overall"] + ["Overall"]
     print(f"\n{s} (WER %, CER for ja/ko/th)\n")
     print("| model | " + " | ".join(groups) + " |")
