@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 track=multilingual
 conf_dir=conf
-fuse_methods="cat,cat-sum,ties-sum"  # <method>[-sum]: -sum gives each expert weight 1 (default 1/n)
+fuse_methods="cat,ties-sum"  # <method>[-sum]: -sum gives each expert weight 1 (default 1/n)
 distill_steps=   # default: as many as (a)
 
 . ../../tools/parse_options.sh
