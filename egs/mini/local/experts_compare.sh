@@ -81,7 +81,7 @@ evaluate "$exp/decode/M0/test" --model "$exp/M0"  # run.sh stage 6 decoded it al
 python - "$out" "$best" <<'PY' | tee "$out/table.md"
 import json, sys
 out, best = sys.argv[1], sys.argv[2]
-systems = [("M0 (no LoRA)", "../decode/M0"), ("(a) one shared LoRA", "a-shared"), ("(b) experts, language given", "b-experts"),
+systems = [("M0 (no LoRA)", "../../decode/M0"), ("(a) one shared LoRA", "a-shared"), ("(b) experts, language given", "b-experts"),
            (f"(c) fused experts ({best})", f"c-fused-{best}"), ("(d) distilled student", "d-distill"),
            ("(e) experts, language detected", "e-experts-detect")]
 table = {}
