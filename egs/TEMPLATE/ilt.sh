@@ -256,9 +256,16 @@ knowledge_skip() {  # knowledge_skip NAME WHY
   log "Stage 2: $1 skipped: $2$was"
 }
 fingerprint() { printf '%q ' "$@"; }
+knowledge_run() {  # knowledge_run NAME FINGERPRINT MESSAGE [resumes]: run "${cmd[@]}" unless built
+  # already, then mark it built; a step that resumes its own output gets --force when rebuilding
+  knowledge_step "$1" "$2" || return 0
+  log "Stage 2: $3"
+  if [ "${4:-}" = resumes ] && [ "$krebuild" = true ]; then "${cmd[@]}" --force; else "${cmd[@]}"; fi
+  echo "$2" > "$kmarks/$1"
+}
 
 knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TTS, speaker selection
-  local kn=$knowledge_dir fp_stats fp_text fp fps texts=() cmd f base
+  local kn=$knowledge_dir fp_stats fp_text fp texts=() cmd f base
   kmarks=$kn/.done
   if [ -z "$knowledge_train_cuts" ]; then
     log "Stage 2: no --knowledge-train-cuts (nor --train-cuts): no knowledge set built"
@@ -277,11 +284,8 @@ knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TT
   cmd=(ilt augment token-stats --cuts "$knowledge_train_cuts" --model "$base_model" --low "$token_low"
        --high "$token_high" --out "$kn/token_stats")
   fp_stats=$(fingerprint "${cmd[@]}")
-  if knowledge_step token_stats "$fp_stats"; then
-    log "Stage 2: token statistics of $knowledge_train_cuts (rare < $token_low, frequent > $token_high)"
-    "${cmd[@]}"
-    echo "$fp_stats" > "$kmarks/token_stats"
-  fi
+  knowledge_run token_stats "$fp_stats" \
+    "token statistics of $knowledge_train_cuts (rare < $token_low, frequent > $token_high)"
 
   fp_text=
   if [ -z "$third_party_text" ]; then
@@ -291,11 +295,8 @@ knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TT
     cmd=(ilt augment select-text --stats "$kn/token_stats" "${texts[@]}" --min-ratio "$rare_ratio"
          --out "$kn/rare_text")
     fp_text="$(fingerprint "${cmd[@]}")| $fp_stats"
-    if knowledge_step rare_text "$fp_text"; then
-      log "Stage 2: rare-token sentences of $third_party_text (rare tokens > $rare_ratio of a sentence)"
-      "${cmd[@]}"
-      echo "$fp_text" > "$kmarks/rare_text"
-    fi
+    knowledge_run rare_text "$fp_text" \
+      "rare-token sentences of $third_party_text (rare tokens > $rare_ratio of a sentence)"
   fi
 
   if [ -z "$hard_cases_cuts" ]; then
@@ -306,11 +307,8 @@ knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TT
          --max-error-rate "$hard_max_error" --conf "$conf_dir/decode.yaml" --out "$kn/hard_cases")
     [ -z "$hard_max_cuts" ] || cmd+=(--max-candidates "$hard_max_cuts")
     fp="$(fingerprint "${cmd[@]}")| $fp_stats"
-    if knowledge_step hard_cases "$fp"; then
-      log "Stage 2: hard cases: M0 decodes the cuts of $hard_cases_cuts with frequent tokens${hard_max_cuts:+ (at most $hard_max_cuts)}"
-      "${cmd[@]}"
-      echo "$fp" > "$kmarks/hard_cases"
-    fi
+    knowledge_run hard_cases "$fp" \
+      "hard cases: M0 decodes the cuts of $hard_cases_cuts with frequent tokens${hard_max_cuts:+ (at most $hard_max_cuts)}"
   fi
 
   if [ -z "$fp_text" ] || [ -z "$tts_augmenter" ] || [ "$tts_augmenter" = none ]; then
@@ -323,11 +321,9 @@ knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TT
          --texts "$kn/rare_text/selected.txt" --per-sentence "$tts_per_sentence" --out "$kn/tts")
     [ -z "$tts_languages" ] || cmd+=(--languages "$tts_languages")
     fp="$(fingerprint "${cmd[@]}")| $fp_text"
-    if knowledge_step tts "$fp"; then
-      log "Stage 2: TTS ($tts_augmenter) of the rare-token sentences${tts_languages:+ in $tts_languages} in the voices of ${tts_prompts:-$knowledge_train_cuts}"
-      if [ "$krebuild" = true ]; then "${cmd[@]}" --force; else "${cmd[@]}"; fi  # else: resume
-      echo "$fp" > "$kmarks/tts"
-    fi
+    knowledge_run tts "$fp" \
+      "TTS ($tts_augmenter) of the rare-token sentences${tts_languages:+ in $tts_languages} in the voices of ${tts_prompts:-$knowledge_train_cuts}" \
+      resumes
   fi
 
   if [ -z "$select_candidates" ]; then
@@ -336,12 +332,8 @@ knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TT
     need "$select_candidates" "--select-candidates: prepare the third-party manifest first"
     cmd=(ilt select --selector "$selector" --reference "$knowledge_train_cuts" --candidates "$select_candidates"
          --threshold "$secs_threshold" --out "$kn/select")
-    fps=$(fingerprint "${cmd[@]}")
-    if knowledge_step select "$fps"; then
-      log "Stage 2: speaker selection ($selector) of $select_candidates (SECS > $secs_threshold)"
-      "${cmd[@]}"
-      echo "$fps" > "$kmarks/select"
-    fi
+    knowledge_run select "$(fingerprint "${cmd[@]}")" \
+      "speaker selection ($selector) of $select_candidates (SECS > $secs_threshold)"
   fi
 }
 
