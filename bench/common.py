@@ -154,7 +154,7 @@ def bench_cuts(n: int, cache_dir: Path) -> Path:
 
 
 def references(cuts: Any) -> dict[str, tuple[str, str, None]]:
-    """``ilt.score.score`` references of a CutSet."""
+    """``ilt.asr.score.score`` references of a CutSet."""
     return {c.id: (c.supervisions[0].language or "en", c.supervisions[0].text, None) for c in cuts}
 
 
@@ -183,10 +183,14 @@ def large_v3_parts(dtype: Any, device: Any, seed: int = MODEL_SEED) -> tuple[Any
     with random weights, built directly on ``device`` in ``dtype`` (nothing on
     disk). The global RNG state is left as it was."""
     import torch
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
-    from ilt.convert import build_generation_config, special_token_ids
-    from ilt.plugins.whisper import resolve_dtype
+    from ilt.models.convert import build_generation_config, special_token_ids
+    from ilt.models.whisper_io import resolve_dtype
     from ilt.testing.dummies import whisper_tokenizer
 
     dtype = resolve_dtype(dtype)
@@ -255,7 +259,7 @@ def register_bench_backbone(name: str, cache_dir: Path) -> dict[str, type]:
     backbone is built, to the class whose ``samples`` counts them."""
     import torch
 
-    from ilt.plugins import get_registry
+    from ilt.core.registry import get_registry
 
     holder: dict[str, type] = {}
 
@@ -280,7 +284,7 @@ def text_token_loss(backbone: Any, model: Any, cuts_path: Path, batch_size: int)
     import torch
     from lhotse import CutSet
 
-    from ilt.plugins.whisper import IGNORE_INDEX
+    from ilt.models.whisper_io import IGNORE_INDEX
 
     cuts = list(CutSet.from_file(cuts_path))
     was_training = model.training
@@ -301,7 +305,7 @@ def text_token_loss(backbone: Any, model: Any, cuts_path: Path, batch_size: int)
 
 
 def effective_precision(requested: str, device: str, force: bool = False) -> str:
-    """What ilt trains in (see ``ilt.train``): bf16/fp16 fall back to fp32 on a
+    """What ilt trains in (see ``ilt.training.loop``): bf16/fp16 fall back to fp32 on a
     CPU (bf16 kept with ``force``), bf16 to fp32 on a GPU without it."""
     import torch
 

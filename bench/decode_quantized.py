@@ -6,7 +6,7 @@ rotating order (a b c, b c a, ...), so that a slow spell of the machine, or a
 slot in the order, hits every path alike:
 
 * ``fp32``: the exact path (ilt's default), the reference;
-* ``int8``: ``quantize: int8`` (:func:`ilt.decode.quantize_for_decoding`, the
+* ``int8``: ``quantize: int8`` (:func:`ilt.asr.decode.quantize_for_decoding`, the
   decoder's Linear layers and the output projection dynamically quantized to
   int8);
 * ``int8-all``: ``quantize: int8`` with ``quantize_scope: all`` (the encoder's
@@ -130,9 +130,9 @@ def evenly_spaced(cuts: list[Any], limit: int | None) -> list[Any]:
 def load_models(model_dir: Path, config: Any, paths: list[str]) -> tuple[Any, dict[str, Any]]:
     """One backbone (features, tokenizer) and each path's model, every one
     made by ilt: loaded in its dtype, int8 ones quantized by
-    :func:`ilt.decode.quantize_for_decoding` from a copy of the fp32 model."""
-    from ilt.decode import quantize_for_decoding
-    from ilt.plugins import create
+    :func:`ilt.asr.decode.quantize_for_decoding` from a copy of the fp32 model."""
+    from ilt.asr.decode import quantize_for_decoding
+    from ilt.core.registry import create
 
     backbone = create("backbone", config.backbone, model_dir, dtype="fp32", device="cpu")
     models: dict[str, Any] = {}
@@ -164,7 +164,7 @@ def run(backbone: Any, models: dict[str, Any], configs: dict[str, Any], cuts: li
     all cuts, the paths taking turns in a rotating order. Returns per path the
     seconds of each round, the first run's records, whether later runs gave
     the same text, and the model's numerics."""
-    from ilt.decode import decode_cuts, model_numerics
+    from ilt.asr.decode import decode_cuts, model_numerics
 
     names = list(models)
     out: dict[str, dict[str, Any]] = {
@@ -190,7 +190,7 @@ def _norm(text: str) -> str:
 
 def summarise(results: dict[str, dict[str, Any]], refs: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Speed, spread, error rates and agreement of each path against fp32."""
-    from ilt.score import score
+    from ilt.asr.score import score
 
     ref_run = results[REFERENCE]
     ref_hyps = {r["id"]: _norm(r["text"]) for r in ref_run["records"]}
@@ -287,9 +287,9 @@ def block(title: str, details: dict[str, Any], settings: str, text: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
+    from ilt.asr.score import references
     from ilt.config import DecodeConfig, load_with_overrides
     from ilt.data.manifests import load_cuts
-    from ilt.score import references
 
     args = parse_args(argv)
     if args.threads:
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         configs = {name: path_config(config, name) for name in paths}
         results = run(backbone, models, configs, cuts, args.repeats)
     if args.out is not None:
-        from ilt.decode import write_outputs
+        from ilt.asr.decode import write_outputs
 
         for name, result in results.items():
             write_outputs(result["records"], args.out / name, configs[name])

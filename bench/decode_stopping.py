@@ -1,4 +1,4 @@
-"""Per-hypothesis stopping (``ilt.generation``): the worst decoding batch, before and after.
+"""Per-hypothesis stopping (``ilt.models.generation``): the worst decoding batch, before and after.
 
 One looping hypothesis keeps its whole batch (times the beams) generating up to
 ``max_new_tokens``. This decodes the same cuts in the same batches (sorted by
@@ -27,8 +27,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (DEFAULT_CACHE, bench_cuts, device_info, fmt, load_backbone, markdown_table, record,
-                    references)
+from common import (
+    DEFAULT_CACHE,
+    bench_cuts,
+    device_info,
+    fmt,
+    load_backbone,
+    markdown_table,
+    record,
+    references,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,9 +65,9 @@ def _configs(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> None:
     import torch
 
+    from ilt.asr.decode import decode_cuts
+    from ilt.asr.score import score
     from ilt.data.manifests import load_cuts
-    from ilt.decode import decode_cuts
-    from ilt.score import score
 
     args = parse_args(argv)
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ Each run of a side is a fresh subprocess of this script: it loads the model,
 decodes one batch untimed (warm-up), then decodes all cuts once, timed. The
 two sides take turns, ``--repeats`` runs each (ilt, pipeline, pipeline, ilt,
 ...), and the median run of each is reported: utterances/s, the real-time
-factor (decode seconds / audio seconds), WER (``ilt.score.score``), peak
+factor (decode seconds / audio seconds), WER (``ilt.asr.score.score``), peak
 memory (the largest of the side's runs), ilt / pipeline, and how many
 hypotheses agree.
 
@@ -36,10 +36,28 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (add_common_args, bench_cuts, driver_start, device_info, fmt, fmt_bytes,
-                    large_v3_parts, load_backbone, markdown_table, model_dir, peak_memory, ratio, record,
-                    median_run, references, reset_peak_memory, resolve_device, run_alternating, run_role,
-                    sync)
+from common import (
+    add_common_args,
+    bench_cuts,
+    device_info,
+    driver_start,
+    fmt,
+    fmt_bytes,
+    large_v3_parts,
+    load_backbone,
+    markdown_table,
+    median_run,
+    model_dir,
+    peak_memory,
+    ratio,
+    record,
+    references,
+    reset_peak_memory,
+    resolve_device,
+    run_alternating,
+    run_role,
+    sync,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,7 +86,7 @@ def _load_cuts(args: argparse.Namespace) -> Any:
 
 
 def _dtype(args: argparse.Namespace) -> Any:
-    from ilt.plugins.whisper import resolve_dtype
+    from ilt.models.whisper_io import resolve_dtype
 
     return resolve_dtype(args.precision)
 
@@ -80,7 +98,7 @@ def _token_limit(model: Any, multilingual: bool, max_new_tokens: int) -> int:
 
 
 def _wer(cuts: Any, hyps: dict[str, str]) -> float | None:
-    from ilt.score import score
+    from ilt.asr.score import score
 
     return score(references(cuts), hyps).overall.error_rate
 
@@ -95,7 +113,7 @@ def _summary(cuts: Any, hyps: dict[str, str], seconds: float) -> dict[str, Any]:
 
 
 def _decode_ilt(backbone: Any, model: Any, cuts: Any, config: Any, device: str) -> tuple[dict[str, str], float]:
-    from ilt.decode import decode_cuts
+    from ilt.asr.decode import decode_cuts
 
     sync(device)
     start = time.perf_counter()
@@ -225,7 +243,12 @@ def _paired(backbone: Any, base: Any, merged: Any, cuts: Any, config: Any, devic
 
 def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
-    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizer, pipeline
+    from transformers import (
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizer,
+        pipeline,
+    )
 
     device = resolve_device(args.device)
     cuts = _load_cuts(args)

@@ -3,7 +3,7 @@ in one batch, PEFT's ``adapter_names``) against per-group decoding (one
 language after another, only its expert active), on the same model, experts,
 cuts and settings, in one process.
 
-Both go through ``ilt.experts.decode_with_experts`` with the same routes;
+Both go through ``ilt.experts.train.decode_with_experts`` with the same routes;
 only ``batching`` differs. Each side decodes the cuts once untimed (warm-up),
 then the two take turns ``--repeats`` times (mixed, per-group, per-group,
 mixed, ...: this VM drifts 10-15% within minutes), and the median run of each
@@ -75,7 +75,7 @@ def random_experts(backbone: Any, languages: list[str], r: int, noise: float) ->
     from peft import get_peft_model
 
     from ilt.config import LoraSection
-    from ilt.lora import lora_config
+    from ilt.training.lora import lora_config
 
     lora = LoraSection(r=r, lora_alpha=2.0 * r, target_modules="attention", init_lora_weights=False)
     model = None
@@ -96,9 +96,9 @@ def random_experts(backbone: Any, languages: list[str], r: int, noise: float) ->
 def load(args: argparse.Namespace, tmp: Path) -> tuple[Any, Any, list[Any], dict[str, Any]]:
     """The backbone, the PEFT model holding the experts, the cuts and their routes."""
     from ilt.config import DecodeConfig
+    from ilt.core.registry import create
     from ilt.data.manifests import load_cuts
-    from ilt.experts import load_expert_model, load_experts, route_cuts
-    from ilt.plugins import create
+    from ilt.experts.train import load_expert_model, load_experts, route_cuts
     from ilt.testing import tiny_whisper_dir
 
     config = DecodeConfig(beam_size={"default": args.beam}, batch_size=args.batch, max_new_tokens=args.max_new_tokens,
@@ -127,7 +127,7 @@ def run_side(backbone: Any, model: Any, cuts: list[Any], setup: dict[str, Any], 
              device: str) -> tuple[float, list[str]]:
     import torch
 
-    from ilt.experts import decode_with_experts
+    from ilt.experts.train import decode_with_experts
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -140,7 +140,7 @@ def run_side(backbone: Any, model: Any, cuts: list[Any], setup: dict[str, Any], 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ilt.experts import plan_batches, routing_summary
+    from ilt.experts.train import plan_batches, routing_summary
 
     args = parse_args(argv)
     sides = ("mixed", "per-group")

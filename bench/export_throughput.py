@@ -2,16 +2,16 @@
 `ilt decode` (the Hugging Face model) and by its CTranslate2 exports.
 
 The model (default: the mini recipe's M3, Whisper tiny.en after three ILT
-rounds) is exported with ``ilt.export.export_ct2`` at each ``--quantizations``
+rounds) is exported with ``ilt.models.export.export_ct2`` at each ``--quantizations``
 (cached under ``--work``). Every side decodes the same cuts through
-``ilt.decode.decode_cuts`` with greedy search and the same token budgets and
+``ilt.asr.decode.decode_cuts`` with greedy search and the same token budgets and
 loop stop (no sampling fallback: CTranslate2 samples with its own random
 generator), so the hypotheses are comparable one by one. One process, each
 side loaded once and warmed up on one batch; the sides then take turns,
 ``--repeats`` timed runs each, in a rotating order (this VM drifts 10-15%
 between runs minutes apart). Reported: utterances/s and the real-time factor
 (median and every run), the ratio to `ilt decode` (median of the per-repeat
-ratios, with their range), WER with ``ilt.score``, and how many hypotheses are
+ratios, with their range), WER with ``ilt.asr.score``, and how many hypotheses are
 identical to `ilt decode`'s (the differing ones are listed). Last,
 faster-whisper (``WhisperModel.transcribe``, greedy, no timestamps) decodes a
 few cuts from the float32 export to show it loads and agrees.
@@ -56,8 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _sides(args: argparse.Namespace) -> dict[str, Any]:
     """``{name: (runner, model)}``: `ilt decode`'s backbone, then one CTranslate2 runner per export."""
-    from ilt.export import Ct2Whisper, export_ct2
-    from ilt.plugins import create
+    from ilt.core.registry import create
+    from ilt.models.export import Ct2Whisper, export_ct2
 
     sides: dict[str, Any] = {"ilt decode (HF, fp32)": (create("backbone", "whisper", Path(args.model)), None)}
     for quantization in args.quantizations.split(","):
@@ -70,7 +70,7 @@ def _sides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(runner: Any, model: Any, cuts: list[Any], config: Any) -> tuple[float, list[dict[str, Any]]]:
-    from ilt.decode import decode_cuts
+    from ilt.asr.decode import decode_cuts
 
     start = time.perf_counter()
     records = decode_cuts(runner, model, cuts, config, progress=False)
@@ -121,7 +121,7 @@ def faster_whisper_check(args: argparse.Namespace, result: dict[str, Any]) -> tu
 
 
 def report(args: argparse.Namespace, result: dict[str, Any], fw: tuple[int, int]) -> str:
-    from ilt.score import references, score
+    from ilt.asr.score import references, score
 
     refs = references(result["cuts"])
     names = list(result["runs"])

@@ -3,8 +3,8 @@
 Both models are built from their real configurations (written here and in
 ``bench/common.py``, nothing from a hub) with random weights, directly on the
 GPU in bf16, and get the paper's Feedback LoRA (``r=512, lora_alpha=2048``,
-scope ``wide``) through ilt's own code (:func:`ilt.lora.attach_lora`), plus
-the language-ID embeddings with ``--lid`` (:mod:`ilt.lid`). One batch of
+scope ``wide``) through ilt's own code (:func:`ilt.training.lora.attach_lora`), plus
+the language-ID embeddings with ``--lid`` (:mod:`ilt.models.lid`). One batch of
 synthetic cuts (``--batch`` cuts of ``--seconds`` seconds, multilingual
 transcripts) is collated once by the backbone (``Backbone.collate``) and
 trained on for ``--steps`` optimiser steps: bf16 autocast, ``Backbone.loss``,
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=4, help="cuts per step (one micro-batch)")
     parser.add_argument("--seconds", type=float, default=30.0, help="audio seconds per cut (at most 30)")
     parser.add_argument("--steps", type=int, default=5, help="optimiser steps (the first is not timed)")
-    parser.add_argument("--lid", action="store_true", help="also train the language-ID embeddings (ilt.lid)")
+    parser.add_argument("--lid", action="store_true", help="also train the language-ID embeddings (ilt.models.lid)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="tiny configs on the CPU: the code path only")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
@@ -99,9 +99,17 @@ def _on_device(build: Any, dtype: Any, device: Any) -> Any:
 
 def whisper_backbone(tiny: bool, dtype: Any, device: Any) -> Any:
     """An ilt ``WhisperBackbone`` of large-v3's architecture (``tiny``: d_model 32, 2 layers)."""
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
-    from ilt.convert import build_generation_config, special_token_config, special_token_ids
+    from ilt.models.convert import (
+        build_generation_config,
+        special_token_config,
+        special_token_ids,
+    )
     from ilt.plugins.whisper import WhisperBackbone
     from ilt.testing.dummies import whisper_tokenizer
 
@@ -132,7 +140,7 @@ def qwen2_audio_backbone(tiny: bool, dtype: Any, device: Any) -> Any:
     )
 
     from ilt.plugins.qwen2_audio import Qwen2AudioBackbone
-    from ilt.testing.qwen2_audio import qwen2_tokenizer
+    from ilt.testing.tiny_qwen2_audio import qwen2_tokenizer
 
     tokenizer = qwen2_tokenizer(corpus=[text for _, text in TEXTS])
     sizes = json.loads(json.dumps(QWEN2_AUDIO_7B))
@@ -206,9 +214,9 @@ def run_model(name: str, args: argparse.Namespace, device: str, tmp: Path) -> di
     """Build, attach the LoRA (and LID), train ``args.steps`` steps; the row of the table."""
     import torch
 
-    from ilt import lid
     from ilt.config import LoraSection
-    from ilt.lora import attach_lora
+    from ilt.models import lid
+    from ilt.training.lora import attach_lora
 
     dtype = torch.float32 if args.tiny else torch.bfloat16
     row: dict[str, Any] = {"model": name, "batch": args.batch, "seconds": args.seconds, "lid": args.lid}

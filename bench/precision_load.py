@@ -4,7 +4,7 @@
 Both sides train the same LoRA (fp32 weights) on the same batch under bf16
 (or fp16) autocast; they differ only in the dtype the frozen base is loaded
 in: ``fp32-load`` (what ilt did before) and ``round-load`` (bf16/fp16, what
-``ilt.train.load_for_training`` does now). Each run is a fresh process, the
+``ilt.training.loop.load_for_training`` does now). Each run is a fresh process, the
 sides take turns (``--repeats``). Prints the parameter memory, peak memory,
 the median training step time and the losses, and the ratios round/fp32.
 
@@ -22,9 +22,24 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_common_args, bench_cuts, device_info, driver_start, fmt, fmt_bytes, load_backbone,  # noqa: E402
-                    markdown_table, median_run, peak_memory, ratio, record, reset_peak_memory, resolve_device,
-                    run_alternating, sync)
+from common import (  # noqa: E402
+    add_common_args,
+    bench_cuts,
+    device_info,
+    driver_start,
+    fmt,
+    fmt_bytes,
+    load_backbone,
+    markdown_table,
+    median_run,
+    peak_memory,
+    ratio,
+    record,
+    reset_peak_memory,
+    resolve_device,
+    run_alternating,
+    sync,
+)
 
 ROLES = ("fp32-load", "round-load")
 
@@ -34,7 +49,7 @@ def _one_side(args: argparse.Namespace) -> dict[str, Any]:
     from lhotse import CutSet
 
     from ilt.config import LoraSection
-    from ilt.lora import attach_lora
+    from ilt.training.lora import attach_lora
 
     device = args.device_used
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]

@@ -1,6 +1,6 @@
 """Where the time of one ilt training step (or one decoding batch) goes.
 
-Runs the pieces of ``ilt.train``'s step by hand on the benchmark model and
+Runs the pieces of ``ilt.training.loop``'s step by hand on the benchmark model and
 cuts: collate (audio, log-mel, tokens), forward (the loss), backward, clip and
 AdamW step, and times each over ``--steps`` steps after one warm-up step; then
 profiles one more step with ``torch.profiler`` and prints the operators that
@@ -26,7 +26,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_common_args, bench_cuts, device_info, load_backbone, resolve_device, sync
+from common import (
+    add_common_args,
+    bench_cuts,
+    device_info,
+    load_backbone,
+    resolve_device,
+    sync,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,7 +71,7 @@ def profile_train(args: argparse.Namespace, device: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from ilt.config import LoraSection
-    from ilt.lora import attach_lora
+    from ilt.training.lora import attach_lora
 
     cuts = list(CutSet.from_file(bench_cuts(max(32, args.batch), args.cache_dir)))
     backbone = load_backbone(args.model, args.cache_dir, dtype=torch.float32, device=device)

@@ -1,4 +1,4 @@
-"""Training throughput: ilt's loop (``ilt.train.train_round``) against the
+"""Training throughput: ilt's loop (``ilt.training.loop.train_round``) against the
 standard Hugging Face recipe (``Seq2SeqTrainer`` + PEFT ``get_peft_model`` + a
 speech seq2seq padding collator) on the same model, cuts, LoRA, precision,
 batch size, learning rate and warm-up, and number of optimiser steps.
@@ -29,10 +29,30 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (BENCH_BACKBONE, add_common_args, bench_cuts, device_info, driver_start,
-                    effective_precision, fmt, fmt_bytes, large_v3_parts, load_backbone, markdown_table,
-                    median_run, model_dir, peak_memory, ratio, record, register_bench_backbone,
-                    reset_peak_memory, resolve_device, run_alternating, sync, text_token_loss)
+from common import (
+    BENCH_BACKBONE,
+    add_common_args,
+    bench_cuts,
+    device_info,
+    driver_start,
+    effective_precision,
+    fmt,
+    fmt_bytes,
+    large_v3_parts,
+    load_backbone,
+    markdown_table,
+    median_run,
+    model_dir,
+    peak_memory,
+    ratio,
+    record,
+    register_bench_backbone,
+    reset_peak_memory,
+    resolve_device,
+    run_alternating,
+    sync,
+    text_token_loss,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,8 +127,8 @@ def ilt_batch_order(args: argparse.Namespace, cuts_path: Path, precision: str) -
     """The cut IDs of ilt's first ``--steps`` micro-batches, in the order its
     sampler draws them (ilt's own data code, metadata only)."""
     from ilt.config import DataSource
-    from ilt.train import _make_sampler, _training_stream
-    from ilt.utils import Skips
+    from ilt.core.runtime import Skips
+    from ilt.training.loop import _make_sampler, _training_stream
 
     train = _round_config(args, precision).train
     stream, epoch_cuts, epoch_seconds = _training_stream([DataSource(str(cuts_path), 1.0)], train.seed,
@@ -139,7 +159,7 @@ def _preimport() -> None:
 
 
 def run_ilt(args: argparse.Namespace) -> dict[str, Any]:
-    from ilt.train import train_round
+    from ilt.training.loop import train_round
 
     _preimport()
 
@@ -253,8 +273,15 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from lhotse import CutSet
     from peft import LoraConfig, get_peft_model
-    from transformers import (Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperTokenizer, set_seed)
+    from transformers import (
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        TrainerCallback,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizer,
+        set_seed,
+    )
 
     _preimport()
     device = resolve_device(args.device)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only
     from lhotse import CutSet
 
     from ilt.backbone import Backbone, Batch
-    from ilt.utils import Skips
+    from ilt.core.runtime import Skips
 
 #: ``cut.custom`` key a scoring :class:`Selector` sets on each cut it keeps.
 SELECT_SCORE = "select_score"

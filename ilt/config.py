@@ -34,9 +34,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration file is invalid. The message names the file and the key."""
+from ilt.errors import ConfigError  # noqa: F401  (re-exported: ilt.config.ConfigError is public)
 
 
 def _field(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
@@ -200,7 +198,7 @@ class TrainSection:
     gradient_checkpointing: bool = False
     lid_embeddings: bool = _field(
         False, help="learn one vector per language added to the encoder output and to the decoder's last "
-                    "hidden state (paper 3.2.3; ilt.lid), trained fully and saved with the adapter")
+                    "hidden state (paper 3.2.3; ilt.models.lid), trained fully and saved with the adapter")
     max_dev_cuts: Union[int, None] = _field(
         None, min=1, help="decode at most this many dev cuts (evenly spaced over the set) per evaluation")
 
@@ -227,7 +225,7 @@ class RoundConfig:
 
 @dataclass
 class ExpertsSection:
-    """Which languages get a LoRA expert (``ilt experts train``, :mod:`ilt.experts`)."""
+    """Which languages get a LoRA expert (``ilt experts train``, :mod:`ilt.experts.train`)."""
 
     languages: Union[list[str], None] = _field(
         None, help="train an expert for each of these ISO 639-1 languages (each must have training cuts); "
@@ -237,7 +235,7 @@ class ExpertsSection:
     def __post_init__(self) -> None:
         if self.languages is not None:
             from ilt.data.languages import validate_language
-            from ilt.errors import IltInputError
+            from ilt.errors import ConfigError, IltInputError
 
             try:
                 codes = [validate_language(code, f"experts.languages[{i}]") for i, code in enumerate(self.languages)]
@@ -320,8 +318,8 @@ class DecodeConfig:
         return self.beam_size.get(language or "", self.beam_size.get("default", 1))
 
     def token_budgets(self, seconds: list[float], language: str | None) -> list[int]:
-        """Each input's ``max_new_tokens``: bounded by its duration (see :mod:`ilt.generation`)."""
-        from ilt.generation import token_budget
+        """Each input's ``max_new_tokens``: bounded by its duration (see :mod:`ilt.models.generation`)."""
+        from ilt.models.generation import token_budget
 
         rate = self.tokens_per_second.get(language or "", self.tokens_per_second.get("default"))
         if rate is None:
@@ -523,7 +521,7 @@ def schema_for(data: dict[str, Any]) -> type:
 def check_file(path: str | Path, *, registry: Any = None) -> Any:
     """Validate any project YAML, choosing its schema from its content.
 
-    :param registry: an :class:`ilt.plugins.Registry` (``get_registry()``):
+    :param registry: an :class:`ilt.core.registry.Registry` (``get_registry()``):
         also check component names and options against the registered
         factories (:func:`check_components`).
     """
@@ -557,7 +555,7 @@ def component_specs(config: Any, where: str = "") -> list[tuple[str, str, Compon
 
 def check_components(config: Any, registry: Any, source: str | Path = "<config>") -> None:
     """Check each component's name and options against its factory in
-    ``registry`` (an :class:`ilt.plugins.Registry`; this module does not import
+    ``registry`` (an :class:`ilt.core.registry.Registry`; this module does not import
     the plugin layer, the caller hands the registry down).
 
     Raises :class:`ConfigError` naming ``source`` and the dotted key for an

@@ -15,7 +15,7 @@ DATA = Path(__file__).parent / "data"
 @pytest.fixture
 def fresh_registry():
     """Rebuild the component registry before and after a test that changes plugins."""
-    from ilt.plugins import get_registry
+    from ilt.core.registry import get_registry
 
     get_registry.cache_clear()
     try:

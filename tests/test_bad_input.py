@@ -68,7 +68,7 @@ def run_ilt(args: list[Any], *, subprocess_: bool = SUBPROCESS, env: dict[str, s
         return Run(proc.returncode, proc.stdout, proc.stderr)
     from click.testing import CliRunner
 
-    from ilt.cli import cli
+    from ilt.cli.main import cli
 
     result = CliRunner().invoke(cli, args)
     stderr = result.stderr
@@ -505,7 +505,7 @@ def test_disk_full_during_a_checkpoint_write(ctx):
     run = run_ilt(args, prefix=_in_namespace(f"mount -t tmpfs -o size=2500k tmpfs {disk}",
                                              f"cp -a {disk}/. {saved}/"))
     ok, observed = expect_error(run, [disk / "out" / "checkpoints" / "step-2", "no space left"], "free disk space")
-    from ilt.checkpoint import list_checkpoints
+    from ilt.training.checkpoint import list_checkpoints
 
     kept = [s for s, _ in list_checkpoints(saved / "out")]
     partial = sorted(p.name for p in (saved / "out" / "checkpoints").glob(".*"))

@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 from click.testing import CliRunner
 
-from ilt.cli import cli
+from ilt.cli.main import cli
 from ilt.config import (
     ComponentSpec,
     ConfigError,
@@ -226,7 +226,7 @@ def test_options_are_checked_against_any_factory(monkeypatch):
     import types
 
     from ilt import hookspecs
-    from ilt import plugins as ilt_plugins
+    from ilt.core import registry as ilt_plugins
 
     def strict(*, threshold: float, mode: Literal["a", "b"] = "a", names: list[str] | None = None):
         return None

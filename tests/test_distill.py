@@ -1,4 +1,4 @@
-"""Distillation of LoRA language experts (ilt.distill, the `distill` loss) on a
+"""Distillation of LoRA language experts (ilt.experts.distill, the `distill` loss) on a
 tiny random Whisper: the loss against a hand computation, what one step
 changes, the teacher cache, and `ilt experts distill` through the training loop."""
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ilt.config import ComponentSpec, RoundConfig, from_dict
-from ilt.plugins import create
+from ilt.core.registry import create
 
 LANGUAGES = ("en", "fr")
 
@@ -27,8 +27,8 @@ def base_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def experts_dir(base_dir, tmp_path_factory):
     """An experts directory (experts.json, <lang>/best) of random-weight experts for en and fr."""
-    from ilt.experts import EXPERTS_JSON, FORMAT
-    from ilt.testing.experts import random_adapter
+    from ilt.experts.train import EXPERTS_JSON, FORMAT
+    from ilt.testing.adapters import random_adapter
 
     root = tmp_path_factory.mktemp("experts")
     for seed, lang in enumerate(LANGUAGES, 1):
@@ -60,8 +60,8 @@ def _round(**loss) -> RoundConfig:
 
 
 def _loss(base_dir, experts_dir, **options):
-    from ilt.distill import with_experts
-    from ilt.experts import load_experts
+    from ilt.experts.distill import with_experts
+    from ilt.experts.train import load_experts
 
     base, adapters = load_experts(experts_dir)
     assert base == base_dir
@@ -71,7 +71,7 @@ def _loss(base_dir, experts_dir, **options):
 @pytest.fixture
 def student(base_dir):
     """(backbone, student PEFT model with a fresh LoRA), as ilt train builds them."""
-    from ilt.train import load_for_training
+    from ilt.training.loop import load_for_training
 
     torch.manual_seed(0)
     return load_for_training(_round(), base_dir, "no")
@@ -185,8 +185,8 @@ def test_cache_round_trip_equals_on_the_fly(base_dir, experts_dir, data, student
 
 def test_bad_options_and_configs_are_one_clear_error(base_dir, experts_dir, tmp_path):
     from ilt.config import ConfigError
-    from ilt.distill import with_experts
     from ilt.errors import IltInputError
+    from ilt.experts.distill import with_experts
 
     for options, message in (({}, "task.loss.experts: the distill loss needs its teachers"),
                              ({"temperature": 0}, r"task.loss.temperature: expected a finite number > 0"),
@@ -209,7 +209,7 @@ def test_ilt_experts_distill_trains_the_student_through_the_loop(base_dir, exper
 
     from click.testing import CliRunner
 
-    from ilt.cli import cli
+    from ilt.cli.main import cli
 
     conf = Path(__file__).resolve().parents[1] / "egs" / "mini" / "conf" / "distill.yaml"
     out, cache = tmp_path / "student", tmp_path / "cache"
@@ -241,9 +241,9 @@ def test_distill_on_qwen2_audio_reads_its_logits_and_languages(data, tmp_path):
     with its labels, and the loss is CE + 0.5 * T^2 * KL against the expert by hand."""
     from peft import PeftModel
 
-    from ilt.testing.experts import random_adapter
-    from ilt.testing.qwen2_audio import tiny_qwen2_audio_dir
-    from ilt.train import load_for_training
+    from ilt.testing.adapters import random_adapter
+    from ilt.testing.tiny_qwen2_audio import tiny_qwen2_audio_dir
+    from ilt.training.loop import load_for_training
 
     base = tiny_qwen2_audio_dir(tmp_path / "Q0", languages=list(LANGUAGES))
     expert = random_adapter(base, tmp_path / "en" / "best", from_dict(RoundConfig, {

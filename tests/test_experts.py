@@ -1,4 +1,4 @@
-"""LoRA language experts (ilt.experts): training per language through the ILT
+"""LoRA language experts (ilt.experts.train): training per language through the ILT
 loop, routing, and many experts in one batch, on tiny random Whisper models."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from ilt.config import ConfigError, DecodeConfig, ExpertsConfig, LoraSection, from_dict
 from ilt.errors import IltInputError
-from ilt.experts import (
+from ilt.experts.train import (
     BASE,
     EXPERTS_JSON,
     FORMAT,
@@ -111,9 +111,9 @@ def test_experts_train_per_language_and_resume(base_dir, manifests, tmp_path):
 @pytest.fixture(scope="module")
 def random_experts(base_dir, tmp_path_factory):
     """An experts directory with random, clearly non-zero de and fr LoRAs (q/k/v, r 4)."""
-    from ilt.adapter import save_adapter
-    from ilt.lora import attach_lora
-    from ilt.plugins import create
+    from ilt.core.registry import create
+    from ilt.models.adapter import save_adapter
+    from ilt.training.lora import attach_lora
 
     out = tmp_path_factory.mktemp("random") / "experts"
     config = _experts_config()
@@ -135,10 +135,10 @@ def random_experts(base_dir, tmp_path_factory):
 
 
 def _decode_alone(base_dir, adapter, cuts, config):
-    """Reference hypotheses: plain ilt.decode with one adapter (or the base model) on its own."""
-    from ilt.adapter import load_adapter
-    from ilt.decode import decode_cuts
-    from ilt.plugins import create
+    """Reference hypotheses: plain ilt.asr.decode with one adapter (or the base model) on its own."""
+    from ilt.asr.decode import decode_cuts
+    from ilt.core.registry import create
+    from ilt.models.adapter import load_adapter
 
     backbone = create("backbone", config.backbone, base_dir, dtype="fp32", device="cpu")
     model = load_adapter(backbone, adapter) if adapter is not None else None
@@ -147,8 +147,8 @@ def _decode_alone(base_dir, adapter, cuts, config):
 
 @pytest.mark.parametrize("beam", [1, 2])
 def test_mixed_batches_match_per_group_and_each_expert_alone(base_dir, random_experts, manifests, beam):
+    from ilt.core.registry import create
     from ilt.data.manifests import load_cuts
-    from ilt.plugins import create
 
     config = _decode_config(beam)
     cuts = list(load_cuts(manifests["mixed"]))
@@ -227,7 +227,7 @@ def test_routing_detects_missing_languages_and_falls_back_to_the_base_model(tmp_
 
 
 def test_decode_and_evaluate_with_experts_on_the_command_line(random_experts, manifests, tmp_path, caplog):
-    from ilt.cli import cli
+    from ilt.cli.main import cli
 
     conf = tmp_path / "decode.yaml"
     conf.write_text("beam_size: {default: 1}\nmax_new_tokens: 6\nbatch_size: 4\ncompression_ratio_threshold: null\n"
@@ -263,7 +263,7 @@ def test_decode_and_evaluate_with_experts_on_the_command_line(random_experts, ma
 
 
 def test_bad_input_is_one_line(base_dir, manifests, random_experts, tmp_path):
-    from ilt.cli import cli
+    from ilt.cli.main import cli
 
     runner = CliRunner()
     empty = tmp_path / "not-experts"

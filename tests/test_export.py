@@ -12,11 +12,11 @@ import torch
 
 pytest.importorskip("ctranslate2")
 
+from ilt.asr.decode import decode_cuts  # noqa: E402
 from ilt.config import DecodeConfig  # noqa: E402
-from ilt.decode import decode_cuts  # noqa: E402
+from ilt.core.registry import create  # noqa: E402
 from ilt.errors import IltInputError  # noqa: E402
-from ilt.export import Ct2Whisper, export_ct2, loop_end, stop_where_rules_would  # noqa: E402
-from ilt.plugins import create  # noqa: E402
+from ilt.models.export import Ct2Whisper, export_ct2, loop_end, stop_where_rules_would  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_faster_whisper_loads_the_export_offline(exported, monkeypatch):
 
 
 def test_stop_rules_match_ilt_generation():
-    from ilt.generation import looping_rows
+    from ilt.models.generation import looping_rows
 
     rng = np.random.default_rng(0)
     for trial in range(300):

@@ -1,4 +1,4 @@
-"""Fusion of LoRA language experts (ilt.fusion) on a tiny random Whisper:
+"""Fusion of LoRA language experts (ilt.experts.fusion) on a tiny random Whisper:
 which methods give the exact weighted sum of the experts' updates, checked
 on the weights, and the outputs as adapters and full models."""
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from ilt.config import RoundConfig, from_dict
+from ilt.core.registry import create
 from ilt.errors import IltInputError
-from ilt.fusion import fuse_experts, parse_weight_spec
-from ilt.plugins import create
+from ilt.experts.fusion import fuse_experts, parse_weight_spec
 
 #: expert language -> (r, lora_alpha, target_modules, use_rslora): mixed ranks, scopes and scalings
 SPECS = {
@@ -32,7 +32,7 @@ def base_dir(tmp_path_factory):
 
 def _expert(base_dir, out, language, seed):
     """A LoRA expert with random non-zero weights, saved as `ilt train` saves best/."""
-    from ilt.testing.experts import random_adapter
+    from ilt.testing.adapters import random_adapter
 
     r, alpha, targets, rslora = SPECS[language]
     config = from_dict(RoundConfig, {
@@ -45,7 +45,7 @@ def _expert(base_dir, out, language, seed):
 @pytest.fixture(scope="module")
 def experts(base_dir, tmp_path_factory):
     """{language: adapter dir} under an experts directory with experts.json, as `ilt experts train` leaves it."""
-    from ilt.experts import EXPERTS_JSON, FORMAT
+    from ilt.experts.train import EXPERTS_JSON, FORMAT
 
     root = tmp_path_factory.mktemp("experts")
     adapters = {lang: _expert(base_dir, root / lang / "best", lang, seed) for seed, lang in enumerate(SPECS, 1)}
@@ -75,7 +75,7 @@ def _adapter_merged(base_dir, adapter_dir) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def reference(base_dir, experts):
     """W0 + Σ w_i ΔW_i with each ΔW_i taken from PEFT's own merge of expert i
-    alone: a path independent of ilt.fusion's arithmetic."""
+    alone: a path independent of ilt.experts.fusion's arithmetic."""
     base = create("backbone", "whisper", base_dir).model.state_dict()
     merged = {lang: _adapter_merged(base_dir, path) for lang, path in experts.items()}
 
@@ -133,8 +133,8 @@ def test_full_cat_and_full_rank_svd_are_the_exact_weighted_sum(base_dir, experts
 def test_fused_adapter_is_an_ilt_adapter(base_dir, experts, tmp_path):
     """The fused adapter decodes like its merged model: `ilt decode --adapter`
     and `ilt merge` take it (round.yaml names the backbone)."""
-    from ilt.adapter import load_adapter
-    from ilt.lora import merge_adapter
+    from ilt.models.adapter import load_adapter
+    from ilt.training.lora import merge_adapter
 
     adapter = fuse_experts(base_dir, experts, tmp_path / "cat", method="cat")  # equal weights
     assert json.loads((adapter / "fusion.json").read_text())["weights"] == {k: pytest.approx(1 / 3) for k in SPECS}
@@ -215,7 +215,7 @@ def test_bad_input_is_one_clear_error(base_dir, experts, tmp_path):
 def test_ilt_experts_fuse(base_dir, experts, reference, tmp_path):
     from click.testing import CliRunner
 
-    from ilt.cli import cli
+    from ilt.cli.main import cli
 
     root = experts["en"].parent.parent
     runner = CliRunner()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ilt.config import DecodeConfig
-from ilt.generation import StopRules, looping_rows, token_budget
+from ilt.models.generation import StopRules, looping_rows, token_budget
 from ilt.plugins.whisper import WhisperBackbone
 from ilt.testing.dummies import tiny_whisper_dir
 

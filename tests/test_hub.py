@@ -12,7 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from ilt.errors import IltInputError
-from ilt.hub import looks_like_hub_id, resolve_model, snapshot_info, split_reference
+from ilt.models.hub import (
+    looks_like_hub_id,
+    resolve_model,
+    snapshot_info,
+    split_reference,
+)
 
 COMMIT_MAIN = "a" * 39 + "1"
 COMMIT_V1 = "b" * 39 + "2"
@@ -84,10 +89,10 @@ def test_hub_ids_resolve_from_an_offline_cache(offline, tmp_path, monkeypatch):
 
 
 def test_cli_merge_on_a_hub_id_records_the_revision(offline, tmp_path):
-    from ilt.cli import cli
+    from ilt.cli.main import cli
     from ilt.config import RoundConfig, dump_yaml, from_dict
-    from ilt.lora import attach_lora
-    from ilt.plugins import create
+    from ilt.core.registry import create
+    from ilt.training.lora import attach_lora
 
     base = resolve_model("acme/whisper-tiny@v1")
     config = from_dict(RoundConfig, {"name": "focus", "lora": {"r": 2, "lora_alpha": 4},

@@ -211,7 +211,7 @@ def reference(setup, tmp_path_factory):
 
 
 def test_train_killed_at_nine_random_points_resumes_to_the_same_adapter(setup, reference, tmp_path):
-    from ilt.checkpoint import list_checkpoints
+    from ilt.training.checkpoint import list_checkpoints
 
     rng = random.Random(SEED)
     out = tmp_path / "focus"

@@ -1,4 +1,4 @@
-"""Language-ID embeddings (ilt.lid) on tiny random Whisper and Qwen2-Audio models, on CPU."""
+"""Language-ID embeddings (ilt.models.lid) on tiny random Whisper and Qwen2-Audio models, on CPU."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ilt import lid  # noqa: E402
 from ilt.config import DecodeConfig, RoundConfig, from_dict  # noqa: E402
-from ilt.train import list_checkpoints, train_round  # noqa: E402
+from ilt.models import lid  # noqa: E402
+from ilt.training.loop import list_checkpoints, train_round  # noqa: E402
 
 BACKBONES = ["whisper", "qwen2_audio"]
 
@@ -27,7 +27,7 @@ def _config(name: str, **train) -> RoundConfig:
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     from ilt.testing.dummies import tiny_whisper_dir
-    from ilt.testing.qwen2_audio import tiny_qwen2_audio_dir
+    from ilt.testing.tiny_qwen2_audio import tiny_qwen2_audio_dir
 
     tmp = tmp_path_factory.mktemp("models")
     return {"whisper": tiny_whisper_dir(tmp / "whisper"), "qwen2_audio": tiny_qwen2_audio_dir(tmp / "qwen")}
@@ -88,11 +88,11 @@ def test_on_trains_saves_merges_and_decodes_like_the_adapter(name, model_dirs, d
     detected language) exactly as the unmerged adapter does."""
     from safetensors.torch import load_file
 
-    from ilt.adapter import load_adapter
+    from ilt.asr.decode import decode_files
+    from ilt.core.registry import create
     from ilt.data.manifests import load_cuts
-    from ilt.decode import decode_files
-    from ilt.lora import merge_adapter
-    from ilt.plugins import create
+    from ilt.models.adapter import load_adapter
+    from ilt.training.lora import merge_adapter
 
     base_dir = model_dirs[name]
     best = lid_runs[name] / "best"
@@ -138,7 +138,7 @@ def test_unknown_language_is_detected_then_decoded_with_its_vectors(name, model_
     detected language had been given."""
     import numpy as np
 
-    from ilt.plugins import create
+    from ilt.core.registry import create
 
     backbone = create("backbone", name, model_dirs[name])
     embeddings = lid.attach(backbone)
@@ -183,8 +183,8 @@ def test_resume_continues_the_embeddings(model_dirs, data, tmp_path):
 
 def test_history_merge_treats_a_model_without_embeddings_as_zero(model_dirs, lid_runs, tmp_path):
     """Eq. 3 with a history model from before LID was on: its vectors count as zero."""
-    from ilt.lora import merge_adapter
     from ilt.testing.dummies import tiny_whisper_dir
+    from ilt.training.lora import merge_adapter
 
     base, best = model_dirs["whisper"], lid_runs["whisper"] / "best"
     plain = merge_adapter(base, best, tmp_path / "M1")

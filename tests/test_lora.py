@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from ilt.config import LoraSection, RoundConfig, config_hash, dump_yaml, from_dict
+from ilt.core.files import sha256_file
+from ilt.core.registry import create
 from ilt.errors import IltInputError
-from ilt.lineage import weights_sha256
-from ilt.lora import attach_lora, lora_config, merge_adapter
-from ilt.utils import sha256_file
-from ilt.plugins import create
+from ilt.models.lineage import weights_sha256
+from ilt.training.lora import attach_lora, lora_config, merge_adapter
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_merge_equals_peft_model_and_writes_lineage(base_dir, manifest, tmp_path
 
 
 def test_weighted_average_arithmetic_on_tiny_tensors():
-    from ilt.lora import weighted_average
+    from ilt.training.lora import weighted_average
 
     new = {"w": torch.tensor([1.0, 2.0]), "h": torch.tensor([0.5], dtype=torch.bfloat16),
            "ids": torch.tensor([3, 4])}

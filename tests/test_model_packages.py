@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from ilt import model_packages
 from ilt.errors import IltInputError
-from ilt.model_packages import PackagedModel, Part, assemble
+from ilt.models import packages as model_packages
+from ilt.models.packages import PackagedModel, Part, assemble
 
 
 def _fake_packages(tmp_path, monkeypatch, contents=(b"first half|", b"second half")):

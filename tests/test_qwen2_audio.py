@@ -17,14 +17,14 @@ FAST_DECODE = DecodeConfig(backbone="qwen2_audio", beam_size={"default": 1}, max
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from ilt.testing.qwen2_audio import tiny_qwen2_audio_dir
+    from ilt.testing.tiny_qwen2_audio import tiny_qwen2_audio_dir
 
     return tiny_qwen2_audio_dir(tmp_path_factory.mktemp("q") / "Q0")
 
 
 @pytest.fixture(scope="module")
 def backbone(model_dir):
-    from ilt.plugins import create
+    from ilt.core.registry import create
 
     return create("backbone", "qwen2_audio", model_dir)
 
@@ -83,7 +83,7 @@ def test_collate_masks_all_but_the_transcript(backbone, cuts):
         mask = labels != IGNORE_INDEX
         expected = torch.nn.functional.cross_entropy(logits[mask], labels[mask])
         assert torch.allclose(backbone.loss(backbone.model, batch), expected)
-    assert batch.tensors["language_ids"].tolist() == [0, 6]  # en, fr rows of ilt.lid's table
+    assert batch.tensors["language_ids"].tolist() == [0, 6]  # en, fr rows of ilt.models.lid's table
 
 
 def _manual_greedy(backbone, inputs, language, steps):
@@ -115,7 +115,7 @@ def test_greedy_decoding_is_greedy_per_utterance(backbone, cuts):
     assert hyps == _manual_greedy(backbone, inputs, "fr", 6)
     assert backbone.generate(backbone.model, backbone.features(audios[1:]), language="fr",
                              max_new_tokens=6) == hyps[1:]
-    # a budget per utterance (ilt.generation): the first ends after 2 tokens
+    # a budget per utterance (ilt.models.generation): the first ends after 2 tokens
     short = backbone.generate(backbone.model, inputs, language="fr", max_new_tokens=[2, 6])
     assert short[1] == hyps[1] and short[0] == _manual_greedy(backbone, inputs, "fr", 2)[0]
     scores = backbone.score(backbone.model, inputs, hyps, language="fr")
@@ -141,7 +141,7 @@ def test_unknown_language_reads_the_models_tag(backbone, cuts, monkeypatch):
 
 def test_scopes_cover_the_papers_feedback_modules(backbone):
     from ilt.config import LoraSection
-    from ilt.lora import lora_config
+    from ilt.training.lora import lora_config
 
     wide = lora_config(backbone, LoraSection(target_modules="wide")).target_modules
     assert wide == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "out_proj",
@@ -152,17 +152,17 @@ def test_scopes_cover_the_papers_feedback_modules(backbone):
 
 
 def test_train_merge_decode_through_the_ilt_commands(model_dir, cuts, tmp_path):
-    """One training step through ilt.train with ``backbone: qwen2_audio`` and a
+    """One training step through ilt.training.loop with ``backbone: qwen2_audio`` and a
     wide LoRA; the merged model equals the unmerged adapter (logits and
-    greedy hypotheses), and decodes and scores through ilt.decode."""
+    greedy hypotheses), and decodes and scores through ilt.asr.decode."""
     from lhotse import CutSet
 
-    from ilt.adapter import load_adapter
+    from ilt.asr.decode import decode_files
+    from ilt.core.registry import create
     from ilt.data.manifests import save_manifest
-    from ilt.decode import decode_files
-    from ilt.lora import merge_adapter
-    from ilt.plugins import create
-    from ilt.train import train_round
+    from ilt.models.adapter import load_adapter
+    from ilt.training.loop import train_round
+    from ilt.training.lora import merge_adapter
 
     manifest = save_manifest(CutSet.from_cuts([cuts["en"], cuts["fr"]]), tmp_path / "train.jsonl.gz")
     config = from_dict(RoundConfig, {

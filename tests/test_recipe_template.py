@@ -190,7 +190,7 @@ def tiny(tmp_path_factory):
 
 
 def test_evaluate_scores_a_set_with_references(tiny):
-    from ilt.cli import cli
+    from ilt.cli.main import cli
 
     root, model = tiny
     res = CliRunner().invoke(cli, ["evaluate", "--model", str(model), "--cuts", str(root / "test.jsonl.gz"),
@@ -204,7 +204,7 @@ def test_evaluate_scores_a_set_with_references(tiny):
 
 
 def test_evaluate_submits_but_does_not_score_a_set_without_text(tiny):
-    from ilt.cli import cli
+    from ilt.cli.main import cli
 
     root, model = tiny
     out = root / "out_eval"
@@ -228,7 +228,7 @@ def test_evaluate_submits_but_does_not_score_a_set_without_text(tiny):
 
 
 def test_write_submission_is_kaldi_text(tmp_path):
-    from ilt.decode import write_submission
+    from ilt.asr.decode import write_submission
     from ilt.errors import IltInputError
 
     path = write_submission([{"id": "u2", "text": " two\nlines "}, {"id": "u1", "text": ""}], tmp_path / "text")
@@ -238,7 +238,7 @@ def test_write_submission_is_kaldi_text(tmp_path):
 
 
 def test_has_references(tiny):
-    from ilt.score import has_references
+    from ilt.asr.score import has_references
 
     root, _ = tiny
     assert has_references(root / "test.jsonl.gz")
@@ -246,7 +246,7 @@ def test_has_references(tiny):
 
 
 def test_round_trains_then_merges(tiny, tmp_path):
-    from ilt.cli import cli
+    from ilt.cli.main import cli
 
     root, model = tiny
     conf = tmp_path / "focus.yaml"
@@ -273,7 +273,7 @@ KNOWLEDGE_TEXT = "en\tzebras gallop across the savanna\nen\tthe cat sat on the m
 
 def _espeak_cuts(root, rows):
     """Cuts of real espeak-ng speech at 16 kHz, one speaker label per voice."""
-    from ilt.plugins.tts import EspeakAugmenter
+    from ilt.plugins.augmenters import EspeakAugmenter
     from ilt.testing import make_cuts
 
     engine = EspeakAugmenter()

@@ -1,4 +1,4 @@
-"""The HTML page of ``ilt report`` (ilt.report_html), on a hand-built experiment.
+"""The HTML page of ``ilt report`` (ilt.reporting.html), on a hand-built experiment.
 
 Three models decoded on six utterances (English with two accents, French,
 Japanese scored by character) with known errors; ``ilt report`` writes the
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ilt.report import collect
-from ilt.report_html import chain_of, error_counts, worse_utterances
-from ilt.score import score_files
+from ilt.asr.score import score_files
+from ilt.reporting.html import chain_of, error_counts, worse_utterances
+from ilt.reporting.report import collect
 from ilt.testing.dummies import make_cuts
 
 EN1, EN2, EN3 = "en-us-001", "en-us-002", "en-gb-003"
@@ -70,7 +70,7 @@ M2_LINEAGE = _lineage("M2", M1_LINEAGE["model"], "feedback", 64, 256.0, "wide", 
 def exp(tmp_path_factory):
     """EXP/decode/<M>/test/ scored by ``ilt score``'s function, lineage.json for M1 and M2,
     and the page written by the ``ilt report`` command."""
-    from ilt.cli import cli
+    from ilt.cli.main import cli
 
     tmp = tmp_path_factory.mktemp("report_html")
     cuts = make_cuts(tmp / "audio", [dict(r, duration=0.1) for r in REFS])

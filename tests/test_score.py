@@ -1,4 +1,4 @@
-"""Scoring (ilt.score): counts against jiwer, meeteval and NIST sclite; files; CLI."""
+"""Scoring (ilt.asr.score): counts against jiwer, meeteval and NIST sclite; files; CLI."""
 
 import json
 import os
@@ -10,9 +10,9 @@ import jiwer
 import pytest
 from click.testing import CliRunner
 
+from ilt.asr.score import load_hypotheses, score, score_files
 from ilt.data.text import normalize, tokens_for_scoring
 from ilt.errors import IltInputError
-from ilt.score import load_hypotheses, score, score_files
 
 EN1 = "English-American-0517_001-A-000123-000456"
 EN2 = "English-American-0517_001-B-000500-000900"
@@ -338,7 +338,7 @@ def test_unreadable_or_empty_references(tmp_path):
 
 
 def test_cli_score(tmp_path, result):
-    from ilt.cli import cli
+    from ilt.cli.main import cli
 
     ref = _write_cuts(tmp_path / "cuts.jsonl.gz", REFS)
     hyp = _write_jsonl(tmp_path / "hyp.jsonl", HYPS)
@@ -473,7 +473,7 @@ def test_unrelated_hypotheses_error_shows_examples_of_both():
 
 
 def test_reference_of_joins_supervisions_in_time_order():
-    from ilt.score import reference_of
+    from ilt.asr.score import reference_of
 
     # listed out of order; a whitespace-only supervision in another language does not count
     cut = _cut("c1", (1.0, "world", "en", None), (0.0, "Hello", "en", "American"), (2.0, "  ", "de", None))
@@ -489,7 +489,7 @@ def test_reference_of_joins_supervisions_in_time_order():
 def test_reference_errors_name_the_manifest_and_the_cut(tmp_path):
     from lhotse import CutSet
 
-    from ilt.score import load_references, reference_of, references
+    from ilt.asr.score import load_references, reference_of, references
 
     mixed = _cut("mix", (0.0, "hello", "en", None), (1.0, "bonjour", "fr", None))
     with pytest.raises(IltInputError, match=r"^cut 'mix' mixes languages \['en', 'fr'\]$"):
@@ -553,7 +553,7 @@ def test_cut_ids_that_cannot_go_in_a_trn_file(tmp_path):
 
 
 def test_has_references(tmp_path):
-    from ilt.score import has_references
+    from ilt.asr.score import has_references
 
     assert has_references(_write_cuts(tmp_path / "dev.jsonl.gz", {"a": ("en", "", None), "b": ("fr", "Oui.", None)}))
     # an eval set: no text, or text that normalises to nothing

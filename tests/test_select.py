@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ilt.augment.select import histogram
-from ilt.cli import cli
+from ilt.cli.main import cli
 from ilt.components import SELECT_SCORE, ScoringSelector
+from ilt.core.registry import create
+from ilt.core.runtime import Skips
 from ilt.data.manifests import load_cuts, save_manifest
 from ilt.errors import IltInputError
-from ilt.plugins import create
-from ilt.plugins.speakers import WavLMSelector, normalize
+from ilt.knowledge.speaker_select import histogram
+from ilt.plugins.selectors import WavLMSelector, normalize
 from ilt.testing.dummies import espeak_available, espeak_cuts, make_cuts
-from ilt.utils import Skips
 
 
 def test_histogram_counts_and_what_each_threshold_keeps():

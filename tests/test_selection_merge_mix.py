@@ -18,12 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-import ilt.evaluate
-import ilt.train as train_mod
-from ilt.checkpoint import TrainState
-from ilt.config import DataSource, DecodeConfig, LoraSection
-from ilt.data import mix as mix_mod
-from ilt.decode import (
+import ilt.training.evaluate
+import ilt.training.loop as train_mod
+from ilt.asr.decode import (
     DecodeStats,
     _accent,
     _batches,
@@ -35,9 +32,13 @@ from ilt.decode import (
     join_chunks,
     split_evenly,
 )
+from ilt.config import DataSource, DecodeConfig, LoraSection
+from ilt.core.runtime import Skips
+from ilt.data import mix as mix_mod
 from ilt.errors import IltInputError
-from ilt.generation import MAX_LOOP_PERIOD, StopRules, looping_rows, token_budget
-from ilt.lora import (
+from ilt.models.generation import MAX_LOOP_PERIOD, StopRules, looping_rows, token_budget
+from ilt.training.checkpoint import TrainState
+from ilt.training.lora import (
     WEIGHT_SUM_TOLERANCE,
     _check_history,
     _check_inputs,
@@ -47,7 +48,6 @@ from ilt.lora import (
     lora_config,
     weighted_average,
 )
-from ilt.utils import Skips
 
 # =========================================================================== train selection
 
@@ -103,7 +103,7 @@ def run(tmp_path, monkeypatch):
             raise queue[step]
         return _score(step, queue[step])
 
-    monkeypatch.setattr(ilt.evaluate, "evaluate", fake_evaluate)
+    monkeypatch.setattr(ilt.training.evaluate, "evaluate", fake_evaluate)
     r = object.__new__(train_mod._Run)
     r.accelerator, r.state, r.model = _Acc(), TrainState(None), _Model()
     r.config = SimpleNamespace(select=SimpleNamespace(metric="wer"))
@@ -152,7 +152,7 @@ def test_evaluate_call_log_record_and_tracker_values(run):
 
 
 def test_evaluate_drops_none_tracker_values(run, monkeypatch):
-    monkeypatch.setattr(ilt.evaluate, "evaluate", lambda *a, step, **k: {**_score(step, 0.5, loss=None)})
+    monkeypatch.setattr(ilt.training.evaluate, "evaluate", lambda *a, step, **k: {**_score(step, 0.5, loss=None)})
     run.evaluate(2)
     assert run.accelerator.logged == [(2, {"dev/error_rate/Overall": 0.25, "dev/error_rate/en": 0.2,
                                            "dev/error_rate/ja": 0.3})]

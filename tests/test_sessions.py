@@ -12,9 +12,12 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from ilt.cli import cli
+from ilt.cli.main import cli
 from ilt.components import Diarizer, Turn
-from ilt.data.sessions import (
+from ilt.core.registry import create
+from ilt.errors import IltInputError
+from ilt.testing.dummies import espeak_available, espeak_cuts
+from ilt.track2.formats import (
     read_rttm,
     read_segments,
     reference_segments,
@@ -23,9 +26,6 @@ from ilt.data.sessions import (
     write_seglst,
     write_stm,
 )
-from ilt.errors import IltInputError
-from ilt.plugins import create
-from ilt.testing.dummies import espeak_available, espeak_cuts
 
 MEETEVAL_WER = Path(sys.executable).with_name("meeteval-wer")
 
@@ -159,7 +159,7 @@ def test_tcpwer_equals_meeteval_cli_with_speaker_swap_and_time_shift(tmp_path):
 
 
 def test_score_sessions_missing_and_foreign_sessions(tmp_path):
-    from ilt.sessions import score_sessions
+    from ilt.track2.transcribe import score_sessions
 
     ref = [{"session_id": s, "speaker": "A", "start_time": 0.0, "end_time": 1.0, "words": "a b", "language": "en"}
            for s in ("s1", "s2")]
@@ -259,7 +259,7 @@ def _two_voice_conversation(tmp_path):
 
 @pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng and sox")
 def test_offline_diarizer_on_two_espeak_voices(tmp_path):
-    from ilt.sessions import _der_components
+    from ilt.track2.transcribe import _der_components
 
     sessions = _two_voice_conversation(tmp_path)
     [session] = sessions
@@ -284,7 +284,7 @@ def test_offline_diarizer_on_two_espeak_voices(tmp_path):
 
 
 def test_speaker_segments_split_long_turns_evenly(tmp_path):
-    from ilt.sessions import oracle_turns, speaker_segments
+    from ilt.track2.transcribe import oracle_turns, speaker_segments
 
     sessions = _session(tmp_path, [(1.0, 71.0, "A", "long")], duration=75.0)
     [session] = sessions
@@ -321,7 +321,7 @@ def test_transcribe_sessions_and_score_with_tiny_whisper(tmp_path, monkeypatch):
     scores = json.loads((tmp_path / "out" / "scores.json").read_text())
     assert scores["rows"][-1]["ref_units"] == 4 and scores["rows"][-1]["der"] == pytest.approx(0.0)  # oracle turns
     # a re-run reuses the finished decode
-    import ilt.decode
+    import ilt.asr.decode
 
-    monkeypatch.setattr(ilt.decode, "decode_files", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(ilt.asr.decode, "decode_files", lambda *a, **k: pytest.fail("decoded again"))
     assert CliRunner().invoke(cli, args).exit_code == 0

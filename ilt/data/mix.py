@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ilt.config import DataSource, TrainSection
+from ilt.core.runtime import Skips
 from ilt.errors import IltInputError
-from ilt.utils import Skips
 
 log = logging.getLogger("ilt")
 

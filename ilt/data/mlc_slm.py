@@ -24,6 +24,7 @@ from pathlib import Path
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from tqdm.auto import tqdm
 
+from ilt.core.runtime import Skips
 from ilt.data.audio import AudioProblem, open_recording
 from ilt.data.manifests import (
     load_cuts,
@@ -33,9 +34,8 @@ from ilt.data.manifests import (
     manifests_exist,
     save_manifests,
 )
-from ilt.data.sessions import session_paths, write_session_manifests
 from ilt.errors import IltInputError
-from ilt.utils import Skips
+from ilt.track2.formats import session_paths, write_session_manifests
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ class RttmDiarizer:
     error; a session without any line in them has no turns (nobody spoke)."""
 
     def __init__(self, *, files: str | list[str] = "") -> None:
-        from ilt.data.sessions import read_rttm
+        from ilt.track2.formats import read_rttm
 
         paths = [files] if isinstance(files, str) else list(files)
         paths = [p for p in paths if p]

@@ -11,7 +11,7 @@ does::
       loss: {name: ce, label_smoothing: 0.1}
 
 ``distill`` distils LoRA language experts into the round's LoRA (see
-:mod:`ilt.distill`): the cross-entropy plus ``kl_weight * T^2 *
+:mod:`ilt.experts.distill`): the cross-entropy plus ``kl_weight * T^2 *
 KL(teacher_T || student_T)`` on the label positions, each cut's teacher the
 expert of its language; ``ilt experts distill --experts DIR`` fills in
 ``experts`` and ``teacher_model``::
@@ -66,7 +66,7 @@ def _number(key: str, value: Any, *, positive: bool) -> float:
 def distill(*, temperature: float = 2.0, kl_weight: float = 0.5, cache_dir: str | None = None,
             top_k: int | None = None, experts: dict[str, str] | None = None,
             teacher_model: str | None = None) -> Any:
-    """The ``distill`` factory (:class:`ilt.distill.DistillLoss`).
+    """The ``distill`` factory (:class:`ilt.experts.distill.DistillLoss`).
 
     :param temperature: softmax temperature ``T`` of both distributions (> 0).
     :param kl_weight: weight of ``T^2 * KL`` beside the cross-entropy (0: plain cross-entropy).
@@ -75,7 +75,7 @@ def distill(*, temperature: float = 2.0, kl_weight: float = 0.5, cache_dir: str 
     :param experts: ``{language: adapter directory}`` of the teachers (``ilt experts distill`` sets it).
     :param teacher_model: the base model the experts were trained on (default: the student's base).
     """
-    from ilt.distill import DistillLoss
+    from ilt.experts.distill import DistillLoss
 
     temperature = _number("temperature", temperature, positive=True)
     kl_weight = _number("kl_weight", kl_weight, positive=False)

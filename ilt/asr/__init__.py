@@ -1,0 +1,1 @@
+"""Recognition over cuts: batch decoding, scoring, pseudo-labels by voting."""

@@ -1,0 +1,631 @@
+"""Batched decoding of Lhotse cuts through any backbone.
+
+* Cuts are grouped by the language of their first supervision; each group is
+  decoded with that language forced and the beam size
+  ``DecodeConfig.beam_for(language)``.
+* Within a group, cuts are sorted by duration and decoded ``batch_size`` at a
+  time, so a batch holds audio of similar length.
+* Audio longer than the window (``chunk_seconds``, at most the backbone's
+  ``max_input_seconds``) is split evenly into ``ceil(duration / window)``
+  chunks; their hypotheses are joined with a space (without one for languages
+  written without spaces).
+* Repetition-loop guard: a chunk whose hypothesis has a gzip compression ratio
+  above ``compression_ratio_threshold`` is decoded again by sampling at each
+  ``fallback_temperatures`` in turn (seeded) until one passes; the result with
+  the lowest ratio is kept.
+* Unreadable, empty or non-finite audio (:func:`ilt.data.audio.load_checked`)
+  and unsupported languages are counted, logged skips.
+* ``quantize: int8`` (decoding only, on a CPU): :func:`decode_files` replaces
+  the model's Linear layers by dynamically quantized int8 ones after loading
+  it (:func:`quantize_for_decoding`); ``decode_stats.json`` records what the
+  model decoded with under ``numerics`` (:func:`model_numerics`).
+
+Only the :class:`ilt.backbone.Backbone` protocol is used (``features``,
+``generate``, ``sampling_rate``, ``max_input_seconds``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ilt.config import DecodeConfig, dump_yaml
+from ilt.core.files import log, write_json_atomic, write_text_atomic
+from ilt.core.runtime import Skips, process_state
+from ilt.data.audio import AudioProblem, load_checked
+from ilt.data.languages import NO_SPACE_LANGUAGES
+from ilt.errors import IltInputError
+
+#: Base seed of the sampling fallback (one seed per temperature step).
+FALLBACK_SEED = 1234
+
+
+def compression_ratio(text: str) -> float:
+    """``len(utf8) / len(zlib(utf8))``: high for repetition loops (0 for empty text)."""
+    data = text.encode("utf-8")
+    if not data:
+        return 0.0
+    return len(data) / len(zlib.compress(data))
+
+
+def split_evenly(audio: np.ndarray, sampling_rate: int, window_seconds: float) -> list[np.ndarray]:
+    """Split ``audio`` into ``ceil(duration / window)`` chunks of equal length."""
+    window = int(round(window_seconds * sampling_rate))
+    n = max(1, math.ceil(audio.shape[-1] / window)) if window > 0 else 1
+    return list(np.array_split(audio, n)) if n > 1 else [audio]
+
+
+def join_chunks(texts: Sequence[str], language: str | None) -> str:
+    """Join chunk hypotheses: with a space, or without one for :data:`NO_SPACE_LANGUAGES`."""
+    sep = "" if language in NO_SPACE_LANGUAGES else " "
+    return sep.join(t.strip() for t in texts if t.strip())
+
+
+@dataclass
+class DecodeStats:
+    """Counters of one decoding run."""
+
+    cuts: int = 0
+    chunks: int = 0
+    audio_seconds: float = 0.0
+    fallback_chunks: int = 0
+    fallback_decodes: int = 0
+    still_looping: int = 0
+    seconds: float = 0.0
+    skips: dict[str, int] = field(default_factory=dict)
+    #: ``language: detect`` only: cuts detected, how many differ from their own language, and as what
+    language_detection: dict[str, Any] | None = None
+    #: what the model decoded with (:func:`model_numerics`): weight dtype, int8-quantized Linear layers
+    numerics: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["real_time_factor"] = self.seconds / self.audio_seconds if self.audio_seconds else None
+        return out
+
+
+def _supervision(cut: Any) -> Any:
+    return cut.supervisions[0] if cut.supervisions else None
+
+
+def _language(cut: Any) -> str | None:
+    sup = _supervision(cut)
+    return sup.language if sup is not None and sup.language else None
+
+
+def _accent(cut: Any) -> str | None:
+    sup = _supervision(cut)
+    custom = (sup.custom or {}) if sup is not None else {}
+    return custom.get("accent")
+
+
+def _load_batch(batch: Sequence[Any], sampling_rate: int, window: float,
+                skips: Skips) -> list[tuple[Any, list[np.ndarray], float]]:
+    """``(cut, chunks, duration)`` of each cut with usable audio; the others are counted skips.
+
+    Silent audio is decoded, and audio longer than ``window`` is split into
+    chunks: only unreadable, empty and non-finite audio is skipped.
+    """
+    loaded = []
+    for cut in batch:
+        audio = load_checked(cut, sampling_rate)
+        if isinstance(audio, AudioProblem):
+            skips.skip(audio.reason, cut.id, audio.detail)
+            continue
+        loaded.append((cut, split_evenly(audio, sampling_rate, window), audio.size / sampling_rate))
+    return loaded
+
+
+def _records(loaded: Sequence[tuple[Any, list[np.ndarray], float]], texts: Sequence[str],
+             language: str | None, stats: DecodeStats,
+             scores: Sequence[tuple[float, int]] | None = None) -> list[dict[str, Any]]:
+    """One output record per loaded cut, its chunk hypotheses (in ``texts``, in
+    order) joined; with ``scores`` (per chunk), the cut's ``score`` is the mean
+    log-probability over all its chunks' tokens and ``score_tokens`` their number."""
+    records, pos = [], 0
+    for cut, chunks, duration in loaded:
+        parts = texts[pos:pos + len(chunks)]
+        record = {
+            "id": cut.id,
+            "text": join_chunks(parts, language),
+            "language": language,
+            "accent": _accent(cut),
+            "duration": round(duration, 3),
+            "num_chunks": len(chunks),
+        }
+        if scores is not None:
+            own = scores[pos:pos + len(chunks)]
+            tokens = sum(n for _, n in own)
+            record["score"] = round(sum(m * n for m, n in own) / tokens, 6) if tokens else None
+            record["score_tokens"] = tokens
+        records.append(record)
+        pos += len(chunks)
+        stats.chunks += len(chunks)
+        stats.audio_seconds += duration
+    return records
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class _Decoder:
+    def __init__(self, backbone: Any, model: Any, config: DecodeConfig, stats: DecodeStats) -> None:
+        self.backbone = backbone
+        self.model = model
+        self.config = config
+        self.stats = stats
+
+    def _generate(self, chunks: Sequence[np.ndarray], languages: Sequence[str | None],
+                  adapters: Sequence[str] | None, **options: Any) -> list[str]:
+        texts: list[str] = []
+        rate = float(self.backbone.sampling_rate)
+        size = self.config.batch_size
+        for start in range(0, len(chunks), size):
+            part, rows = list(chunks[start:start + size]), list(languages[start:start + size])
+            inputs = self.backbone.features(part)
+            budgets = [self.config.token_budgets([c.shape[-1] / rate], lang)[0] for c, lang in zip(part, rows)]
+            # one language for the batch, or one per row (a batch that mixes languages)
+            language = rows[0] if all(lang == rows[0] for lang in rows) else rows
+            if adapters is not None:  # one PEFT adapter per row (ilt.experts.train' mixed batches)
+                options["adapter_names"] = list(adapters[start:start + size])
+            texts.extend(self.backbone.generate(self.model, inputs, language=language, max_new_tokens=budgets,
+                                                loop_tokens=self.config.loop_tokens, **options))
+        return texts
+
+    def decode(self, chunks: Sequence[np.ndarray], language: str | None | Sequence[str | None],
+               adapters: Sequence[str] | None = None) -> list[str]:
+        """Hypotheses of ``chunks`` (beam search, then the loop guard).
+
+        ``language``: one for every chunk, or one per chunk (a batch that
+        mixes languages; their beam sizes must agree); ``adapters``: the PEFT
+        adapter of each chunk (``"__base__"`` for none), for a model holding
+        several (:mod:`ilt.experts.train`).
+        """
+        config = self.config
+        rows = [language] * len(chunks) if language is None or isinstance(language, str) else list(language)
+        beams = {config.beam_for(lang) for lang in rows} or {config.beam_for(None)}
+        if len(beams) > 1:
+            raise ValueError(f"one batch mixes beam sizes {sorted(beams)}: batch languages of one beam size")
+        beam_options: dict[str, Any] = {"num_beams": beams.pop(), "length_penalty": config.length_penalty}
+        if config.no_repeat_ngram_size:
+            beam_options["no_repeat_ngram_size"] = config.no_repeat_ngram_size
+        texts = self._generate(chunks, rows, adapters, **beam_options)
+        threshold = config.compression_ratio_threshold
+        if threshold is None or not config.fallback_temperatures:
+            return texts
+        ratios = [compression_ratio(t) for t in texts]
+        looping = [i for i, r in enumerate(ratios) if r > threshold]
+        self.stats.fallback_chunks += len(looping)
+        for step, temperature in enumerate(config.fallback_temperatures):
+            if not looping:
+                break
+            import torch
+
+            torch.manual_seed(FALLBACK_SEED + step)
+            retried = self._generate([chunks[i] for i in looping], [rows[i] for i in looping],
+                                     None if adapters is None else [adapters[i] for i in looping],
+                                     num_beams=1, temperature=temperature)
+            self.stats.fallback_decodes += len(looping)
+            still = []
+            for i, text in zip(looping, retried):
+                ratio = compression_ratio(text)
+                if ratio < ratios[i]:
+                    texts[i], ratios[i] = text, ratio
+                if ratio > threshold:
+                    still.append(i)
+            looping = still
+        self.stats.still_looping += len(looping)
+        return texts
+
+    def score(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
+              language: str | None) -> list[tuple[float, int]] | None:
+        """``(mean token log-probability, tokens)`` of each chunk's final
+        hypothesis (:meth:`ilt.backbone.Backbone.score`); ``None`` when the
+        backbone cannot score without a language."""
+        scored: list[tuple[float, int]] = []
+        size = self.config.batch_size
+        try:
+            for part, part_texts in zip(_batches(list(chunks), size), _batches(list(texts), size)):
+                inputs = self.backbone.features(list(part))
+                scored.extend(self.backbone.score(self.model, inputs, part_texts, language=language))
+        except IltInputError as exc:
+            log.warning("decode: no scores for language %s: %s", language, exc)
+            return None
+        return scored
+
+
+def _counters(stats: DecodeStats) -> dict[str, Any]:
+    return {k: v for k, v in stats.__dict__.items() if k not in ("seconds", "skips", "cuts", "numerics")}
+
+
+def _resume(journal: Any, skips: Skips, stats: DecodeStats) -> tuple[list[dict[str, Any]], set[str]]:
+    """The records and the finished cut IDs of a killed run's journal (skips
+    and counters restored into ``skips`` and ``stats``)."""
+    if journal is None:
+        return [], set()
+    journal.restore(skips)
+    for key, value in journal.counters.items():
+        setattr(stats, key, value)
+    return list(journal.records), journal.done
+
+
+def decode_cuts(backbone: Any, model: Any, cuts: Iterable[Any], config: DecodeConfig,
+                out_dir: str | Path | None = None, *, progress: bool = True,
+                scores: bool = False, journal: Any = None) -> list[dict[str, Any]]:
+    """Decode ``cuts`` with ``model`` (``None``: ``backbone.model``).
+
+    Returns one record per decoded cut, in input order: ``{"id", "text",
+    "language", "accent", "duration", "num_chunks"}``; with ``scores``, also
+    the hypothesis' confidence ``score`` (mean token log-probability, see
+    :meth:`ilt.backbone.Backbone.score`; one more forward pass per batch) and
+    ``score_tokens``. With ``out_dir``, writes
+    ``hyps.jsonl``, ``hyp.trn`` (``text (id)`` lines), ``decode_config.yaml``
+    and ``decode_stats.json`` there, each atomically. With ``journal`` (an
+    :class:`ilt.core.journal.Journal`), each finished batch is kept there and the
+    batches a killed run finished are not decoded again.
+    """
+    from tqdm import tqdm
+
+    model = backbone.model if model is None else model
+    stats = DecodeStats(numerics=model_numerics(model))
+    _check_quantized(config, stats.numerics)
+    skips = Skips("decode")
+    sampling_rate = int(backbone.sampling_rate)
+    window = min(float(config.chunk_seconds), float(backbone.max_input_seconds))
+    decoder = _Decoder(backbone, model, config, stats)
+
+    cut_list = list(cuts)
+    order = {cut.id: n for n, cut in enumerate(cut_list)}
+    detected = (_detect_languages(backbone, model, cut_list, config, window, stats)
+                if config.language == "detect" else None)
+    groups = _groups(cut_list, detected)
+
+    was_training = bool(getattr(model, "training", False))
+    if hasattr(model, "eval"):
+        model.eval()
+    start = time.perf_counter()
+    records, done = _resume(journal, skips, stats)
+    bar = tqdm(total=len(cut_list), initial=len(done), desc="decode", unit="cut", disable=None if progress else True)
+    try:
+        for language in sorted(groups, key=lambda lang: (lang is None, lang or "")):
+            # finished cuts are whole batches at the start of a group: the rest batch as before
+            group = sorted((c for c in groups[language] if c.id not in done), key=lambda c: (c.duration, c.id))
+            unsupported: str | None = None
+            for batch in _batches(group, config.batch_size):
+                if unsupported is not None:
+                    for cut in batch:
+                        skips.skip("unsupported language", cut.id, unsupported)
+                    bar.update(len(batch))
+                    continue
+                loaded = _load_batch(batch, sampling_rate, window, skips)
+                flat = [chunk for _, chunks, _ in loaded for chunk in chunks]
+                try:
+                    texts = decoder.decode(flat, language) if flat else []
+                except IltInputError as exc:
+                    unsupported = str(exc)
+                    for cut, _, _ in loaded:
+                        skips.skip("unsupported language", cut.id, unsupported)
+                    bar.update(len(batch))
+                    continue
+                chunk_scores = decoder.score(flat, texts, language) if scores and flat else None
+                records.extend(_records(loaded, texts, language, stats, chunk_scores))
+                if journal is not None:
+                    journal.append(records[-len(loaded):] if loaded else [], skips, _counters(stats))
+                bar.update(len(batch))
+    finally:
+        bar.close()
+        if journal is not None:
+            journal.close()
+        if was_training and hasattr(model, "train"):
+            model.train()
+    stats.seconds = time.perf_counter() - start
+    stats.cuts = len(records)
+    stats.skips = skips.report()
+    records.sort(key=lambda r: order[r["id"]])
+    _keep_given_languages(records, cut_list, detected)
+    _log_summary(stats, config)
+    if out_dir is not None:
+        write_outputs(records, out_dir, config, stats)
+    return records
+
+
+def _keep_given_languages(records: list[dict[str, Any]], cuts: Sequence[Any],
+                          detected: dict[str, str | None] | None) -> None:
+    """Under ``language: detect``, each record keeps its cut's own language as ``given_language``."""
+    if detected is not None:
+        given = {cut.id: _language(cut) for cut in cuts}
+        for record in records:
+            record["given_language"] = given[record["id"]]
+
+
+def _groups(cuts: Sequence[Any], detected: dict[str, str | None] | None) -> dict[str | None, list[Any]]:
+    """Cuts by the language they decode in: their own, or the detected one."""
+    groups: dict[str | None, list[Any]] = defaultdict(list)
+    for cut in cuts:
+        groups[_language(cut) if detected is None else detected.get(cut.id)].append(cut)
+    return groups
+
+
+def _log_summary(stats: DecodeStats, config: DecodeConfig) -> None:
+    if stats.fallback_chunks:
+        log.info("decode: %d chunk(s) looped (compression ratio > %s); %d still loop after fallback",
+                 stats.fallback_chunks, config.compression_ratio_threshold, stats.still_looping)
+    if stats.language_detection:
+        log.info("decode: language detected for %d cut(s); %d differ from their own", stats.language_detection["cuts"],
+                 stats.language_detection["confused"])
+    log.info("decode: %d cut(s), %d chunk(s), %.1f s of audio in %.1f s", stats.cuts, stats.chunks,
+             stats.audio_seconds, stats.seconds)
+
+
+def _detect_languages(backbone: Any, model: Any, cuts: Sequence[Any], config: DecodeConfig, window: float,
+                      stats: DecodeStats) -> dict[str, str | None]:
+    """``language: detect``: each cut's language as the model detects it from
+    its first window of audio (:meth:`ilt.models.lid.SupportsLanguageId.detect_language`);
+    cuts decode in that language. Counts, in ``stats.language_detection``,
+    how often it differs from the cut's own language, and as what."""
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    detect = getattr(backbone, "detect_language", None)
+    if detect is None:
+        raise IltInputError(f"the {backbone.name} backbone cannot detect the language: decode with language: given")
+    out: dict[str, str | None] = {}
+    rate = int(backbone.sampling_rate)
+    for batch in tqdm(list(_batches(list(cuts), config.batch_size)), desc="detect language", unit="batch",
+                      disable=None):
+        audios = []
+        for cut in batch:
+            audio = load_checked(cut, rate)
+            if isinstance(audio, AudioProblem):  # decoding counts it as a skip
+                continue
+            audios.append((cut.id, split_evenly(audio, rate, window)[0]))
+        if audios:
+            found = detect(model, backbone.features([a for _, a in audios]))
+            out.update(zip([i for i, _ in audios], found))
+    confusions = Counter(f"{_language(c) or '?'}->{out[c.id] or '?'}" for c in cuts
+                         if c.id in out and out[c.id] != _language(c))
+    stats.language_detection = {"cuts": len(out), "confused": sum(confusions.values()),
+                                "confusions": dict(confusions.most_common())}
+    return out
+
+
+def write_outputs(records: Sequence[dict[str, Any]], out_dir: str | Path, config: DecodeConfig,
+                  stats: DecodeStats | None = None) -> None:
+    """Write ``hyps.jsonl``, ``hyp.trn``, ``decode_config.yaml`` (and
+    ``decode_stats.json``) under ``out_dir``, each atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "hyps.jsonl",
+                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(out_dir / "hyp.trn",
+                      "".join(f"{' '.join(r['text'].split())} ({r['id']})\n" for r in records))
+    write_text_atomic(out_dir / "decode_config.yaml", dump_yaml(config))
+    if stats is not None:
+        write_json_atomic(out_dir / "decode_stats.json", stats.as_dict())
+
+
+def gather_in_order(records: list[dict[str, Any]], cuts: Sequence[Any], out_dir: str | Path,
+                    config: DecodeConfig, state: Any) -> list[dict[str, Any]]:
+    """Under several processes: every process's records, in the order of ``cuts``; the main
+    process writes the outputs, and every process waits for it."""
+    from accelerate.utils import gather_object
+
+    records = gather_object(records)
+    order = {cut.id: n for n, cut in enumerate(cuts)}
+    records.sort(key=lambda r: order[r["id"]])
+    if state.is_main_process:
+        write_outputs(records, out_dir, config)
+    state.wait_for_everyone()
+    return records
+
+
+def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Path,
+                 config: DecodeConfig | None = None, *, adapter: str | Path | None = None,
+                 device: Any = None, progress: bool = True, scores: bool = False) -> list[dict[str, Any]]:
+    """Load the backbone ``config.backbone`` from ``model_dir``, decode the
+    CutSet manifest ``cuts_path`` and write the outputs under ``out_dir``.
+
+    With ``adapter`` (a round's ``best/`` or ``final/``, or a training
+    checkpoint ``checkpoints/step-N``), the LoRA is put on top of the model
+    unmerged: a checkpoint of any step decodes without being merged first.
+    ``scores`` adds each hypothesis' confidence to the records (see
+    :func:`decode_cuts`).
+
+    Under ``accelerate launch`` (or torchrun) every process decodes its own
+    shard of the cuts on its own device; the main process gathers the
+    records and writes the outputs. ``device`` defaults to Accelerate's
+    choice (the process's GPU, else the CPU); bf16/fp16 on a CPU falls back
+    to fp32 with a warning. ``config.quantize: int8`` quantizes the loaded
+    model's Linear layers (:func:`quantize_for_decoding`); it is refused, before
+    the model loads, on a GPU and with an ``adapter``.
+    """
+
+    from ilt.core.registry import create
+    from ilt.data.manifests import load_cuts
+
+    config = config or DecodeConfig()
+    cuts = list(load_cuts(cuts_path))  # errors name the manifest
+    state = process_state()  # under torchrun on CPU too: each process decodes its shard only
+    device = state.device if device is None else device
+    precision = config.precision
+    on_cpu = getattr(device, "type", str(device)).startswith("cpu")
+    _check_quantize_applies(config, device, on_cpu, adapter)
+    if on_cpu and precision != "fp32":
+        log.warning("decode: precision %s on a CPU: decoding in fp32 instead", precision)
+        precision = "fp32"
+    backbone = create("backbone", config.backbone, Path(model_dir), dtype=precision, device=device)
+    model = backbone.model
+    if config.quantize != "none":
+        count = quantize_for_decoding(model, config.quantize_scope)
+        log.info("decode: %d Linear layer(s) (%s) quantized to dynamic int8", count, config.quantize_scope)
+    if adapter is not None:
+        from ilt.models.adapter import load_adapter
+
+        model = load_adapter(backbone, adapter)
+        model.eval()
+    shard = cuts[state.process_index::state.num_processes]
+    journal = _journal(model_dir, adapter, cuts_path, out_dir, config, scores, state)
+    records = decode_cuts(backbone, model, shard, config,
+                          out_dir if state.num_processes == 1 else None,
+                          progress=progress and state.is_local_main_process, scores=scores, journal=journal)
+    if state.num_processes > 1:
+        records = gather_in_order(records, cuts, out_dir, config, state)
+    journal.remove()  # the outputs are complete
+    return records
+
+
+def _check_quantize_applies(config: DecodeConfig, device: Any, on_cpu: bool, adapter: Any) -> None:
+    """Refuse ``quantize`` where it does not apply, before the model loads."""
+    if config.quantize == "none":
+        return
+    if not on_cpu:
+        raise IltInputError(f"quantize: {config.quantize} decodes on a CPU only (torch's dynamic int8 kernels), "
+                            f"but this process decodes on {device}: set quantize: none")
+    if adapter is not None:
+        raise IltInputError(f"quantize: {config.quantize} cannot decode with an unmerged adapter ({adapter}): "
+                            f"merge it first (ilt merge) and decode the merged model, or set quantize: none")
+
+
+def quantize_for_decoding(model: Any, scope: str = "decoder") -> int:
+    """Replace ``model``'s ``torch.nn.Linear`` layers, in place, by dynamically
+    quantized int8 ones, for decoding on a CPU; return how many were replaced.
+
+    The weights are stored in int8 per output channel; each input is quantized
+    per batch at run time and the products run in torch's int8 CPU kernels
+    (fbgemm or oneDNN), with fp32 outputs. ``scope`` ``decoder``: every Linear
+    outside ``model.get_encoder()`` (the decoder layers and the output
+    projection, where autoregressive decoding spends its steps); ``all``: the
+    encoder's too. Other modules (convolutions, embeddings, layer norms) stay
+    as they are.
+
+    This uses ``torch.ao.quantization.quantize_dynamic``: torch marks it
+    deprecated in favour of torchao, but torchao 0.18's eager
+    ``Int8DynamicActivationInt8WeightConfig`` ran a Whisper-sized Linear about
+    10x slower than fp32 on a CPU, where ``quantize_dynamic`` ran it about 3x
+    faster, so its deprecation warnings are silenced here.
+
+    :raises IltInputError: a PEFT model (merge the adapter first), no Linear
+        layer in ``scope``, ``decoder`` on a model without an encoder, or a
+        torch without dynamic int8 kernels.
+    """
+    import warnings
+
+    import torch
+
+    if scope not in ("decoder", "all"):
+        raise IltInputError(f"quantize_scope: {scope!r} is not one of 'decoder', 'all'")
+    if hasattr(model, "peft_config") or any(hasattr(m, "lora_A") for m in model.modules()):
+        raise IltInputError("quantize: int8 cannot quantize a model with LoRA layers: merge the adapter first")
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError as exc:
+        raise IltInputError(f"quantize: int8 needs torch.ao.quantization.quantize_dynamic, which torch "
+                            f"{torch.__version__} does not have ({exc}): set quantize: none") from None
+    if torch.backends.quantized.engine in (None, "none"):
+        raise IltInputError(f"quantize: int8: torch {torch.__version__} has no quantized CPU engine here "
+                            f"(supported: {torch.backends.quantized.supported_engines}): set quantize: none")
+    skip: set[int] = set()
+    if scope == "decoder":
+        encoder = model.get_encoder() if hasattr(model, "get_encoder") else None
+        if encoder is None or encoder is model:
+            raise IltInputError(f"quantize_scope: decoder: {type(model).__name__} has no separate encoder; "
+                                f"use quantize_scope: all")
+        skip = {id(m) for m in encoder.modules()}
+    names = [name for name, m in model.named_modules() if type(m) is torch.nn.Linear and id(m) not in skip]
+    dtypes = {str(model.get_submodule(name).weight.dtype).removeprefix("torch.") for name in names}
+    if dtypes - {"float32"}:
+        raise IltInputError(f"quantize: int8 quantizes fp32 Linear layers, and this model's are "
+                            f"{', '.join(sorted(dtypes))}: load it in fp32")
+    if not names:
+        raise IltInputError(f"quantize: int8: {type(model).__name__} has no torch.nn.Linear layer in scope "
+                            f"{scope!r}: nothing to quantize; set quantize: none")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
+        quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, inplace=True)
+    model.eval()
+    return sum(_is_int8_linear(m) for m in model.modules())
+
+
+def _is_int8_linear(module: Any) -> bool:
+    """Whether ``module`` is a dynamically quantized int8 Linear (checked by
+    class, without importing the deprecated ``torch.ao`` modules)."""
+    cls = type(module)
+    return cls.__name__ == "Linear" and cls.__module__.startswith("torch.ao.nn.quantized.dynamic")
+
+
+def model_numerics(model: Any) -> dict[str, Any] | None:
+    """What ``model`` decodes with, for ``decode_stats.json``: ``{"dtype"``: its
+    floating-point weights' dtype, ``"int8_linear"``: Linear layers quantized
+    to dynamic int8, ``"float_linear"``: Linear layers left in ``dtype``,
+    ``"device"}``; ``None`` for an object that is not a torch module."""
+    if not hasattr(model, "named_modules") or not hasattr(model, "parameters"):
+        return None
+    import torch
+
+    floats = [p for p in model.parameters() if p.is_floating_point()]
+    modules = list(model.modules())
+    return {"dtype": str(floats[0].dtype).removeprefix("torch.") if floats else None,
+            "int8_linear": sum(_is_int8_linear(m) for m in modules),
+            "float_linear": sum(isinstance(m, torch.nn.Linear) for m in modules),
+            "device": str(floats[0].device) if floats else None}
+
+
+def _check_quantized(config: DecodeConfig, numerics: dict[str, Any] | None) -> None:
+    """``quantize`` is applied where a model is loaded for decoding
+    (:func:`decode_files`); refuse a config that asks for it with a model that
+    was not quantized (training's dev decoding, a model loaded another way)."""
+    if config.quantize != "none" and not (numerics or {}).get("int8_linear"):
+        raise IltInputError(f"quantize: {config.quantize} applies to a model loaded for decoding (ilt decode), "
+                            f"and this model is not quantized (training's dev decoding?): set quantize: none")
+
+
+def _journal(model_dir: str | Path, adapter: str | Path | None, cuts_path: str | Path, out_dir: str | Path,
+             config: DecodeConfig, scores: bool, state: Any) -> Any:
+    """The resume journal of one process's shard (see :mod:`ilt.core.journal`), loaded:
+    keyed by the model's and adapter's weights, the cuts, the config and the shard."""
+    from ilt.config import config_hash
+    from ilt.core.files import sha256_file
+    from ilt.core.journal import Journal
+    from ilt.models.adapter import ADAPTER_WEIGHTS, resolve_adapter_dir
+    from ilt.models.lineage import model_identity
+
+    key = {"model": model_identity(model_dir).get("sha256"), "cuts": sha256_file(cuts_path)[:16],
+           "adapter": sha256_file(resolve_adapter_dir(adapter) / ADAPTER_WEIGHTS)[:16] if adapter else None,
+           "config": config_hash(config), "scores": scores, "shard": [state.process_index, state.num_processes]}
+    name = ".decode.journal.jsonl" if state.num_processes == 1 else f".decode.journal.{state.process_index}.jsonl"
+    return Journal(Path(out_dir) / name, key).load()
+
+
+def write_submission(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Write hypotheses as a Kaldi-style ``text`` file, the challenge's submission format.
+
+    One ``<utterance-id> <hypothesis>`` line per record, sorted by ID (byte
+    order, as ``LC_ALL=C sort``), the hypothesis on one line with its
+    whitespace collapsed; an empty hypothesis leaves the ID alone on its
+    line. The MLC-SLM baseline scores from such a file. Written atomically.
+
+    :raises IltInputError: an ID with whitespace, or an ID seen twice.
+    """
+    lines: dict[str, str] = {}
+    for record in records:
+        utt_id, text = str(record["id"]), " ".join(str(record.get("text") or "").split())
+        if not utt_id or any(c.isspace() for c in utt_id):
+            raise IltInputError(f"utterance ID {utt_id!r} is empty or has whitespace: "
+                                "it cannot go in a Kaldi text file")
+        if utt_id in lines:
+            raise IltInputError(f"utterance ID {utt_id!r} appears twice")
+        lines[utt_id] = f"{utt_id} {text}" if text else utt_id
+    write_text_atomic(path, "".join(lines[k] + "\n" for k in sorted(lines)))
+    return Path(path)

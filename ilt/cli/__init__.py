@@ -1,0 +1,1 @@
+"""The ``ilt`` command line: one click group, every command registered one way."""

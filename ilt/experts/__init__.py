@@ -1,0 +1,1 @@
+"""LoRA language experts: one LoRA per language, trained, fused or distilled, routed by language."""

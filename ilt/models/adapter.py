@@ -1,0 +1,156 @@
+"""The adapter directory: what a trained LoRA is on disk, written and read in one place.
+
+An adapter directory (a round's ``best/`` and ``final/``, and the ``adapter/``
+inside every checkpoint ``checkpoints/step-N/``) holds::
+
+    adapter_config.json adapter_model.safetensors   PEFT save_pretrained
+    round.yaml       the resolved round config: backbone, LoRA, task, training
+    score.json       the dev score it was selected by, or {"step": N} for a checkpoint
+    manifests.json   the data it was trained on: role, manifest, weight, languages, sha256
+
+``round.yaml`` names the backbone, so an adapter directory is enough to rebuild
+the PEFT model on top of its base (:func:`load_adapter`) or to merge it
+(:func:`ilt.training.lora.merge_adapter`): any checkpoint of any step can serve as an
+extra model (voting, history merges) without being merged first.
+
+``manifests.json`` names each manifest as given in the config (relative paths
+stay relative) plus its sha256: the data's identity, not where it lay.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from ilt.config import ConfigError, RoundConfig, dump_yaml, load_round
+from ilt.core.files import (
+    atomic_dir,
+    read_json,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
+from ilt.errors import IltInputError
+from ilt.models import lid
+from ilt.models.lineage import SHORT_HASH
+
+log = logging.getLogger("ilt")
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ROUND_YAML = "round.yaml"
+SCORE_JSON = "score.json"
+MANIFESTS_JSON = "manifests.json"
+#: the adapter directory inside a training checkpoint ``checkpoints/step-N/``
+CHECKPOINT_ADAPTER = "adapter"
+
+
+def describe_manifests(sources: Sequence[tuple[Any, ...]], role: str = "train") -> list[dict[str, Any]]:
+    """``[{role, cuts, weight, languages, sha256}]`` for each ``(path, weight[,
+    languages])``. ``cuts`` is the path as given; ``sha256`` is ``None`` for a
+    file that cannot be read (noted, not fatal)."""
+    out = []
+    for path, weight, *rest in sources:
+        try:
+            digest = sha256_file(path)
+        except OSError as exc:
+            log.warning("cannot hash manifest %s: %s", path, exc)
+            digest = None
+        out.append({"role": role, "cuts": str(path), "weight": weight,
+                    "languages": rest[0] if rest else None, "sha256": digest})
+    return out
+
+
+def save_adapter(model: Any, dst: str | Path, config: RoundConfig, manifests: list[dict[str, Any]] | None,
+                 score: dict[str, Any]) -> Path:
+    """Write an adapter directory atomically: ``model`` (a PEFT model) saves its
+    LoRA weights, then ``round.yaml``, ``score.json`` and ``manifests.json``."""
+    dst = Path(dst)
+    with atomic_dir(dst) as tmp:
+        write_adapter_files(model, tmp, config, manifests, score)
+    return dst
+
+
+def write_adapter_files(model: Any, directory: str | Path, config: RoundConfig,
+                        manifests: list[dict[str, Any]] | None, score: dict[str, Any]) -> None:
+    """The files of an adapter directory, written into an existing (temporary) ``directory``."""
+    directory = Path(directory)
+    model.save_pretrained(str(directory), safe_serialization=True)
+    lid.save_trained(model, directory)  # language-ID embeddings this round trains (ilt.models.lid)
+    write_json_atomic(directory / SCORE_JSON, score)
+    write_text_atomic(directory / ROUND_YAML, dump_yaml(config))
+    if manifests is not None:
+        write_json_atomic(directory / MANIFESTS_JSON, manifests)
+
+
+def resolve_adapter_dir(path: str | Path) -> Path:
+    """The adapter directory ``path`` names: itself, or the ``adapter/`` of a
+    training checkpoint ``checkpoints/step-N``.
+
+    :raises IltInputError: when neither holds ``adapter_config.json``.
+    """
+    path = Path(path)
+    if (path / ADAPTER_CONFIG).is_file():
+        return path
+    if (path / CHECKPOINT_ADAPTER / ADAPTER_CONFIG).is_file():
+        return path / CHECKPOINT_ADAPTER
+    if not path.is_dir():
+        raise IltInputError(f"{path}: adapter directory not found")
+    raise IltInputError(f"{path}: not an adapter directory (no {ADAPTER_CONFIG}); give a round's best/ or "
+                        f"final/, or a checkpoint checkpoints/step-N")
+
+
+def read_adapter_round(adapter_dir: str | Path) -> RoundConfig:
+    """The resolved round config saved beside an adapter (``round.yaml``)."""
+    adapter_dir = resolve_adapter_dir(adapter_dir)
+    path = adapter_dir / ROUND_YAML
+    if not path.is_file():
+        raise IltInputError(
+            f"{adapter_dir}: no {ROUND_YAML} beside the adapter; it names the backbone and the round "
+            f"(adapters and checkpoints written by `ilt train` have one)")
+    try:
+        return load_round(path)
+    except ConfigError as exc:
+        raise IltInputError(str(exc)) from None
+
+
+def adapter_provenance(adapter_dir: str | Path) -> dict[str, Any]:
+    """What an adapter is: its round config, its data and its dev score, plus a
+    short hash of its weights (no local path)."""
+    adapter_dir = resolve_adapter_dir(adapter_dir)
+    config = read_adapter_round(adapter_dir)
+    manifests = read_json(adapter_dir / MANIFESTS_JSON)
+    if manifests is None:  # an adapter from elsewhere: hash what its config names
+        manifests = describe_manifests([(d.cuts, d.weight, d.languages) for d in config.task.data])
+    weights = adapter_dir / ADAPTER_WEIGHTS
+    return {
+        "config": config,
+        "data": manifests,
+        "dev_score": read_json(adapter_dir / SCORE_JSON),
+        "sha256": sha256_file(weights)[:SHORT_HASH] if weights.is_file() else None,
+    }
+
+
+def load_adapter(backbone: Any, adapter_dir: str | Path, *, trainable: bool = False) -> Any:
+    """``backbone.model`` wrapped in a PEFT model holding the adapter, unmerged.
+
+    :raises IltInputError: a missing adapter, one trained for another backbone,
+        or weights that do not fit the model.
+    """
+    from peft import PeftModel
+
+    adapter_dir = resolve_adapter_dir(adapter_dir)
+    config = read_adapter_round(adapter_dir)
+    if config.backbone.name != backbone.name:
+        raise IltInputError(f"{adapter_dir}: a LoRA for backbone {config.backbone.name!r}, not {backbone.name!r}")
+    try:
+        model = PeftModel.from_pretrained(backbone.model, str(adapter_dir), is_trainable=trainable)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise IltInputError(f"{adapter_dir}: the adapter does not fit this model: {type(exc).__name__}: "
+                            f"{first}") from None
+    embeddings = lid.attach_saved(backbone, adapter_dir)  # trained with this LoRA, if the round had them
+    if embeddings is not None and trainable:
+        embeddings.requires_grad_(True)
+    return model

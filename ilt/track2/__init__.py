@@ -1,0 +1,1 @@
+"""Track 2: whole conversations diarized, transcribed and scored by tcpWER."""

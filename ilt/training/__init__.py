@@ -1,0 +1,1 @@
+"""One ILT round: the LoRA, the training loop, its checkpoints and the dev evaluation."""

@@ -1,0 +1,256 @@
+"""Attach a round's LoRA to a backbone; merge a trained adapter into a full model.
+
+One source of truth: the ``lora:`` block of the round YAML holds PEFT
+``LoraConfig`` arguments; :func:`attach_lora` resolves a scope (``attention``,
+``wide``) to module names through the backbone and hands everything else to
+PEFT unchanged. An adapter directory (:mod:`ilt.models.adapter`) carries the resolved
+``round.yaml``, so :func:`merge_adapter` needs nothing else to know which
+backbone and which round it merges.
+
+History merge (the paper's Eq. 3, ``M_t = φ_t M_{t-1} + … + φ_{t-n+1} M_{t-n}``)
+    ``φ_t M_{t-1}`` is the newly merged model ``M_{t-1} + ΔM`` (Eq. 2). The
+    history is the models *before* ``M_{t-1}``: with ``history = [M_{t-2}, …,
+    M_{t-n}]`` and ``weights = [w_0, w_1, …]`` summing to 1, the result is
+    ``w_0 (M_{t-1} + ΔM) + w_1 M_{t-2} + …``, an average of whole models in
+    fp64, saved in the base's dtype. ``M_{t-1}`` itself is not a history
+    model: it is already inside the new one (``0.8 (M_{t-1} + ΔM) + 0.2
+    M_{t-1}`` would only shrink ΔM), and naming it is refused.
+
+A merged model directory holds the backbone's full model (safetensors), its
+processor, ``lineage.json`` (see :mod:`ilt.models.lineage`) and a model card
+``README.md`` (see :mod:`ilt.models.modelcard`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from ilt import __version__
+from ilt.config import LoraSection, config_hash, to_dict
+from ilt.core.files import (
+    atomic_dir,
+    read_json,
+    remove_stale_temporaries,
+    write_json_atomic,
+)
+from ilt.errors import IltInputError
+from ilt.models.adapter import adapter_provenance, load_adapter, resolve_adapter_dir
+from ilt.models.lid import zero_filled
+from ilt.models.lineage import LINEAGE_JSON, model_identity, weights_sha256
+from ilt.models.modelcard import with_hours, write_card
+
+log = logging.getLogger("ilt")
+
+#: Tolerance on the sum of history-merge weights.
+WEIGHT_SUM_TOLERANCE = 1e-6
+
+
+def lora_config(backbone: Any, lora: LoraSection) -> Any:
+    """The ``peft.LoraConfig`` of a round: the scope resolved by ``backbone``."""
+    from peft import LoraConfig
+
+    targets = backbone.target_modules(lora.target_modules)
+    return LoraConfig(**lora.peft_kwargs(list(targets)))
+
+
+def attach_lora(backbone: Any, lora: LoraSection) -> Any:
+    """Wrap ``backbone.model`` in a PEFT model with a fresh LoRA per ``lora``.
+
+    Only the LoRA weights are trainable afterwards, and they are fp32 even
+    when the frozen base was loaded in bf16/fp16 (PEFT's
+    ``autocast_adapter_dtype``). The LoRA initialisation draws from torch's
+    global RNG: seed it first for a reproducible start.
+
+    :raises ValueError: from the backbone when no module matches the targets.
+    """
+    from peft import get_peft_model
+
+    model = get_peft_model(backbone.model, lora_config(backbone, lora), autocast_adapter_dtype=True)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("LoRA r=%d on %s: %d trainable of %d parameters (%.3f%%)", lora.r,
+             ",".join(sorted(model.peft_config["default"].target_modules)), trainable, total,
+             100.0 * trainable / max(total, 1))
+    return model
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def _stored_dtype(model_dir: Path) -> Any:
+    """The floating-point dtype a Hugging Face checkpoint was saved in
+    (``config.json``'s ``dtype`` or ``torch_dtype``), if it says."""
+    import torch
+
+    config = read_json(model_dir / "config.json") or {}
+    name = config.get("dtype") or config.get("torch_dtype") if isinstance(config, dict) else None
+    dtype = getattr(torch, str(name), None) if name else None
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
+
+
+def check_weights(n_history: int, weights: Sequence[float] | None) -> list[float]:
+    """The history-merge weights ``[w_0, w_1, …]``: one per model (the new one
+    first), finite, non-negative, summing to 1; ``[1.0]`` without history."""
+    n = n_history + 1
+    if weights is None:
+        if n_history:
+            raise ValueError(f"a history merge needs {n} weights (the new model first, then "
+                             f"{n_history} earlier model(s)); none given")
+        return [1.0]
+    weights = [float(w) for w in weights]
+    if len(weights) != n:
+        raise ValueError(f"history merge: {len(weights)} weight(s) for {n} model(s) (the new model "
+                         f"first, then {n_history} earlier model(s)); give one weight per model")
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise ValueError(f"history merge: weights must be finite and non-negative, got {weights}")
+    if abs(sum(weights) - 1.0) > WEIGHT_SUM_TOLERANCE:
+        raise ValueError(f"history merge: weights must sum to 1, got {weights} (sum {sum(weights):.6g})")
+    return weights
+
+
+def weighted_average(own: dict[str, Any], others: Sequence[dict[str, Any]], weights: Sequence[float],
+                     names: Sequence[str]) -> dict[str, Any]:
+    """``w_0 own + Σ w_k others[k]`` over the floating-point tensors, in fp64,
+    cast back to each tensor's dtype; other tensors must be equal.
+
+    :param names: what each of ``others`` is, for errors.
+    :raises IltInputError: a model of another architecture.
+    """
+    import torch
+
+    acc = {k: v.detach().to(torch.float64) * weights[0] for k, v in own.items() if v.is_floating_point()}
+    for phi, theirs, name in zip(weights[1:], others, names):
+        missing, extra = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
+        if missing or extra:
+            raise IltInputError(f"history merge: {name} has a different architecture: missing {missing[:3]}, "
+                                f"unexpected {extra[:3]}")
+        for key, value in own.items():
+            if theirs[key].shape != value.shape:
+                raise IltInputError(f"history merge: {name}: {key} has shape {tuple(theirs[key].shape)}, "
+                                    f"the new model {tuple(value.shape)}")
+            if key in acc:
+                acc[key] += theirs[key].detach().to(torch.float64) * phi
+            elif not torch.equal(theirs[key], value):
+                raise IltInputError(f"history merge: {name}: non-float tensor {key} differs")
+    return {k: v.to(own[k].dtype) for k, v in acc.items()}
+
+
+def _history_average(backbone_spec: Any, merged: Any, history: Sequence[Path], weights: list[float]) -> None:
+    """Set ``merged``'s floating-point weights to the Eq. 3 average, in place."""
+    import torch
+
+    from ilt.core.registry import create
+
+    own = merged.state_dict()
+    # a model from before language-ID embeddings were on is the model with zero embeddings (ilt.models.lid)
+    others = [zero_filled(own, create("backbone", backbone_spec, d, dtype=torch.float32, device="cpu")
+                          .model.state_dict()) for d in history]
+    averaged = weighted_average(own, others, weights, [str(d) for d in history])
+    with torch.no_grad():
+        for key, value in averaged.items():
+            own[key].copy_(value)
+
+
+def _check_inputs(model_dir: Path, adapter_dir: Path, out_dir: Path, history: list[Path],
+                  overwrite: bool) -> None:
+    for path in [model_dir, *history]:
+        if not path.is_dir():
+            raise IltInputError(f"{path}: model directory not found")
+    if out_dir.resolve() in {p.resolve() for p in [model_dir, adapter_dir, *history]}:
+        raise IltInputError(f"{out_dir}: the output must be a new directory, not an input of the merge")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise IltInputError(f"{out_dir}: exists and is not empty; choose another --out or overwrite it")
+
+
+def _check_history(model_dir: Path, base: dict[str, Any], history: list[Path],
+                   identities: list[dict[str, Any]]) -> None:
+    """The base model ``M_{t-1}`` (by path, or a copy: by weight hash) is not a history model."""
+    for path, identity in zip(history, identities):
+        if path.resolve() == model_dir.resolve() or (base["sha256"] and identity["sha256"] == base["sha256"]):
+            raise IltInputError(
+                f"--history {path}: this is the base model M_(t-1) itself, which the merged model already "
+                f"contains; the history starts at M_(t-2) (the model the base was trained from)")
+
+
+def merge_adapter(
+    model_dir: str | Path,
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    history: Sequence[str | Path] | None = None,
+    weights: Sequence[float] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Merge the LoRA in ``adapter_dir`` into the model in ``model_dir``; write a
+    full model, ``lineage.json`` (with the hours of each training manifest that
+    can be read) and the model card ``README.md`` to ``out_dir`` atomically;
+    return ``out_dir``.
+
+    The merge runs in fp32 on the CPU whatever precision the LoRA was trained
+    in (the weights are ``W + (alpha/r) B A``, exact up to fp32 rounding), and
+    the result is saved in the base's stored dtype.
+
+    :param adapter_dir: a round's ``best/`` or ``final/``, or a training
+        checkpoint ``checkpoints/step-N``.
+    :param history: earlier full models ``M_{t-2}, M_{t-3}, …`` for the history
+        merge (see the module docstring); not ``M_{t-1}`` (= ``model_dir``).
+    :param weights: ``w_0`` (the newly merged model) followed by one weight per
+        ``history`` entry; non-negative, summing to 1.
+    :param overwrite: replace an existing non-empty ``out_dir``.
+    :raises IltInputError: missing directories, an adapter without its round
+        config, a history model of another architecture or equal to the base.
+    :raises ValueError: bad weights.
+    """
+    import torch
+
+    from ilt.core.registry import create
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    adapter_dir = resolve_adapter_dir(adapter_dir)
+    history = [Path(h) for h in (history or [])]
+    phis = check_weights(len(history), weights)
+    _check_inputs(model_dir, adapter_dir, out_dir, history, overwrite)
+    base, history_ids = model_identity(model_dir), [model_identity(h) for h in history]
+    _check_history(model_dir, base, history, history_ids)
+    adapter = adapter_provenance(adapter_dir)
+    config = adapter["config"]
+
+    backbone = create("backbone", config.backbone, model_dir, dtype=torch.float32, device="cpu")
+    merged = load_adapter(backbone, adapter_dir).merge_and_unload(safe_merge=True)
+    merged.eval()
+    if history:
+        _history_average(config.backbone, merged, history, phis)
+    stored = _stored_dtype(model_dir)
+    if stored is not None and stored != torch.float32:  # merged in fp32, saved as the base was
+        merged.to(stored)
+
+    lineage = {
+        "ilt_version": __version__,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": None,  # filled in once the weights are written
+        "base": base,
+        "adapter": {"round": config.name, "step": (adapter["dev_score"] or {}).get("step"),
+                    "sha256": adapter["sha256"]},
+        "round": config.name,
+        "backbone": to_dict(config)["backbone"],
+        "config_hash": config_hash(config),
+        "config": to_dict(config),
+        "data": with_hours(adapter["data"] or []),
+        "dev_score": adapter["dev_score"],
+        "history_merge": ({"models": ["(this merge)", *history_ids], "weights": phis}
+                          if history else None),
+        "parent": read_json(model_dir / LINEAGE_JSON),
+    }
+    remove_stale_temporaries(out_dir)  # a killed merge's partial copy
+    with atomic_dir(out_dir) as tmp:  # an existing out_dir is replaced only once this one is complete
+        backbone.save(merged, tmp)
+        lineage["model"] = {"name": out_dir.resolve().name, "source": f"ilt merge of round {config.name}",
+                            "sha256": weights_sha256(tmp)}
+        write_json_atomic(tmp / LINEAGE_JSON, lineage)
+        # tmp lies beside out_dir: the card finds the experiment's reports (a row matching these weights)
+        write_card(tmp, name=out_dir.resolve().name)
+    log.info("merged %s + %s -> %s", model_dir, adapter_dir, out_dir)
+    return out_dir
