@@ -101,9 +101,34 @@ def test_each_hypothesis_ends_at_its_own_budget(tiny, beams):
         assert rows[1] == alone[0]
 
 
-def test_greedy_hypotheses_without_loops_are_unchanged_by_the_loop_stop(tiny):
+def _first_loop_end(row, loop_tokens):
+    """The length of the shortest prefix of ``row`` that ends in a loop, or ``None``."""
+    for end in range(loop_tokens, len(row) + 1):
+        if bool(looping_rows(torch.tensor([row[:end]]), loop_tokens)[0]):
+            return end
+    return None
+
+
+def test_the_loop_stop_cuts_a_looping_hypothesis_at_its_first_loop(tiny):
+    """Greedy, with a budget (40) far above the loop length (12): the tiny
+    random model repeats one token, so every hypothesis loops, and the loop
+    stop ends each one where its first 12-token loop is complete."""
     rng = np.random.default_rng(1)
     feats = tiny.features([rng.standard_normal(4000).astype(np.float32) for _ in range(3)])
-    plain = _text_tokens(tiny, tiny.model, feats, max_new_tokens=10)
-    stopped = _text_tokens(tiny, tiny.model, feats, max_new_tokens=10, loop_tokens=12)
-    assert plain == stopped  # 10 tokens cannot hold a 12-token loop
+    plain = _text_tokens(tiny, tiny.model, feats, max_new_tokens=40)
+    stopped = _text_tokens(tiny, tiny.model, feats, max_new_tokens=40, loop_tokens=12)
+    assert all(len(row) == 40 for row in plain)  # without the stop, only the budget ends them
+    for before, after in zip(plain, stopped):
+        end = _first_loop_end(before, 12)
+        assert end is not None and after == before[:end]
+
+
+def test_the_loop_stop_never_stops_a_hypothesis_without_a_loop():
+    """40 steps of a row that never repeats itself: the loop stop forces no
+    end-of-text at any step, and its counter stays at zero."""
+    rules = StopRules([100], prompt_length=1, eos_id=EOS, loop_tokens=12)
+    rows = [0] + [t % 7 + 11 * (t // 7) for t in range(40)]  # no period repeats three times
+    for step in range(2, len(rows) + 1):
+        scores = rules(torch.tensor([rows[:step]]), torch.zeros(1, 10))
+        assert (scores == 0).all()
+    assert rules.stopped == {"budget": 0, "loop": 0}

@@ -149,6 +149,7 @@ def test_unknown_language_is_detected_then_decoded_with_its_vectors(name, model_
     inputs = backbone.features([0.1 * rng.standard_normal(16000 + 4000 * i).astype(np.float32) for i in range(2)])
     detected = backbone.detect_language(backbone.model, inputs)
     hyps = backbone.generate(backbone.model, inputs, language=None, max_new_tokens=4)
+    assert len(detected) == len(hyps) == 2  # one decision per input: the loop below runs twice
     for i, language in enumerate(detected):
         one = {k: v[i:i + 1] for k, v in inputs.items()}
         assert backbone.generate(backbone.model, one, language=language, max_new_tokens=4) == hyps[i:i + 1]

