@@ -1,0 +1,81 @@
+"""The encoder on the audio's own length (ilt.models.encoder_length): exact on
+30 s, shapes on shorter inputs, one model instance only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ilt.models.encoder_length import (
+    AUDIO_LENGTH,
+    PADDED,
+    input_mode,
+    padded_frames,
+    use_audio_length,
+)
+
+
+def _tiny_whisper(tmp_path=None):
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
+                           max_source_positions=100, max_target_positions=32, vocab_size=100,
+                           pad_token_id=1, bos_token_id=2, eos_token_id=2, decoder_start_token_id=3)
+    return WhisperForConditionalGeneration(config).eval()
+
+
+def _tiny_qwen_tower(tmp_path):
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    from ilt.testing.tiny_qwen2_audio import tiny_qwen2_audio_dir
+
+    return Qwen2AudioForConditionalGeneration.from_pretrained(tiny_qwen2_audio_dir(tmp_path / "q")).eval().model.audio_tower
+
+
+@pytest.mark.parametrize("build", [_tiny_whisper, _tiny_qwen_tower])
+def test_on_the_full_window_it_computes_what_the_stock_encoder_computes(build, tmp_path):
+    model = build(tmp_path)
+    encoder = model.model.encoder if hasattr(model, "model") else model
+    frames = encoder.embed_positions.num_embeddings * 2
+    features = torch.randn(2, encoder.conv1.in_channels, frames)
+    with torch.no_grad():
+        stock = encoder(features).last_hidden_state
+        use_audio_length(encoder)
+        trimmed = encoder(features).last_hidden_state
+    assert torch.equal(stock, trimmed)
+    assert input_mode(encoder) == AUDIO_LENGTH
+
+
+def test_shorter_inputs_give_shorter_outputs_and_other_models_stay_stock():
+    model, other = _tiny_whisper(), _tiny_whisper()
+    encoder = use_audio_length(model.model.encoder)
+    with torch.no_grad():
+        out = encoder(torch.randn(1, 80, 60)).last_hidden_state
+        assert out.shape == (1, 30, 32)
+        with pytest.raises(ValueError, match="expects the mel input features to be of length 200"):
+            other.model.encoder(torch.randn(1, 80, 60))  # the class is untouched
+        with pytest.raises(ValueError, match="at most 200 mel frames, a multiple of 2; got 61"):
+            encoder(torch.randn(1, 80, 61))
+    assert input_mode(other.model.encoder) == PADDED
+
+
+def test_the_whole_model_trains_and_generates_on_short_inputs():
+    model = _tiny_whisper()
+    use_audio_length(model.model.encoder)
+    features = torch.randn(2, 80, 40)
+    labels = torch.randint(0, 100, (2, 5))
+    model.train()
+    loss = model(input_features=features, labels=labels).loss
+    loss.backward()
+    assert torch.isfinite(loss) and model.model.encoder.conv1.weight.grad is not None
+
+
+def test_padded_frames_rounds_up_to_the_multiple_within_the_window():
+    assert padded_frames([16000, 32000], hop=160, window_frames=3000, multiple=100) == 200
+    assert padded_frames([32001], hop=160, window_frames=3000, multiple=100) == 300
+    assert padded_frames([16000 * 40], hop=160, window_frames=3000, multiple=100) == 3000
+    assert padded_frames([], hop=160, window_frames=3000, multiple=100) == 100
+    with pytest.raises(ValueError, match="even"):
+        padded_frames([1], hop=160, window_frames=3000, multiple=3)
