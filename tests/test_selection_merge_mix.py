@@ -36,13 +36,13 @@ from ilt.config import DataSource, DecodeConfig, LoraSection
 from ilt.core.runtime import Skips
 from ilt.data import mix as mix_mod
 from ilt.errors import IltInputError
+from ilt.models.base import stored_dtype
 from ilt.models.generation import MAX_LOOP_PERIOD, StopRules, looping_rows, token_budget
 from ilt.training.checkpoint import TrainState
 from ilt.training.lora import (
     WEIGHT_SUM_TOLERANCE,
     _check_history,
     _check_inputs,
-    _stored_dtype,
     attach_lora,
     check_weights,
     lora_config,
@@ -283,9 +283,9 @@ def test_weighted_average_refuses_other_architectures():
 def test_stored_dtype(tmp_path):
     def dtype_of(config):
         (tmp_path / "config.json").write_text(json.dumps(config))
-        return _stored_dtype(tmp_path)
+        return stored_dtype(tmp_path)
 
-    assert _stored_dtype(tmp_path) is None  # no config.json
+    assert stored_dtype(tmp_path) is None  # no config.json
     assert dtype_of({"dtype": "bfloat16"}) == torch.bfloat16
     assert dtype_of({"torch_dtype": "float16"}) == torch.float16
     assert dtype_of({"dtype": "float16", "torch_dtype": "float32"}) == torch.float16

@@ -310,7 +310,7 @@ def test_whisper_config_without_safetensors_weights(ml_dir, tmp_path):
 
 
 def test_features_run_on_the_models_gpu(ml, monkeypatch):
-    import ilt.plugins.whisper as whisper
+    import ilt.models.base as base  # where the shared HFBackbone.features lives
 
     audio = [torch.rand(4000).numpy()]
     seen = []
@@ -327,7 +327,7 @@ def test_features_run_on_the_models_gpu(ml, monkeypatch):
     class OnGpu:
         device = torch.device("cuda", 0)
 
-    monkeypatch.setattr(whisper, "_first_float_param", lambda model: OnGpu)
+    monkeypatch.setattr(base, "first_float_param", lambda model: OnGpu)
     ml.features(audio)
     assert seen[-1] == torch.device("cuda", 0)
     monkeypatch.undo()

@@ -40,7 +40,6 @@ Experts of weight 0 are left out of the fusion.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import math
 from dataclasses import dataclass
@@ -50,8 +49,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from collections.abc import Mapping
 
-from ilt import __version__
-from ilt.config import LoraSection, RoundConfig, config_hash, to_dict
+from ilt.config import LoraSection, RoundConfig
 from ilt.core.files import (
     atomic_dir,
     read_json,
@@ -63,11 +61,13 @@ from ilt.models.adapter import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     adapter_provenance,
+    load_adapters,
     resolve_adapter_dir,
     write_adapter_files,
 )
+from ilt.models.base import stored_dtype
 from ilt.models.lid import LID_FILE
-from ilt.models.lineage import LINEAGE_JSON, model_identity, weights_sha256
+from ilt.models.lineage import merge_lineage, model_identity, write_lineage
 from ilt.models.modelcard import with_hours, write_card
 
 log = logging.getLogger("ilt")
@@ -308,27 +308,12 @@ def _layer_widths(model: Any, targets: set[str]) -> int:
 
 def load_experts_into(base_model: Any, experts: list[Expert]) -> Any:
     """A PEFT model over ``base_model`` holding every expert (adapter name
-    ``expert_<lang>``), frozen, in eval mode.
+    ``expert_<lang>``), frozen, in eval mode (:func:`ilt.models.adapter.load_adapters`).
 
     :raises IltInputError: an adapter that does not fit the base model.
     """
-    from peft import PeftModel
-    from tqdm.auto import tqdm
-
-    model = None
-    for expert in tqdm(experts, desc="load experts", unit="expert", disable=None):
-        try:
-            if model is None:
-                model = PeftModel.from_pretrained(base_model, str(expert.adapter_dir), adapter_name=expert.name)
-            else:
-                model.load_adapter(str(expert.adapter_dir), adapter_name=expert.name)
-        except (KeyError, RuntimeError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise IltInputError(f"{expert.adapter_dir}: expert {expert.language!r} does not fit the base model: "
-                                f"{type(exc).__name__}: {first}") from None
-    model.eval()
-    model.requires_grad_(False)
-    return model
+    return load_adapters(base_model, {e.name: e.adapter_dir for e in experts},
+                         labels={e.name: f"expert {e.language!r}" for e in experts}, progress="load experts")
 
 
 def fused_rank(model: Any, experts: list[Expert], method: str, svd_rank: int | None) -> int:
@@ -381,16 +366,6 @@ def peft_fusion(model: Any, experts: list[Expert], weights: Mapping[str, float],
 # --------------------------------------------------------------------------- outputs
 
 
-def _saved_dtype(model_dir: Path) -> Any:
-    """The floating-point dtype ``config.json`` says the checkpoint was saved in, if any."""
-    import torch
-
-    config = read_json(model_dir / "config.json")
-    name = (config.get("dtype") or config.get("torch_dtype")) if isinstance(config, dict) else None
-    dtype = getattr(torch, str(name), None) if name else None
-    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
-
-
 def fused_round(experts: list[Expert], method: str, rank: int) -> RoundConfig:
     """The round config saved with a fusion: the first expert's, named
     ``fusion-<method>``, with the fused LoRA's shape (rank ``rank``, scale 1,
@@ -435,30 +410,16 @@ def write_fused_model(backbone: Any, model: Any, base_dir: Path, out_dir: Path, 
     base's saved dtype), processor, ``lineage.json`` (with ``fusion``),
     ``fusion.json`` and the model card, atomically."""
     model.eval()
-    stored = _saved_dtype(base_dir)
+    stored = stored_dtype(base_dir)
     if stored is not None:
         model.to(stored)
-    lineage = {
-        "ilt_version": __version__,
-        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "model": None,  # filled in once the weights are written
-        "base": record["base"],
-        "adapter": {"round": config.name, "step": None, "sha256": None},
-        "round": config.name,
-        "backbone": to_dict(config)["backbone"],
-        "config_hash": config_hash(config),
-        "config": to_dict(config),
-        "data": with_hours([d for e in experts for d in e.data]),
-        "dev_score": None,
-        "history_merge": None,
-        "fusion": record,
-        "parent": read_json(base_dir / LINEAGE_JSON),
-    }
+    lineage = merge_lineage(config, base=record["base"], parent_dir=base_dir,
+                            adapter={"round": config.name, "step": None, "sha256": None},
+                            data=with_hours([d for e in experts for d in e.data]), dev_score=None,
+                            fusion=record)
     with atomic_dir(out_dir) as tmp:
         backbone.save(model, tmp)
-        lineage["model"] = {"name": out_dir.resolve().name, "source": f"ilt experts fuse ({record['method']})",
-                            "sha256": weights_sha256(tmp)}
-        write_json_atomic(tmp / LINEAGE_JSON, lineage)
+        write_lineage(tmp, lineage, name=out_dir.resolve().name, source=f"ilt experts fuse ({record['method']})")
         write_json_atomic(tmp / FUSION_JSON, record)
         write_card(tmp, name=out_dir.resolve().name)
     return out_dir

@@ -23,11 +23,14 @@ identity, never by an absolute local path:
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from pathlib import Path
 from typing import Any
 
-from ilt.core.files import read_json, sha256_file
+from ilt import __version__
+from ilt.config import config_hash, to_dict
+from ilt.core.files import read_json, sha256_file, write_json_atomic
 from ilt.models.hub import snapshot_info
 
 LINEAGE_JSON = "lineage.json"
@@ -85,3 +88,51 @@ def root_identity(lineage: dict[str, Any]) -> dict[str, Any] | None:
         node = node["parent"]
     base = node.get("base")
     return base if isinstance(base, dict) else None
+
+
+def merge_lineage(config: Any, *, base: dict[str, Any], adapter: dict[str, Any], data: list[dict[str, Any]],
+                  dev_score: dict[str, Any] | None, parent_dir: str | Path,
+                  history_merge: dict[str, Any] | None = None,
+                  fusion: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``lineage.json`` of a model that ``ilt merge`` or ``ilt experts
+    fuse`` writes, before its weights exist (``model`` is ``None`` until
+    :func:`write_lineage` fills it in).
+
+    :param config: the round config (:class:`ilt.config.RoundConfig`) the model comes from.
+    :param base: :func:`model_identity` of the model it was built on.
+    :param adapter: ``{round, step, sha256}`` of the adapter merged in.
+    :param data: the training manifests' entries (with their hours).
+    :param parent_dir: the base model's directory: its own ``lineage.json``
+        (if any) becomes ``parent``, so the chain reads from the last model.
+    :param history_merge: ``{models, weights}`` of a history merge, if any.
+    :param fusion: what ``fusion.json`` says, for a fused model only (the key
+        is absent otherwise).
+    """
+    plain = to_dict(config)
+    lineage: dict[str, Any] = {
+        "ilt_version": __version__,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": None,  # filled in once the weights are written
+        "base": base,
+        "adapter": adapter,
+        "round": config.name,
+        "backbone": plain["backbone"],
+        "config_hash": config_hash(config),
+        "config": plain,
+        "data": data,
+        "dev_score": dev_score,
+        "history_merge": history_merge,
+    }
+    if fusion is not None:
+        lineage["fusion"] = fusion
+    lineage["parent"] = read_json(Path(parent_dir) / LINEAGE_JSON)
+    return lineage
+
+
+def write_lineage(model_dir: str | Path, lineage: dict[str, Any], *, name: str, source: str) -> dict[str, Any]:
+    """Fill in ``lineage["model"]`` (``name``, ``source`` and the hash of the
+    weights now in ``model_dir``) and write ``model_dir/lineage.json``
+    atomically; return the model's identity."""
+    lineage["model"] = {"name": name, "source": source, "sha256": weights_sha256(model_dir)}
+    write_json_atomic(Path(model_dir) / LINEAGE_JSON, lineage)
+    return lineage["model"]

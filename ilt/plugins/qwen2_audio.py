@@ -35,20 +35,20 @@ from typing import Any, Sequence
 import numpy as np
 
 from ilt.backbone import Batch
-from ilt.core.files import atomic_dir, log
 from ilt.data.audio import AudioProblem, load_checked
 from ilt.data.languages import WHISPER_LANGUAGES
 from ilt.errors import IltInputError
 from ilt.hookspecs import hookimpl
 from ilt.models import lid
 from ilt.models.base import (
+    HFBackbone,
     first_float_param,
     generating_model,
     read_model_config,
-    resolve_target_modules,
     split_generation_kwargs,
     unwrap_model,
 )
+from ilt.models.scopes import QWEN2_AUDIO_SCOPES
 from ilt.models.whisper_io import IGNORE_INDEX, readable_pieces, resolve_dtype
 
 #: The instruction of Qwen2-Audio's speech-recognition prompt (the language tag follows it).
@@ -56,10 +56,7 @@ INSTRUCTION = "Detect the language and recognize the speech: "
 AUDIO_BOS, AUDIO_EOS, END_OF_TEXT = "<|audio_bos|>", "<|audio_eos|>", "<|endoftext|>"
 
 #: Module leaf names of each LoRA scope (matched in the LLM and the audio tower alike).
-SCOPE_TARGETS: dict[str, tuple[str, ...]] = {
-    "attention": ("q_proj", "k_proj", "v_proj"),
-    "wide": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "out_proj", "fc1", "fc2"),
-}
+SCOPE_TARGETS: dict[str, tuple[str, ...]] = QWEN2_AUDIO_SCOPES
 
 #: Feature frames every input is given at least: 2 audio tokens, so the model
 #: recognises the prompt as already expanded (consecutive ``<|AUDIO|>``).
@@ -235,10 +232,16 @@ class Qwen2AudioCollator:
         return Batch(tensors=tensors, cut_ids=[loaded[i].id for i in kept], skipped=skipped, languages=languages)
 
 
-class Qwen2AudioBackbone:
-    """A Qwen2-Audio model plus its processor (Whisper feature extractor and Qwen2 tokenizer)."""
+class Qwen2AudioBackbone(HFBackbone):
+    """A Qwen2-Audio model plus its processor (Whisper feature extractor and Qwen2 tokenizer).
+
+    LoRA scopes (matched in the LLM and the audio tower alike): ``attention``
+    is q/k/v_proj; ``wide`` also o_proj, gate/up/down_proj, out_proj, fc1, fc2.
+    """
 
     name = "qwen2_audio"
+    family = "Qwen2-Audio"
+    scope_targets = SCOPE_TARGETS
 
     def __init__(self, model: Any, processor: Any) -> None:
         self.model, self.processor = model, processor
@@ -265,21 +268,16 @@ class Qwen2AudioBackbone:
 
         model_dir = Path(model_dir)
         check_qwen2_audio_dir(model_dir)
-        try:
-            model = Qwen2AudioForConditionalGeneration.from_pretrained(
-                model_dir, dtype=resolve_dtype(dtype), attn_implementation="sdpa", local_files_only=True,
-                use_safetensors=True)
-        except (OSError, ValueError) as exc:
-            raise IltInputError(f"{model_dir}: cannot load the Qwen2-Audio weights: {exc}") from None
+        model = cls.load_weights(Qwen2AudioForConditionalGeneration, model_dir, resolve_dtype(dtype))
         try:
             processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise IltInputError(f"{model_dir}: cannot load the Qwen2-Audio processor: {exc}") from None
-        if device is not None:
-            model.to(device)
-        backbone = cls(model, processor)
-        lid.attach_saved(backbone, model_dir)  # language-ID embeddings saved beside the model, if any
-        return backbone
+        return cls(model, processor).finish_loading(model_dir, device)
+
+    def save_processor(self, out_dir: Path) -> None:
+        """The processor: feature extractor and tokenizer (see :meth:`HFBackbone.save`)."""
+        self.processor.save_pretrained(out_dir)
 
     def lid_modules(self) -> tuple[Any, Any]:
         """Where :mod:`ilt.models.lid` adds its vectors: the audio tower (output, before
@@ -291,29 +289,10 @@ class Qwen2AudioBackbone:
         """Language codes the prompt can name (Qwen2-Audio's tags follow Whisper's codes)."""
         return sorted(WHISPER_LANGUAGES)
 
-    def text_ids(self, text: str, language: str | None = None) -> list[int]:
-        """See :meth:`Qwen2AudioCollator.text_ids`."""
-        return self.collator.text_ids(text, language)
-
     def tokenize(self, text: str, language: str | None = None) -> list[str]:
         """The BPE pieces of :meth:`text_ids` as readable text (byte-level
         spelling for pieces holding part of a character)."""
         return readable_pieces(self.tokenizer, self.text_ids(text, language))
-
-    def target_modules(self, spec: str | Sequence[str]) -> list[str]:
-        """LoRA target module names: a scope (``attention``: q/k/v_proj;
-        ``wide``: also o_proj, gate/up/down_proj, out_proj, fc1, fc2) or
-        explicit names (see :func:`ilt.models.base.resolve_target_modules`)."""
-        return resolve_target_modules(unwrap_model(self.model), spec, SCOPE_TARGETS, "Qwen2-Audio")
-
-    def features(self, audios: Sequence[np.ndarray]) -> dict[str, Any]:
-        """See :meth:`Qwen2AudioCollator.features` (the STFT on the model's GPU, if any)."""
-        device = first_float_param(self.model).device
-        return self.collator.features(audios, device=device if device.type == "cuda" else None)
-
-    def collate(self, cuts: Any) -> Batch:
-        """See :meth:`Qwen2AudioCollator.__call__`."""
-        return self.collator(cuts)
 
     def _forward(self, model: Any, tensors: dict[str, Any], languages: Any) -> Any:
         """Logits of a teacher-forced batch, with the language-ID vectors of ``languages``."""
@@ -450,29 +429,6 @@ class Qwen2AudioBackbone:
         generated = self._run(model, inputs, languages, gen, [max(1, n) for n in limits], loop_tokens, extra)
         texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         return [(_LEADING_TAG.sub("", t) if lang is None else t).strip() for t, lang in zip(texts, languages)]
-
-    # ------------------------------------------------------------------ saving
-
-    def save(self, model: Any, out_dir: str | Path) -> None:
-        """Write the full model (safetensors), the processor and the
-        generation config to ``out_dir`` atomically, plus the language-ID
-        embeddings (:data:`ilt.models.lid.LID_FILE`) when it has them. A PEFT-wrapped
-        model must be merged first."""
-        model = model.module if not hasattr(model, "save_pretrained") and hasattr(model, "module") else model
-        if hasattr(model, "peft_config"):
-            raise ValueError("save() writes a full model: merge the LoRA adapter into the model first "
-                             "(peft's merge_and_unload)")
-        with atomic_dir(out_dir) as tmp:
-            with lid.detached(model) as embeddings:
-                model.save_pretrained(tmp)
-            if embeddings is not None:
-                lid.save(embeddings, tmp)
-            self.processor.save_pretrained(tmp)
-            model.generation_config.save_pretrained(tmp)
-            if any(tmp.glob("*.bin")) or not any(tmp.glob("*.safetensors")):
-                raise RuntimeError(f"{out_dir}: the model was not written as safetensors")
-        log.info("saved Qwen2-Audio model to %s", out_dir)
-
 
 class Qwen2AudioTextTokenizer:
     """Only the tokenizer of a Qwen2-Audio directory (``tokenizer_only=True``):

@@ -19,20 +19,18 @@ import copy
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from ilt.backbone import Batch
-from ilt.core.files import atomic_dir, log
 from ilt.errors import IltInputError
 from ilt.hookspecs import hookimpl
 from ilt.models import lid
 from ilt.models.base import (
+    HFBackbone,
     first_float_param,
     generating_model,
-    resolve_target_modules,
     split_generation_kwargs,
     unwrap_model,
 )
+from ilt.models.scopes import WHISPER_SCOPES
 from ilt.models.whisper_io import (
     IGNORE_INDEX,
     WhisperCollator,
@@ -46,25 +44,23 @@ from ilt.models.whisper_io import (
     resolve_dtype,
 )
 
-#: Label value ignored by the loss.
-
 #: Module leaf names of each LoRA scope (Whisper has no gate/up/down projections).
-SCOPE_TARGETS: dict[str, tuple[str, ...]] = {
-    "attention": ("q_proj", "k_proj", "v_proj"),
-    "wide": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
-}
-
-
-#: A Whisper tokenizer is read from ``tokenizer.json``, or from ``vocab.json`` plus ``merges.txt``.
+SCOPE_TARGETS: dict[str, tuple[str, ...]] = WHISPER_SCOPES
 
 
 _unwrap, _generating, _first_float_param = unwrap_model, generating_model, first_float_param
 
 
-class WhisperBackbone:
-    """A Whisper model plus its feature extractor and tokenizer."""
+class WhisperBackbone(HFBackbone):
+    """A Whisper model plus its feature extractor and tokenizer.
+
+    LoRA scopes: ``attention`` is q/k/v_proj; ``wide`` adds out_proj, fc1 and
+    fc2 (Whisper has no gate/up/down projections).
+    """
 
     name = "whisper"
+    family = "Whisper"
+    scope_targets = SCOPE_TARGETS
 
     #: Beam search computes each utterance's cross-attention keys and values
     #: once instead of once per beam (:mod:`ilt.models.whisper_beam`; the same
@@ -117,13 +113,7 @@ class WhisperBackbone:
         model_dir = Path(model_dir)
         check_whisper_dir(model_dir)
         check_model_files(model_dir, tokenizer=False)
-        torch_dtype = resolve_dtype(dtype)
-        try:
-            model = WhisperForConditionalGeneration.from_pretrained(
-                model_dir, dtype=torch_dtype, attn_implementation="sdpa", local_files_only=True,
-                use_safetensors=True)
-        except (OSError, ValueError) as exc:
-            raise IltInputError(f"{model_dir}: cannot load the Whisper weights: {exc}") from None
+        model = cls.load_weights(WhisperForConditionalGeneration, model_dir, resolve_dtype(dtype))
         if not (model_dir / "preprocessor_config.json").is_file():
             raise IltInputError(f"{model_dir}: no preprocessor_config.json (the Whisper feature extractor)")
         check_model_files(model_dir, weights=False)
@@ -132,11 +122,12 @@ class WhisperBackbone:
             tokenizer = WhisperTokenizer.from_pretrained(model_dir, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise IltInputError(f"{model_dir}: cannot load the Whisper tokenizer or feature extractor: {exc}") from None
-        if device is not None:
-            model.to(device)
-        backbone = cls(model, feature_extractor, tokenizer)
-        lid.attach_saved(backbone, model_dir)  # language-ID embeddings saved beside the model, if any
-        return backbone
+        return cls(model, feature_extractor, tokenizer).finish_loading(model_dir, device)
+
+    def save_processor(self, out_dir: Path) -> None:
+        """The feature extractor and the tokenizer (see :meth:`HFBackbone.save`)."""
+        self.feature_extractor.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
 
     def lid_modules(self) -> tuple[Any, Any]:
         """Where :mod:`ilt.models.lid` adds its vectors: the encoder (output) and the LM head (input)."""
@@ -156,41 +147,11 @@ class WhisperBackbone:
         """See :meth:`WhisperCollator.prompt_ids`."""
         return self.collator.prompt_ids(language)
 
-    def text_ids(self, text: str, language: str | None = None) -> list[int]:
-        """See :meth:`WhisperCollator.text_ids`."""
-        return self.collator.text_ids(text, language)
-
     def tokenize(self, text: str, language: str | None = None) -> list[str]:
         """The byte-level BPE pieces of :meth:`text_ids`, decoded to readable
         text; a piece holding part of a multi-byte character (common in
         ja/ko/th) keeps its byte-level spelling, so distinct tokens stay distinct."""
         return readable_pieces(self.collator.tokenizer, self.text_ids(text, language))
-
-    # ------------------------------------------------------------------ LoRA targets
-
-    def target_modules(self, spec: str | Sequence[str]) -> list[str]:
-        """LoRA target module names for PEFT's ``target_modules``.
-
-        ``spec`` is a scope (``attention``: q/k/v; ``wide``: q/k/v, out_proj,
-        fc1, fc2) or explicit names (a list, or a comma-separated string), each a
-        module leaf name (``fc1``) or a dotted suffix of a module path
-        (``decoder.layers.0.fc1``) naming a layer PEFT's LoRA can wrap.
-        """
-        return resolve_target_modules(_unwrap(self.model), spec, SCOPE_TARGETS, "Whisper")
-
-    # ------------------------------------------------------------------ data
-
-    def features(self, audios: Sequence[np.ndarray]) -> dict[str, Any]:
-        """See :meth:`WhisperCollator.features`; the STFT runs on the model's
-        GPU when it has one (the CPU would otherwise hold the GPU up while
-        decoding), else on the CPU."""
-        device = _first_float_param(self.model).device
-        return self.collator.features(audios, device=device if device.type == "cuda" else None)
-
-    def collate(self, cuts: Any) -> Batch:
-        """See :meth:`WhisperCollator.__call__`; ``self.collator`` is the same
-        without the model (for data-loader workers)."""
-        return self.collator(cuts)
 
     # ------------------------------------------------------------------ loss
 
@@ -268,68 +229,83 @@ class WhisperBackbone:
         import torch
 
         base = _unwrap(model)
-        runner = _generating(model)
         param = _first_float_param(base)
         features = inputs["input_features"].to(param.device, param.dtype)
         if features.shape[0] == 0:
             return []
         gen_config = copy.deepcopy(base.generation_config)
-        multilingual = self.is_multilingual
-        prompt_len = 4 if multilingual else 2  # see prompt_ids()
         gen_config.num_beams = int(num_beams)
         gen_config.max_new_tokens = None
+        prompt_len = 4 if self.is_multilingual else 2  # see prompt_ids()
         processors = self._stop_rules(gen_config, features.shape[0], max_new_tokens, prompt_len, loop_tokens)
-        whisper_options: dict[str, Any] = {"return_timestamps": False}
-        if multilingual:
+        whisper_options = self._whisper_options(gen_config, language, temperature, kwargs)
+        # with language-ID embeddings, an unknown language is detected first (ilt.models.lid)
+        languages = lid.decode_languages(self, model, inputs, language, features.shape[0])
+        if languages is not None and self.is_multilingual and language is None:
+            whisper_options["language"] = languages
+        with torch.inference_mode(), lid.applied(base, languages):
+            sequences = self._search(model, features, gen_config, processors, whisper_options,
+                                     detect=self.is_multilingual and language is None)
+        if not torch.is_tensor(sequences):
+            sequences = sequences["sequences"]
+        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    def _whisper_options(self, gen_config: Any, language: str | Sequence[str | None] | None,
+                         temperature: float | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of Whisper's ``generate`` for one call: the
+        language and task prompt (none for an English-only model, whose
+        ``gen_config`` loses its language attributes), sampling, and the
+        caller's ``kwargs`` that ``gen_config`` does not hold.
+
+        :raises IltInputError: a language the model has no token for.
+        """
+        options: dict[str, Any] = {"return_timestamps": False}
+        if self.is_multilingual:
             given = [language] if language is None or isinstance(language, str) else list(language)
             unknown = [lang for lang in given if lang is not None and lang not in self.collator.language_ids]
             if unknown:
                 raise IltInputError(f"language {unknown[0]!r} is not supported by this Whisper model")
             if language is not None:  # one for the batch, or one per row
-                whisper_options["language"] = language if isinstance(language, str) else given
-            whisper_options["task"] = "transcribe"
+                options["language"] = language if isinstance(language, str) else given
+            options["task"] = "transcribe"
         else:
             # English-only: no language token and no language detection.
             for attr in ("lang_to_id", "language", "task"):
                 if hasattr(gen_config, attr):
                     delattr(gen_config, attr)
         if temperature is not None and temperature > 0:
-            whisper_options["temperature"] = float(temperature)
+            options["temperature"] = float(temperature)
             gen_config.num_beams = 1
-        whisper_options.update(split_generation_kwargs(gen_config, kwargs))
-        row_adapters = whisper_options.get("adapter_names")  # one PEFT adapter per row (ilt.experts.train)
-        if row_adapters is not None:
+        options.update(split_generation_kwargs(gen_config, kwargs))
+        if options.get("adapter_names") is not None:  # one PEFT adapter per row (ilt.experts.train)
             # PEFT repeats each row's adapter name for its beams only when num_beams is an argument of generate
-            whisper_options["num_beams"] = gen_config.num_beams
+            options["num_beams"] = gen_config.num_beams
+        return options
+
+    def _search(self, model: Any, features: Any, gen_config: Any, processors: Any,
+                whisper_options: dict[str, Any], *, detect: bool) -> Any:
+        """Run ``generate``: beam search with the cross-attention shared by
+        each utterance's beams (:mod:`ilt.models.whisper_beam`) when it
+        applies, else plain ``generate``. ``detect``: the model detects the
+        language, which reads the encoder states."""
+        base, runner = _unwrap(model), _generating(model)
         shared = (self.share_cross_attention and gen_config.num_beams > 1
                   and base.config._attn_implementation == "sdpa")
-        # with language-ID embeddings, an unknown language is detected first (ilt.models.lid)
-        languages = lid.decode_languages(self, model, inputs, language, features.shape[0])
-        if languages is not None and multilingual and language is None:
-            whisper_options["language"] = languages
-        with torch.inference_mode(), lid.applied(base, languages):
-            if shared:
-                from ilt.models.whisper_beam import (
-                    adapters_per_row,
-                    beam_shared_attention,
-                    prefill,
-                )
+        if not shared:
+            return runner.generate(input_features=features, generation_config=gen_config,
+                                   logits_processor=processors, **whisper_options)
+        from ilt.models.whisper_beam import (
+            adapters_per_row,
+            beam_shared_attention,
+            prefill,
+        )
 
-                with beam_shared_attention(base):
-                    # language detection (a multilingual model, no language given) reads the encoder states
-                    with adapters_per_row(runner, row_adapters):
-                        encoder_outputs, cache = prefill(base, features,
-                                                         keep_encoder_states=multilingual and language is None)
-                    sequences = runner.generate(encoder_outputs=encoder_outputs, past_key_values=cache,
-                                                generation_config=gen_config, logits_processor=processors,
-                                                **whisper_options)
-            else:
-                sequences = runner.generate(input_features=features, generation_config=gen_config,
-                                            logits_processor=processors, **whisper_options)
-        if not torch.is_tensor(sequences):
-            sequences = sequences["sequences"]
-        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
-        return [t.strip() for t in texts]
+        with beam_shared_attention(base):
+            with adapters_per_row(runner, whisper_options.get("adapter_names")):
+                encoder_outputs, cache = prefill(base, features, keep_encoder_states=detect)
+            return runner.generate(encoder_outputs=encoder_outputs, past_key_values=cache,
+                                   generation_config=gen_config, logits_processor=processors, **whisper_options)
 
     def detect_language(self, model: Any, inputs: dict[str, Any]) -> list[str | None]:
         """The language Whisper detects for each input of one :meth:`features`
@@ -371,27 +347,6 @@ class WhisperBackbone:
 
         return LogitsProcessorList([StopRules(limits, prompt_len, self.collator.eos_id, loop_tokens)])
 
-    # ------------------------------------------------------------------ saving
-
-    def save(self, model: Any, out_dir: str | Path) -> None:
-        """Write the full model (safetensors), tokenizer, feature extractor and
-        generation config to ``out_dir``, atomically. A PEFT-wrapped model must
-        be merged first."""
-        model = model.module if not hasattr(model, "save_pretrained") and hasattr(model, "module") else model
-        if hasattr(model, "peft_config"):
-            raise ValueError("save() writes a full model: merge the LoRA adapter into the model first "
-                             "(peft's merge_and_unload)")
-        with atomic_dir(out_dir) as tmp:
-            with lid.detached(model) as embeddings:  # the stock checkpoint, plus ilt.models.lid's own file
-                model.save_pretrained(tmp)
-            if embeddings is not None:
-                lid.save(embeddings, tmp)
-            self.feature_extractor.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            model.generation_config.save_pretrained(tmp)
-            if any(tmp.glob("*.bin")) or not any(tmp.glob("*.safetensors")):
-                raise RuntimeError(f"{out_dir}: the model was not written as safetensors")
-        log.info("saved Whisper model to %s", out_dir)
 
 
 def load_whisper(model_dir: str | Path, *, dtype: Any = None, device: Any = None,

@@ -69,12 +69,12 @@ def tiny_whisper_dir(path: str | Path, *, multilingual: bool = True, max_source_
         WhisperForConditionalGeneration,
     )
 
+    from ilt.core.files import atomic_dir
     from ilt.models.convert import (
         build_generation_config,
         special_token_config,
         special_token_ids,
     )
-    from ilt.plugins.whisper import atomic_dir
 
     path = Path(path)
     tokenizer = whisper_tokenizer(multilingual=multilingual)

@@ -23,24 +23,18 @@ processor, ``lineage.json`` (see :mod:`ilt.models.lineage`) and a model card
 
 from __future__ import annotations
 
-import datetime
 import logging
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from ilt import __version__
-from ilt.config import LoraSection, config_hash, to_dict
-from ilt.core.files import (
-    atomic_dir,
-    read_json,
-    remove_stale_temporaries,
-    write_json_atomic,
-)
+from ilt.config import LoraSection
+from ilt.core.files import atomic_dir, remove_stale_temporaries
 from ilt.errors import IltInputError
 from ilt.models.adapter import adapter_provenance, load_adapter, resolve_adapter_dir
+from ilt.models.base import stored_dtype
 from ilt.models.lid import zero_filled
-from ilt.models.lineage import LINEAGE_JSON, model_identity, weights_sha256
+from ilt.models.lineage import merge_lineage, model_identity, write_lineage
 from ilt.models.modelcard import with_hours, write_card
 
 log = logging.getLogger("ilt")
@@ -78,17 +72,6 @@ def attach_lora(backbone: Any, lora: LoraSection) -> Any:
 
 
 # --------------------------------------------------------------------------- merging
-
-
-def _stored_dtype(model_dir: Path) -> Any:
-    """The floating-point dtype a Hugging Face checkpoint was saved in
-    (``config.json``'s ``dtype`` or ``torch_dtype``), if it says."""
-    import torch
-
-    config = read_json(model_dir / "config.json") or {}
-    name = config.get("dtype") or config.get("torch_dtype") if isinstance(config, dict) else None
-    dtype = getattr(torch, str(name), None) if name else None
-    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
 
 
 def check_weights(n_history: int, weights: Sequence[float] | None) -> list[float]:
@@ -223,33 +206,19 @@ def merge_adapter(
     merged.eval()
     if history:
         _history_average(config.backbone, merged, history, phis)
-    stored = _stored_dtype(model_dir)
+    stored = stored_dtype(model_dir)
     if stored is not None and stored != torch.float32:  # merged in fp32, saved as the base was
         merged.to(stored)
 
-    lineage = {
-        "ilt_version": __version__,
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": None,  # filled in once the weights are written
-        "base": base,
-        "adapter": {"round": config.name, "step": (adapter["dev_score"] or {}).get("step"),
-                    "sha256": adapter["sha256"]},
-        "round": config.name,
-        "backbone": to_dict(config)["backbone"],
-        "config_hash": config_hash(config),
-        "config": to_dict(config),
-        "data": with_hours(adapter["data"] or []),
-        "dev_score": adapter["dev_score"],
-        "history_merge": ({"models": ["(this merge)", *history_ids], "weights": phis}
-                          if history else None),
-        "parent": read_json(model_dir / LINEAGE_JSON),
-    }
+    lineage = merge_lineage(
+        config, base=base, parent_dir=model_dir,
+        adapter={"round": config.name, "step": (adapter["dev_score"] or {}).get("step"), "sha256": adapter["sha256"]},
+        data=with_hours(adapter["data"] or []), dev_score=adapter["dev_score"],
+        history_merge={"models": ["(this merge)", *history_ids], "weights": phis} if history else None)
     remove_stale_temporaries(out_dir)  # a killed merge's partial copy
     with atomic_dir(out_dir) as tmp:  # an existing out_dir is replaced only once this one is complete
         backbone.save(merged, tmp)
-        lineage["model"] = {"name": out_dir.resolve().name, "source": f"ilt merge of round {config.name}",
-                            "sha256": weights_sha256(tmp)}
-        write_json_atomic(tmp / LINEAGE_JSON, lineage)
+        write_lineage(tmp, lineage, name=out_dir.resolve().name, source=f"ilt merge of round {config.name}")
         # tmp lies beside out_dir: the card finds the experiment's reports (a row matching these weights)
         write_card(tmp, name=out_dir.resolve().name)
     log.info("merged %s + %s -> %s", model_dir, adapter_dir, out_dir)
