@@ -44,14 +44,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cuts", default=str(MINI / "data" / "manifests" / "mlc_slm_cuts_test.jsonl.gz"))
     parser.add_argument("--cuts-limit", type=int, default=0, help="decode N evenly spaced cuts (0: all)")
     parser.add_argument("--quantizations", default="float32,int8", help="comma-separated CTranslate2 types")
-    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "ilt-export-bench"),
-                        help="where the exports go (reused when there)")
+    parser.add_argument("--work", default=None,
+                        help="where the exports go (reused when there); default: a fresh private "
+                             "temporary directory (never a fixed /tmp path another user could plant)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--faster-whisper-cuts", type=int, default=4)
     parser.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.work is None:
+        args.work = tempfile.mkdtemp(prefix="ilt-export-bench-")
+    return args
 
 
 def _sides(args: argparse.Namespace) -> dict[str, Any]:

@@ -80,10 +80,16 @@ def test_hub_ids_resolve_from_an_offline_cache(offline, tmp_path, monkeypatch):
     assert resolve_model("acme/whisper-tiny") == local.relative_to(tmp_path)  # a local directory wins
 
     with pytest.raises(IltInputError, match="not in cache .*HF_HUB_OFFLINE is set") as err:
-        resolve_model("acme/absent")
+        resolve_model("hf:acme/absent")  # hf: is always the hub, even beside a local acme/
     assert "\n" not in str(err.value)
-    with pytest.raises(IltInputError, match="acme/whisper-tiny@v9"):
+    with pytest.raises(IltInputError, match="^acme/absent: no such local directory acme/absent; to download "
+                                            "from the Hugging Face Hub write hf:acme/absent$"):
+        resolve_model("acme/absent")  # acme/ exists here: a path, never the hub
+    assert resolve_model("hf:acme/whisper-tiny").name == COMMIT_MAIN  # the prefix wins over the local directory
+    with pytest.raises(IltInputError, match="acme/whisper-tiny@v9.*write hf:acme/whisper-tiny@v9"):
         resolve_model("acme/whisper-tiny@v9")
+    with pytest.raises(IltInputError, match="acme/whisper-tiny@v9"):
+        resolve_model("hf:acme/whisper-tiny@v9")
     with pytest.raises(IltInputError, match="no such model directory"):
         resolve_model("./nowhere")
 
@@ -116,3 +122,48 @@ def test_cli_merge_on_a_hub_id_records_the_revision(offline, tmp_path):
     result = runner.invoke(cli, ["merge", "--model", "acme/absent", "--adapter", str(adapter),
                                  "--out", str(tmp_path / "M2")])
     assert result.exit_code == 2 and "acme/absent: not a local directory" in result.output
+
+
+def test_a_local_looking_path_is_never_fetched(tmp_path, monkeypatch):
+    """``exp/M0`` typed in a folder with ``exp/`` but no ``exp/M0`` is refused
+    before any hub call; ``hf:`` says what to write instead."""
+    import ilt.models.hub as hub
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp").mkdir()
+    monkeypatch.setattr(hub, "snapshot_download_dir", lambda *a, **k: pytest.fail("the hub was called"))
+    with pytest.raises(IltInputError) as err:
+        resolve_model("exp/M0")
+    assert str(err.value) == "exp/M0: no such local directory exp/M0; to download from the Hugging Face Hub " \
+                             "write hf:exp/M0"
+    for value in ("./exp/M0", "exp/.M0", "hf:../x", "hf:/abs/x"):
+        with pytest.raises(IltInputError):
+            resolve_model(value)
+
+
+def test_ilt_offline_forbids_the_network_and_a_moving_revision_warns(hub_cache, monkeypatch, caplog):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("ILT_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    with pytest.raises(IltInputError, match="^acme/absent: not a local directory, and not in cache .*"
+                                            r"\(ILT_OFFLINE is set\)") as err:
+        resolve_model("acme/absent")
+    assert "\n" not in str(err.value)
+    with caplog.at_level("WARNING", logger="ilt.models.hub"):
+        assert resolve_model("acme/whisper-tiny@v1").name == COMMIT_V1
+    assert "revision 'v1' is not a commit" in caplog.text and f"acme/whisper-tiny@{COMMIT_V1}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ilt.models.hub"):
+        resolve_model(f"acme/whisper-tiny@{COMMIT_V1}")
+    assert "not a commit" not in caplog.text  # a pinned commit: no warning
+
+
+def test_pyannote_obeys_offline(tmp_path, monkeypatch):
+    from ilt.plugins.diarizers import PyannoteDiarizer
+
+    (tmp_path / "config.yaml").write_text("pipeline:\n  name: pyannote.audio.pipelines.SpeakerDiarization\n"
+                                          "  params:\n    segmentation: pyannote/segmentation-3.0\n")
+    monkeypatch.setenv("ILT_OFFLINE", "1")
+    with pytest.raises(IltInputError, match="names the hub model 'pyannote/segmentation-3.0', and ILT_OFFLINE "
+                                            "is set"):
+        PyannoteDiarizer(pipeline_dir=str(tmp_path))

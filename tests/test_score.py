@@ -547,8 +547,8 @@ def test_more_malformed_hypothesis_lines(tmp_path):
 def test_cut_ids_that_cannot_go_in_a_trn_file(tmp_path):
     ref = _write_cuts(tmp_path / "cuts.jsonl.gz", {"a (1)": ("en", "hello", None)})
     hyp = _write_jsonl(tmp_path / "hyp.jsonl", {"a (1)": "hello"})
-    with pytest.raises(IltInputError, match=r"cut ID 'a \(1\)' has whitespace or parentheses and cannot go in a "
-                                            r"\.trn file"):
+    with pytest.raises(IltInputError, match=r"cut ID 'a \(1\)' has whitespace, parentheses or control characters "
+                                            r"and cannot go in a \.trn file"):
         score_files(ref, hyp, tmp_path / "out")
 
 

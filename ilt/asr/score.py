@@ -81,6 +81,10 @@ HYP_WITHOUT_REF = "hypothesis_without_reference"
 
 _TRN_LINE = re.compile(r"^(?P<text>.*?)\s*\((?P<id>[^()]*)\)\s*$")
 _TRN_SAFE = re.compile(r"\W")
+#: What cannot go in a .trn ID (it would end the ID or the line) ...
+_TRN_BAD_ID = re.compile(r"[\s()\x00-\x1f\x7f]")
+#: ... and what cannot go in a .trn unit (it would end the line or open a second ID).
+_TRN_BAD_UNIT = re.compile(r"[()\s\x00-\x1f\x7f]")
 
 Reference = tuple[str, "str | None", "str | None"]  # (language, text, accent)
 
@@ -465,11 +469,16 @@ def load_hypotheses(path: str | Path, ref_ids: Iterable[str] = ()) -> dict[str, 
 
 
 def _trn_lines(result: ScoreResult, side: str) -> str:
+    """The ``ref.trn`` or ``hyp.trn`` text: one line per utterance; an ID that
+    would break the line is refused, and a unit's parentheses or control
+    characters (hypotheses are data) become ``_``, so every line has one ID."""
     lines = []
     for u in result.utterances:
-        if re.search(r"[\s()]", u.id):
-            raise IltInputError(f"cut ID {u.id!r} has whitespace or parentheses and cannot go in a .trn file")
-        units = " ".join(getattr(u, side))
+        if _TRN_BAD_ID.search(u.id):
+            shown = repr(u.id) if len(u.id) <= 60 else f"{u.id[:40]!r}... ({len(u.id)} characters)"
+            raise IltInputError(f"cut ID {shown} has whitespace, parentheses or control characters and cannot "
+                                f"go in a .trn file; rename it in the manifest")
+        units = " ".join(_TRN_BAD_UNIT.sub("_", unit) for unit in getattr(u, side))
         speaker = _TRN_SAFE.sub("_", u.group)
         lines.append(f"{units} ({speaker}-{u.id})" if units else f"({speaker}-{u.id})")
     return "".join(line + "\n" for line in lines)

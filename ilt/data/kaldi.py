@@ -4,20 +4,26 @@ The conversion itself is Lhotse's :func:`lhotse.kaldi.load_kaldi_data_dir`; this
 module checks the directory first so that bad input is an error naming the file
 and line rather than an assertion deep inside Lhotse, sets the language on every
 supervision and writes the manifests atomically.
+
+A ``wav.scp`` entry ending in ``|`` is a shell command that Lhotse would run
+on every load: it is refused (one line naming the file, line and recording)
+unless ``ILT_ALLOW_AUDIO_COMMANDS=1`` (see :func:`ilt.data.audio.check_sources`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
+from collections import Counter
 from pathlib import Path
 
 from lhotse import CutSet, RecordingSet, SupervisionSet
 from lhotse.kaldi import load_kaldi_data_dir
 from lhotse.utils import fastcopy
 
+from ilt.core.files import safe_name
 from ilt.core.runtime import Skips
+from ilt.data.audio import ALLOW_AUDIO_COMMANDS, audio_commands_allowed
 from ilt.data.languages import validate_language
 from ilt.data.manifests import (
     load_cuts,
@@ -63,6 +69,10 @@ def _check_wav_scp(data_dir: Path, sampling_rate: int) -> int:
         seen.add(rec_id)
         value = value.strip()
         if value.endswith("|"):  # a command: Lhotse runs it; the rate must be given
+            if not audio_commands_allowed():
+                raise IltInputError(f"{wav_scp}:{n}: recording {rec_id!r}: audio source of type 'command' is "
+                                    f"refused (a wav.scp entry ending in '|' runs a shell); set "
+                                    f"{ALLOW_AUDIO_COMMANDS}=1 to import it if you trust whoever wrote it")
             if not sampling_rate:
                 raise IltInputError(f"{wav_scp}:{n}: {rec_id} is a command; pass sampling_rate (--sampling-rate)")
             continue
@@ -108,7 +118,7 @@ def _check_utterances(data_dir: Path, transcripts: bool = True) -> None:
             utts.append(utt)
     else:
         utts = sorted(rec_ids)
-    dup = sorted({u for u in utts if utts.count(u) > 1}) if len(set(utts)) != len(utts) else []
+    dup = sorted(u for u, count in Counter(utts).items() if count > 1)
     if dup:
         raise IltInputError(f"{segments}: utterance(s) listed twice: {', '.join(dup[:5])}")
     for name in ("text", "utt2spk") if transcripts else ("utt2spk",):
@@ -213,9 +223,9 @@ def prepare_kaldi(
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     language = validate_language(language, "--language")
+    name_given = bool(name)
     name = name or data_dir.resolve().name
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise IltInputError(f"invalid manifest name {name!r}: use letters, digits, '_', '.', '-'")
+    safe_name(name, "manifest name", "--name" if name_given else data_dir)
     paths = manifest_paths(out_dir, name)
     if manifests_exist(paths) and not force:
         log.info("kaldi: %s exists, skipping (use --force to rebuild)", paths["cuts"])

@@ -3,6 +3,11 @@
 Writes are atomic (a temporary file beside the target, then a rename) and
 byte-reproducible: the gzip header carries no timestamp and no file name, so the
 same manifest always gives the same bytes.
+
+Reads refuse, at load time, a recording or cut whose audio source is not a
+file or in-memory bytes (a ``command`` source would run a shell when its
+audio is loaded): :func:`ilt.data.audio.check_sources`, opt-in
+``ILT_ALLOW_AUDIO_COMMANDS=1``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from typing import Any, Iterable
 
 from lhotse import CutSet, RecordingSet, SupervisionSet
 
-from ilt.core.files import atomic_path
+from ilt.core.files import atomic_path, safe_name
+from ilt.data.audio import check_sources
 from ilt.errors import IltInputError
 
 
@@ -52,6 +58,8 @@ def _load(cls, path: str | Path, what: str):
         raise IltInputError(f"{path}: cannot read {what} manifest: {type(exc).__name__}: {exc} (truncated or "
                             f"not a {what} manifest: write it again with the stage that made it)") from None
     check_unique_ids((item.id for item in manifest), path, what)
+    for item in manifest:  # before anything downstream can load audio from it
+        check_sources(item, path)
     return manifest
 
 
@@ -68,12 +76,14 @@ def check_unique_ids(ids: Iterable[str], path: str | Path, what: str = "cut") ->
 
 
 def load_cuts(path: str | Path) -> CutSet:
-    """Read a ``CutSet`` eagerly; a missing or unreadable file is an :class:`IltInputError` naming it."""
+    """Read a ``CutSet`` eagerly; a missing or unreadable file, a repeated ID
+    and an audio source other than a file or memory (:func:`ilt.data.audio.check_sources`)
+    are an :class:`IltInputError` naming it."""
     return _load(CutSet, path, "cut")
 
 
 def load_recordings(path: str | Path) -> RecordingSet:
-    """Read a ``RecordingSet``; errors name the file."""
+    """Read a ``RecordingSet``; errors name the file; sources are checked as in :func:`load_cuts`."""
     return _load(RecordingSet, path, "recording")
 
 
@@ -86,8 +96,12 @@ def manifest_paths(out_dir: str | Path, prefix: str, split: str | None = None) -
     """``{"recordings": ..., "supervisions": ..., "cuts": ...}`` for a corpus (and split).
 
     ``prefix_recordings_split.jsonl.gz`` with a split, ``prefix_recordings.jsonl.gz`` without.
+    The prefix and the split pass :func:`ilt.core.files.safe_name` (they may come from data).
     """
     out_dir = Path(out_dir)
+    safe_name(prefix, "manifest name")
+    if split:
+        safe_name(split, "split name")
     tail = f"_{split}" if split else ""
     return {kind: out_dir / f"{prefix}_{kind}{tail}.jsonl.gz" for kind in ("recordings", "supervisions", "cuts")}
 

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 from ilt.config import DataSource, TrainSection
 from ilt.core.runtime import Skips
+from ilt.data.audio import check_sources
 from ilt.errors import IltInputError
 
 log = logging.getLogger("ilt")
@@ -82,6 +83,7 @@ def open_source(source: DataSource, skips: Skips) -> tuple[Any, int, float]:
                 raise IltInputError(f"{path}: cut ID {cut.id!r} appears more than once; IDs must be unique: "
                                     f"remove the duplicates or rename them (e.g. lhotse's CutSet.modify_ids)")
             ids.add(cut.id)
+            check_sources(cut, path)  # a 'command' source would run on every training step
             if not has_text(cut):
                 skips.skip("empty transcript", cut.id, str(path))
             elif len(cut.supervisions) > 1:  # one label for the whole cut would be wrong

@@ -1,10 +1,25 @@
 """Model references: a local directory, or a Hugging Face Hub model ID.
 
-``--model openai/whisper-large-v3`` works as in every Hugging Face tool: an
-argument that is not an existing directory but reads as a hub ID
-(``ORG/NAME``, optionally ``ORG/NAME@REVISION``, a branch, tag or commit) is
-resolved through :func:`huggingface_hub.snapshot_download`, so its cache,
-``HF_HUB_CACHE``/``HF_HOME`` and ``HF_HUB_OFFLINE=1`` behave as users expect.
+The rule (:func:`resolve_model`, documented in ``docs/security.md``):
+
+1. ``hf:ORG/NAME[@REVISION]`` is always a hub ID.
+2. An existing local directory is always local.
+3. A bare ``ORG/NAME[@REVISION]`` is a hub ID only when it cannot be a local
+   path: nothing exists at ``ORG/NAME`` nor at ``ORG`` (relative to the
+   working directory), and both parts start with a letter or digit. So
+   ``--model openai/whisper-large-v3`` keeps working where there is no
+   ``openai/`` folder, while ``exp/M0`` typed in a folder that has ``exp/``
+   but no ``exp/M0`` is refused: "no such local directory exp/M0; to download
+   from the Hugging Face Hub write hf:exp/M0". Anything else that does not
+   exist is "no such model directory".
+
+A hub ID (optionally ``@REVISION``: a branch, tag or commit) is resolved
+through :func:`huggingface_hub.snapshot_download`, so its cache and
+``HF_HUB_CACHE``/``HF_HOME`` behave as users expect. ``HF_HUB_OFFLINE=1`` or
+``ILT_OFFLINE=1`` forbids any network access: only the cache is read, and a
+model not in it is refused with one line. A revision that is not a 40-digit
+commit (``main``, a tag, none at all) moves when the repository changes: the
+commit it resolved to is recorded (the snapshot path) and a warning says so.
 Only the files a model directory needs are fetched (configs, safetensors
 weights, tokenizer and processor files, the model card), never the
 duplicate PyTorch/TF/Flax/ONNX weights.
@@ -17,12 +32,20 @@ resolved revision without any side file.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from ilt.errors import IltInputError
+
+log = logging.getLogger(__name__)
+
+#: The explicit hub prefix: ``hf:ORG/NAME`` is never read as a local path.
+HUB_PREFIX = "hf:"
+#: Environment variables that forbid network access (``1``, ``true``, ``yes``, ``on``).
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "ILT_OFFLINE")
 
 #: What a hub model ID looks like: ``ORG/NAME`` (the hub's own character set).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -48,8 +71,15 @@ def looks_like_hub_id(value: str) -> bool:
     return bool(_REPO_ID.match(repo_id)) and not repo_id.startswith((".", "~"))
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
+def offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` or ``ILT_OFFLINE`` forbids network access (read at call time)."""
+    return any(os.environ.get(name, "").strip().lower() in ("1", "on", "yes", "true") for name in OFFLINE_ENV)
+
+
+def offline_reason() -> str:
+    """Which variable forbids network access, for messages (``"HF_HUB_OFFLINE is set"``)."""
+    names = [n for n in OFFLINE_ENV if os.environ.get(n, "").strip().lower() in ("1", "on", "yes", "true")]
+    return f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} set"
 
 
 def snapshot_download_dir(repo_id: str, revision: str | None = None) -> Path:
@@ -68,12 +98,12 @@ def snapshot_download_dir(repo_id: str, revision: str | None = None) -> Path:
     cache_dir = os.environ.get("HF_HUB_CACHE") or None
     where = f"cache {cache_dir}" if cache_dir else "the default Hugging Face cache"
     label = f"{repo_id}@{revision}" if revision else repo_id
-    offline = _offline()
+    no_network = offline()
     try:
-        path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline,
+        path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=no_network,
                                  allow_patterns=ALLOW_PATTERNS)
     except LocalEntryNotFoundError:
-        how = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+        how = offline_reason() if no_network else "the hub could not be reached"
         raise IltInputError(f"{label}: not a local directory, and not in {where} ({how}); download it "
                             f"first (`hf download {repo_id}`) or give a local model directory") from None
     except (HfHubHTTPError, ValueError, OSError) as exc:
@@ -83,26 +113,43 @@ def snapshot_download_dir(repo_id: str, revision: str | None = None) -> Path:
     if not (path / "config.json").is_file():
         raise IltInputError(f"{label}: the cached snapshot {path.name} has no config.json "
                             f"(an incomplete download? run `hf download {repo_id}` again)")
+    if not (revision and _COMMIT.match(revision)):
+        log.warning("%s: revision %r is not a commit and may move; this run uses commit %s (recorded in the "
+                    "lineage); write %s@%s to pin it", label, revision or "main", path.name, repo_id, path.name)
     return path
 
 
 def resolve_model(value: str | Path, revision: str | None = None) -> Path:
-    """A model directory from a local path or a hub ID (``ORG/NAME[@REV]``).
-
-    An existing directory always wins, so ``exp/M0`` is never looked up on
-    the hub when it exists.
+    """A model directory from a local path or a hub ID, by the rule in the
+    module docstring (``hf:ORG/NAME[@REV]`` always the hub; an existing
+    directory always local; a bare ``ORG/NAME[@REV]`` the hub only when
+    neither ``ORG/NAME`` nor ``ORG`` exists locally).
 
     :raises IltInputError: neither an existing directory nor a resolvable
-        hub ID (one line).
+        hub ID, a local-looking path that does not exist, or a model not in
+        the cache while offline (one line).
     """
-    path = Path(value).expanduser()
-    if path.is_dir():
-        if revision:
-            raise IltInputError(f"{value}: a local directory has no revision (got {revision!r})")
-        return path
     text = str(value)
-    if not looks_like_hub_id(text):
-        raise IltInputError(f"{value}: no such model directory (nor a hub model ID ORG/NAME[@REVISION])")
+    explicit = text.startswith(HUB_PREFIX)
+    if explicit:
+        text = text[len(HUB_PREFIX):]
+        if not looks_like_hub_id(text):
+            raise IltInputError(f"{value}: not a hub model ID (write hf:ORG/NAME or hf:ORG/NAME@REVISION)")
+    else:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            if revision:
+                raise IltInputError(f"{value}: a local directory has no revision (got {revision!r})")
+            return path
+        if not looks_like_hub_id(text):
+            raise IltInputError(f"{value}: no such model directory (nor a hub model ID ORG/NAME[@REVISION])")
+        repo_path = Path(split_reference(text)[0])
+        if repo_path.is_dir():
+            raise IltInputError(f"{value}: {repo_path} is a local directory, which has no revision; to download "
+                                f"from the Hugging Face Hub write {HUB_PREFIX}{text}")
+        if repo_path.exists() or repo_path.is_symlink() or Path(repo_path.parts[0]).exists():
+            raise IltInputError(f"{value}: no such local directory {repo_path}; to download from the Hugging "
+                                f"Face Hub write {HUB_PREFIX}{text}")
     repo_id, at_revision = split_reference(text)
     if at_revision and revision and at_revision != revision:
         raise IltInputError(f"{value}: revision {at_revision!r} and --revision {revision!r} disagree")

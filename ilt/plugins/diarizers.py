@@ -82,6 +82,33 @@ class RttmDiarizer:
 # --------------------------------------------------------------------------- pyannote
 
 
+def _check_offline_models(config: Path) -> None:
+    """When ``HF_HUB_OFFLINE``/``ILT_OFFLINE`` forbids the network, refuse a
+    pipeline ``config.yaml`` that names a hub model (``ORG/NAME``) which is no
+    local path: pyannote.audio would fetch it."""
+    import yaml
+
+    from ilt.models.hub import looks_like_hub_id, offline, offline_reason
+
+    if not offline():
+        return
+    try:
+        tree = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise IltInputError(f"{config}: cannot read the pyannote pipeline config: {exc}") from None
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str) and looks_like_hub_id(node) and not any(
+                p.exists() for p in (Path(node), config.parent / node)):
+            raise IltInputError(f"{config}: names the hub model {node!r}, and {offline_reason()} (no network); "
+                                f"download it into a local directory and give its path in {config.name}")
+
+
 class PyannoteDiarizer:
     """A pyannote.audio speaker-diarization pipeline from a local directory
     (``pipeline_dir/config.yaml``, the models it names available offline)."""
@@ -95,6 +122,7 @@ class PyannoteDiarizer:
         if not config.is_file():
             raise IltInputError(f"{pipeline_dir}: no pyannote pipeline here (expected {config}); download the "
                                 "pipeline and the models its config.yaml names into this directory first")
+        _check_offline_models(config)
         try:
             from pyannote.audio import Pipeline
         except ImportError as exc:

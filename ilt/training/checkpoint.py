@@ -1,11 +1,24 @@
 """A round's resumable training state and its atomic checkpoints.
 
-``checkpoints/step-N/`` holds Accelerate's state (optimiser, scheduler, RNG
-states, the :class:`TrainState` counters with the sampler position) plus
-``adapter/``, a complete adapter directory (:mod:`ilt.models.adapter`: LoRA weights,
-``round.yaml``, ``manifests.json``, ``score.json`` = ``{"step": N}``), so a
-checkpoint of any step can be merged or decoded like a round's ``best/``.
-The full model is never saved (an Accelerate save hook writes the LoRA only).
+``checkpoints/step-N/`` holds, with no pickle anywhere (a pickle runs code
+when it is loaded, and checkpoints may come from someone else)::
+
+    adapter/                 a complete adapter directory (:mod:`ilt.models.adapter`:
+                             LoRA weights, round.yaml, manifests.json, score.json =
+                             {"step": N}), mergeable and decodable like best/
+    state.json               the optimiser, scheduler, gradient scaler and
+                             :class:`TrainState` (counters, sampler position) as
+                             typed JSON; their tensors in state.safetensors
+    rng_state_<rank>.json    each process's Python, NumPy and torch RNG states
+                             (+ .safetensors for the torch generator states)
+
+The full model is never saved. Nothing is registered with Accelerate's
+``save_state``, which pickles (``custom_checkpoint_N.pkl``, ``optimizer.bin``,
+``random_states_N.pkl``) and unpickles with ``weights_only=False``; resuming
+reads only the files above, so a ``.pkl`` planted in a checkpoint is never
+opened. A checkpoint of an older version (pickles, no ``state.json``) is
+refused with one line naming it, unless ``ILT_ALLOW_PICKLE_CHECKPOINTS=1``,
+which loads it through Accelerate as before.
 
 A checkpoint is written under a temporary name and renamed when complete; the
 last :data:`KEEP_CHECKPOINTS` are kept. Resuming restores the sampler to the
@@ -15,6 +28,7 @@ run would have (bitwise on CPU).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -22,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ilt.config import RoundConfig
-from ilt.core.files import replace_dir
+from ilt.core.files import recover_replaced_dir, replace_dir
 from ilt.errors import IltInputError
 from ilt.models import lid
 from ilt.models.adapter import ADAPTER_WEIGHTS, CHECKPOINT_ADAPTER, write_adapter_files
@@ -30,6 +44,7 @@ from ilt.models.adapter import ADAPTER_WEIGHTS, CHECKPOINT_ADAPTER, write_adapte
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
 _CKPT_NAME = re.compile(r"^step-(\d+)$")
+log = logging.getLogger(__name__)
 
 
 def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
@@ -47,8 +62,14 @@ def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
 def remove_partial_writes(out_dir: str | Path) -> list[Path]:
     """Remove the temporary directories a killed run left in ``out_dir`` (an
     adapter's ``.best.*.tmp``, a checkpoint's ``checkpoints/.step-N.tmp``):
-    a SIGKILL gives no chance to clean up, and they are never read."""
+    a SIGKILL gives no chance to clean up, and they are never read; and
+    repair a directory swap (``best/``, ``final/``, ``step-N/``) a kill
+    interrupted (:func:`ilt.core.files.recover_replaced_dir`)."""
     out_dir = Path(out_dir)
+    for old in [*out_dir.glob(".*.old"), *(out_dir / CHECKPOINTS).glob(".*.old")]:
+        name = old.name[1:-len(".old")].rpartition(".")[0]  # .NAME.XXXXXX.old
+        if name and old.is_dir():
+            recover_replaced_dir(old.parent / name)
     stale = [p for p in [*out_dir.glob(".*.tmp"), *(out_dir / CHECKPOINTS).glob(".step-*.tmp")] if p.is_dir()]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
@@ -95,40 +116,155 @@ class TrainState:
             setattr(self, key, value)
 
 
-def _adapter_name(i: int) -> str:
-    return CHECKPOINT_ADAPTER if i == 0 else f"{CHECKPOINT_ADAPTER}_{i}"
+#: The opt-in that lets a checkpoint of an older version (pickle files) be loaded.
+ALLOW_PICKLE = "ILT_ALLOW_PICKLE_CHECKPOINTS"
+STATE_JSON, STATE_TENSORS = "state.json", "state.safetensors"
+#: The version of ``state.json``'s layout.
+STATE_FORMAT = 1
+
+
+def _pickles_allowed() -> bool:
+    return os.environ.get(ALLOW_PICKLE, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def encode_state(obj: Any, tensors: dict[str, Any], where: str = "state") -> Any:
+    """A state dict as JSON-able data: tensors are moved into ``tensors`` (for
+    safetensors) and replaced by ``{"__tensor__": key}``; tuples, NumPy arrays
+    and dicts with non-string keys are tagged so :func:`decode_state` gives
+    back the same types (optimisers, RNGs and samplers check them)."""
+    import numpy as np
+    import torch
+
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return {"__tuple__": [encode_state(v, tensors, where) for v in obj]}
+    if isinstance(obj, list):
+        return [encode_state(v, tensors, where) for v in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: encode_state(v, tensors, f"{where}.{k}") for k, v in obj.items()}
+        return {"__items__": [[encode_state(k, tensors, where), encode_state(v, tensors, f"{where}.{k}")]
+                              for k, v in obj.items()]}
+    raise TypeError(f"{where}: cannot save a {type(obj).__name__} in a checkpoint without pickle")
+
+
+def decode_state(obj: Any, tensors: dict[str, Any]) -> Any:
+    """The inverse of :func:`encode_state`."""
+    if isinstance(obj, list):
+        return [decode_state(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if "__ndarray__" in obj:
+        import numpy as np
+
+        return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
+    if "__tuple__" in obj:
+        return tuple(decode_state(v, tensors) for v in obj["__tuple__"])
+    if "__items__" in obj:
+        return {decode_state(k, tensors): decode_state(v, tensors) for k, v in obj["__items__"]}
+    return {k: decode_state(v, tensors) for k, v in obj.items()}
+
+
+def _write_state(directory: Path, stem: str, state: dict[str, Any]) -> None:
+    """``STEM.json`` (+ ``STEM.safetensors`` when there are tensors)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Any] = {}
+    doc = encode_state(state, tensors, stem)
+    if tensors:
+        save_file(tensors, str(directory / f"{stem}.safetensors"))
+    (directory / f"{stem}.json").write_text(json.dumps(doc, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _read_state(directory: Path, stem: str) -> dict[str, Any]:
+    """What :func:`_write_state` wrote (safetensors and JSON only: no pickle)."""
+    from safetensors.torch import load_file
+
+    from ilt.core.files import read_json
+
+    doc = read_json(directory / f"{stem}.json")
+    if doc is None:
+        raise IltInputError(f"{directory}: checkpoint has no {stem}.json (incomplete: delete this checkpoint)")
+    tensor_file = directory / f"{stem}.safetensors"
+    try:
+        tensors = load_file(str(tensor_file)) if tensor_file.is_file() else {}
+        return decode_state(doc, tensors)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise IltInputError(f"{directory / stem}.*: cannot read checkpoint state: {type(exc).__name__}: {exc} "
+                            f"(delete this checkpoint to resume from the one before)") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's Python, NumPy, torch (and CUDA) RNG states."""
+    import random
+
+    import numpy as np
+    import torch
+
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _legacy_files(path: Path) -> list[str]:
+    """The pickle files Accelerate's ``save_state`` wrote into a checkpoint of an older version."""
+    return sorted(p.name for p in path.iterdir() if p.suffix in (".pkl", ".bin", ".pt"))
 
 
 class Checkpointer:
-    """Saves and restores a run's checkpoints through Accelerate.
+    """Saves and restores a run's checkpoints (see the module docstring).
 
     :param manifests: the run's ``manifests.json`` content, copied into each
         checkpoint's adapter directory.
+    :param model: the prepared model (its LoRA is saved); ``optimizer`` the
+        prepared optimiser; ``scheduler`` the learning-rate scheduler.
     """
 
     def __init__(self, accelerator: Any, out_dir: Path, config: RoundConfig, manifests: list[dict[str, Any]] | None,
-                 state: TrainState) -> None:
+                 state: TrainState, *, model: Any, optimizer: Any, scheduler: Any) -> None:
         self.accelerator, self.out_dir, self.config = accelerator, out_dir, config
         self.manifests, self.state = manifests, state
-        accelerator.register_save_state_pre_hook(self._save_hook)
-        accelerator.register_load_state_pre_hook(self._load_hook)
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
 
-    def _save_hook(self, models: list[Any], weights: list[Any], output_dir: str) -> None:
-        """Write only the LoRA, as an adapter directory (not the full model)."""
-        if self.accelerator.is_main_process:
-            for i, model in enumerate(models):
-                directory = Path(output_dir) / _adapter_name(i)
-                directory.mkdir(parents=True, exist_ok=True)
-                write_adapter_files(self.accelerator.unwrap_model(model), directory, self.config,
-                                    self.manifests, {"step": self.state.step, "checkpoint": True})
-        weights.clear()
-
-    def _load_hook(self, models: list[Any], input_dir: str) -> None:
+    def _load_adapter(self, models: list[Any], input_dir: str) -> None:
+        """Load each model's LoRA (and LID embeddings) from the checkpoint's
+        adapter directory (safetensors); doubles as Accelerate's load hook for
+        an opted-in checkpoint of an older version."""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         for i, model in enumerate(models):
-            path = os.path.join(input_dir, _adapter_name(i), ADAPTER_WEIGHTS)
+            name = CHECKPOINT_ADAPTER if i == 0 else f"{CHECKPOINT_ADAPTER}_{i}"
+            path = os.path.join(input_dir, name, ADAPTER_WEIGHTS)
             if not os.path.isfile(path):
                 raise IltInputError(f"{input_dir}: checkpoint has no adapter weights ({path})")
             result = set_peft_model_state_dict(self.accelerator.unwrap_model(model), load_file(path))
@@ -137,6 +273,22 @@ class Checkpointer:
                 raise IltInputError(f"{path}: adapter weights do not fit this LoRA: {unexpected[:3]}")
             lid.load_weights(self.accelerator.unwrap_model(model), os.path.dirname(path))
         models.clear()
+
+    def _write(self, directory: Path) -> None:
+        """Write one checkpoint's files into ``directory`` (every process its RNG states)."""
+        accelerator = self.accelerator
+        if accelerator.is_main_process:
+            adapter = directory / CHECKPOINT_ADAPTER
+            adapter.mkdir(parents=True, exist_ok=True)
+            write_adapter_files(accelerator.unwrap_model(self.model), adapter, self.config, self.manifests,
+                                {"step": self.state.step, "checkpoint": True})
+            scaler = getattr(accelerator, "scaler", None)
+            _write_state(directory, "state", {
+                "format": STATE_FORMAT, "accelerator_step": accelerator.step,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "train_state": self.state.state_dict()})
+        _write_state(directory, f"rng_state_{accelerator.process_index}", rng_state())
 
     def save(self, step: int) -> None:
         """``checkpoints/step-N``: written under a temporary name, then renamed;
@@ -147,9 +299,10 @@ class Checkpointer:
         if accelerator.is_main_process:
             root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
         accelerator.wait_for_everyone()
         try:
-            accelerator.save_state(str(tmp))
+            self._write(tmp)
         except Exception as exc:  # a full disk: name it and the last good checkpoint; remove the partial one
             self._save_failed(tmp, final, exc)
             raise
@@ -174,13 +327,59 @@ class Checkpointer:
         raise IltInputError(f"{final}: checkpoint not written: {cause}"
                             + (f"; training resumes from {last[-1][1]}" if last else "")) from exc
 
+    def _load(self, path: Path) -> None:
+        """Restore everything from a checkpoint of this version, in the order
+        Accelerate did: the LoRA, the optimiser, the RNG states, the
+        scheduler, the training state (which fast-forwards the sampler)."""
+        accelerator = self.accelerator
+        stray = _legacy_files(path)
+        if stray:
+            log.warning("%s: ignoring %s (pickle files are never opened)", path, ", ".join(stray))
+        state = _read_state(path, "state")
+        if state.get("format") != STATE_FORMAT:
+            raise IltInputError(f"{path / STATE_JSON}: checkpoint format {state.get('format')!r} is not "
+                                f"{STATE_FORMAT}; delete {path.parent} to start the round again")
+        self._load_adapter([self.model], str(path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        rng_stem = f"rng_state_{accelerator.process_index}"
+        if (path / f"{rng_stem}.json").is_file():
+            set_rng_state(_read_state(path, rng_stem))
+        else:  # another number of processes: as Accelerate did, go on without
+            log.warning("%s: no %s.json; the random states are not restored", path, rng_stem)
+        self.scheduler.load_state_dict(state["scheduler"])
+        scaler = getattr(accelerator, "scaler", None)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        self.state.load_state_dict(state["train_state"])
+        accelerator.step = state["accelerator_step"]
+
+    def _load_legacy(self, path: Path, pickles: list[str]) -> None:
+        """A checkpoint of an older version (Accelerate's pickles): refused,
+        or loaded through Accelerate when ``ILT_ALLOW_PICKLE_CHECKPOINTS=1``."""
+        if not pickles:
+            raise IltInputError(f"{path}: checkpoint has no {STATE_JSON} (incomplete or not written by ilt); "
+                                f"delete {path} to resume from the one before, or {path.parent} to start again")
+        if not _pickles_allowed():
+            raise IltInputError(
+                f"{path}: checkpoint of an older ilt version holds pickle files ({', '.join(pickles[:3])}), "
+                f"which can run code when loaded; delete {path.parent} to start the round again, or set "
+                f"{ALLOW_PICKLE}=1 to load it if you trust whoever wrote it")
+        log.warning("%s: loading pickle files (%s=1)", path, ALLOW_PICKLE)
+        accelerator = self.accelerator
+        accelerator.register_load_state_pre_hook(self._load_adapter)
+        accelerator.register_for_checkpointing(self.scheduler, self.state)
+        accelerator.load_state(str(path))
+
     def resume(self, on_resumed: Callable[[TrainState], None] | None = None) -> Path | None:
         """Load the newest complete checkpoint, if any; return its path."""
         checkpoints = list_checkpoints(self.out_dir)
         if not checkpoints:
             return None
         path = checkpoints[-1][1]
-        self.accelerator.load_state(str(path))
+        if (path / STATE_JSON).is_file():
+            self._load(path)
+        else:
+            self._load_legacy(path, _legacy_files(path))
         if on_resumed is not None:
             on_resumed(self.state)
         return path

@@ -296,8 +296,10 @@ class _Run:
             optimizer, _warmup_linear_decay(train.warmup_steps, self.total_steps))
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.state = TrainState(sampler)
-        accelerator.register_for_checkpointing(self.scheduler, self.state)
-        self.checkpoints = Checkpointer(accelerator, out_dir, config, manifests, self.state)
+        # saved as JSON + safetensors by the Checkpointer, never registered with
+        # Accelerate (its save_state pickles them)
+        self.checkpoints = Checkpointer(accelerator, out_dir, config, manifests, self.state, model=self.model,
+                                        optimizer=self.optimizer, scheduler=self.scheduler)
         self.log_file = None
 
     # ---- bookkeeping
@@ -310,7 +312,11 @@ class _Run:
         def restore_skips(state: TrainState) -> None:
             for reason, ids in state.skipped.items():
                 known = self.skips.items.setdefault(reason, [])
-                known.extend(i for i in ids if i not in known)
+                have = set(known)  # a set: the lists may hold thousands of IDs
+                for i in ids:
+                    if i not in have:
+                        have.add(i)
+                        known.append(i)
 
         resumed = self.checkpoints.resume(restore_skips)
         if resumed is not None:
