@@ -24,7 +24,8 @@ from ilt.config import (
     to_dict,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "egs" / "mlc_slm" / "conf"  # the paper's round configs, in their recipe
 
 
 def write(tmp_path, text, name="round.yaml"):
@@ -184,6 +185,11 @@ def test_bad_component_forms_name_the_key(tmp_path, text, where, what):
       "accepted options: label_smoothing")),
     ("name: x\ntask: {loss: {name: ce, label_smoothing: lots}}\n", "round.yaml",
      "task.loss.label_smoothing: expected a number, got 'lots'"),
+    # the factories' own range checks (validate), which used to wait for the training run
+    ("name: x\ntask: {loss: {name: ce, label_smoothing: 1.5}}\n", "round.yaml",
+     "task.loss.label_smoothing: expected a number in [0, 1), got 1.5"),
+    ("name: x\ntask: {loss: {name: distill, temperature: 0, kl_weight: 0}}\n", "round.yaml",
+     "task.loss.temperature: expected a finite number > 0, got 0"),
     ("name: x\nbackbone: {name: whisper, dtype: bf16}\n", "round.yaml",
      "backbone.dtype: set by ilt itself, not in the config; remove it"),
     ("backbone: {name: whisper, beam: 3}\nbatch_size: 4\n", "decode.yaml",
@@ -207,9 +213,8 @@ def test_cli_config_check_accepts_component_options(tmp_path):
 
 
 def test_every_shipped_config_passes_config_check():
-    root = CONF.parent
-    files = sorted(str(p) for pattern in ("conf/*.yaml", "egs/*/conf/*.yaml", "tests/data/mini_ci_conf/*.yaml")
-                   for p in root.glob(pattern))
+    files = sorted(str(p) for pattern in ("egs/*/conf/*.yaml", "egs/*/conf_*/*.yaml", "tests/data/mini_ci_conf/*.yaml")
+                   for p in ROOT.glob(pattern))
     assert len(files) >= 8
     res = CliRunner().invoke(cli, ["config", "check", *files])
     assert res.exit_code == 0, res.output

@@ -73,7 +73,7 @@ tts_languages=     # stage 2: speak only the sentences of these languages, comma
 select_candidates= # stage 2: third-party cuts (labelled) kept when their speaker is close
 selector=resemblyzer  # stage 2: a selector of `ilt plugins` (YAML with options)
 secs_threshold=0.85   # stage 2: keep candidates whose SECS is above it
-conf_dir=$ILT_ROOT/conf   # focus.yaml feedback.yaml fix.yaml decode.yaml
+conf_dir=conf      # focus.yaml feedback.yaml fix.yaml decode.yaml: the corpus recipe's conf/
 exp_dir=exp
 rounds=focus,feedback,fix # any of them, in this order
 round_overrides=   # "ROUND:KEY=VALUE ...": `-o KEY=VALUE` for that round's YAML (ROUND: focus,
@@ -114,15 +114,18 @@ done
 for spec in $test_sets; do [[ $spec == ?*=?* ]] || die "--test-sets: '$spec' is not NAME=CUTS"; done
 case $detect_language in none|m0|all) ;; *) die "--detect-language $detect_language: none, m0 or all" ;; esac
 
-markers=$exp_dir/.done
-mkdir -p "$markers"
+mkdir -p "$exp_dir"
 export ILT_EXP_DIR=$exp_dir  # round YAMLs name this experiment's outputs as ${ILT_EXP_DIR}/...
 knowledge_dir=${knowledge_dir:-$extra_dir/knowledge}
 knowledge_train_cuts=${knowledge_train_cuts:-$train_cuts}
 export ILT_KNOWLEDGE_DIR=$knowledge_dir  # and the knowledge sets of stage 2 as ${ILT_KNOWLEDGE_DIR}/...
 echo "cd $(printf '%q' "$PWD") && $COMMAND" >> "$exp_dir/commands.sh"  # replayable
-todo() { [ "$force" = true ] || [ ! -f "$markers/$1" ]; }
-done_() { touch "$markers/$1"; }
+# The markers of finished steps ($exp_dir/.done/<key>, $knowledge_dir/.done/<step>) and the
+# fingerprints they hold: ilt/core/stages.py, through `ilt stage` (run as a module: one Python
+# start per check rather than the whole ilt command line).
+ilt_stage() { python -m ilt.cli.recipe_commands "$@"; }
+todo() { [ "$(ilt_stage check "$exp_dir" "$1" --force "$force")" != done ]; }  # todo KEY: must it run?
+done_() { ilt_stage done "$exp_dir" "$1" > /dev/null; }
 
 if [ "$ngpu" -gt 1 ]; then
   # --multi_gpu: one process per device (on a CPU-only machine, gloo processes; `--cpu
@@ -146,18 +149,9 @@ model_dir() { if [ "$1" -eq 0 ]; then echo "$base_model"; else echo "$exp_dir/M$
 # reuse KEY PATH...: when --reuse-exp finished step KEY, link its PATHs into $exp_dir (a path
 # already there for real is never replaced) and mark KEY done here.
 reuse() {
-  local key=$1 p; shift
-  [ -n "$reuse_exp" ] && [ "$force" != true ] && [ -f "$reuse_exp/.done/$key" ] || return 1
-  for p in "$@"; do
-    [ -e "$reuse_exp/$p" ] || return 1
-    if [ -e "$exp_dir/$p" ] && [ ! -L "$exp_dir/$p" ]; then return 1; fi
-  done
-  for p in "$@"; do
-    mkdir -p "$(dirname "$exp_dir/$p")"
-    ln -sfn "$(cd "$reuse_exp/$p" && pwd -P)" "$exp_dir/$p"
-  done
-  log "$key: reused $* from $reuse_exp"
-  done_ "$key"
+  [ -n "$reuse_exp" ] || return 1
+  [ "$(ilt_stage reuse "$reuse_exp" "$exp_dir" "$@" --force "$force")" = reused ] || return 1
+  log "$1: reused ${*:2} from $reuse_exp"
 }
 unlink_() { local p; for p in "$@"; do [ ! -L "$p" ] || rm "$p"; done; }  # never write through a link
 
@@ -237,36 +231,39 @@ run_round() {  # run_round STAGE ROUND
 # other inputs or options rebuild it and what follows it). Each run of stage 2 decides which
 # sets exist: a step skipped for want of its input option loses its marker (its files stay, as
 # caches), and a round naming that set stops (knowledge_check).
-knowledge_step() {  # knowledge_step NAME FINGERPRINT: 0 when the step must run (krebuild=true:
-  krebuild=false    # its output holds another build), 1 when it is built already
-  if [ -f "$kmarks/$1" ]; then
-    if [ "$force" != true ] && [ "$(cat "$kmarks/$1")" = "$2" ]; then
-      log "Stage 2: $1 built already ($knowledge_dir/$1)"; return 1
-    fi
-    [ "$force" = true ] || log "Stage 2: $1 was built from other inputs or options: rebuilding it"
+knowledge_step() {  # knowledge_step NAME [--after STEP]: 0 when "${cmd[@]}" must run (krebuild=true:
+  local state       # its output holds another build), 1 when it is built already
+  state=$(ilt_stage check "$knowledge_dir" "$@" --force "$force" -- "${cmd[@]}") || die "ilt stage check $1 failed"
+  case $state in
+    done) log "Stage 2: $1 built already ($knowledge_dir/$1)"; return 1 ;;
+    changed) log "Stage 2: $1 was built from other inputs or options: rebuilding it" ;;
+  esac
+  krebuild=false
+  if [ "$state" != new ]; then
     krebuild=true
-    rm "$kmarks/$1"  # until the step succeeds again, no round may use its set
+    ilt_stage clear "$knowledge_dir" "$1" > /dev/null  # until the step succeeds again, no round may use its set
   fi
-  [ "$force" != true ] || krebuild=true
   return 0
 }
 knowledge_skip() {  # knowledge_skip NAME WHY
   local was=
-  if [ -f "$kmarks/$1" ]; then rm "$kmarks/$1"; was=" (the set built before, $knowledge_dir/$1, is no longer used)"; fi
+  if [ "$(ilt_stage clear "$knowledge_dir" "$1")" = removed ]; then
+    was=" (the set built before, $knowledge_dir/$1, is no longer used)"
+  fi
   log "Stage 2: $1 skipped: $2$was"
 }
-fingerprint() { printf '%q ' "$@"; }
-knowledge_run() {  # knowledge_run NAME FINGERPRINT MESSAGE [resumes]: run "${cmd[@]}" unless built
-  # already, then mark it built; a step that resumes its own output gets --force when rebuilding
-  knowledge_step "$1" "$2" || return 0
+knowledge_run() {  # knowledge_run NAME UPSTREAM MESSAGE [resumes]: run "${cmd[@]}" unless built already
+  # from the same command and the same build of step UPSTREAM (empty: none), whose output it reads;
+  # then mark it built. A step that resumes its own output gets --force when rebuilding.
+  local after=(); [ -z "$2" ] || after=(--after "$2")
+  knowledge_step "$1" "${after[@]}" || return 0
   log "Stage 2: $3"
   if [ "${4:-}" = resumes ] && [ "$krebuild" = true ]; then "${cmd[@]}" --force; else "${cmd[@]}"; fi
-  echo "$2" > "$kmarks/$1"
+  ilt_stage done "$knowledge_dir" "$1" "${after[@]}" -- "${cmd[@]}" > /dev/null
 }
 
 knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TTS, speaker selection
-  local kn=$knowledge_dir fp_stats fp_text fp texts=() cmd f base
-  kmarks=$kn/.done
+  local kn=$knowledge_dir texts=() cmd f base owner rare=false
   if [ -z "$knowledge_train_cuts" ]; then
     log "Stage 2: no --knowledge-train-cuts (nor --train-cuts): no knowledge set built"
     return 0
@@ -274,29 +271,25 @@ knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TT
   [ -n "$base_model" ] || die "stage 2 needs --base-model (its tokenizer and decoding build the knowledge sets)"
   need "$base_model/config.json" "--base-model must be a Hugging Face model directory"
   need "$knowledge_train_cuts" "prepare the training manifest first (the corpus recipe's data stage)"
-  mkdir -p "$kmarks"
   base=$(cd "$base_model" && pwd -P)
-  if [ -f "$kmarks/base_model" ] && [ "$(cat "$kmarks/base_model")" != "$base" ] && [ "$force" != true ]; then
-    die "$kn holds the knowledge sets of base model $(cat "$kmarks/base_model"), not $base: give each base model its own --knowledge-dir DIR (or --force true to rebuild them here)"
-  fi
-  echo "$base" > "$kmarks/base_model"
+  owner=$(ilt_stage claim "$kn" base_model "$base" --force "$force")
+  [ "$owner" = ok ] ||
+    die "$kn holds the knowledge sets of base model $owner, not $base: give each base model its own --knowledge-dir DIR (or --force true to rebuild them here)"
 
   cmd=(ilt augment token-stats --cuts "$knowledge_train_cuts" --model "$base_model" --low "$token_low"
        --high "$token_high" --out "$kn/token_stats")
-  fp_stats=$(fingerprint "${cmd[@]}")
-  knowledge_run token_stats "$fp_stats" \
+  knowledge_run token_stats "" \
     "token statistics of $knowledge_train_cuts (rare < $token_low, frequent > $token_high)"
 
-  fp_text=
   if [ -z "$third_party_text" ]; then
     knowledge_skip rare_text "no --third-party-text"
   else
     for f in $third_party_text; do need "$f" "--third-party-text: a text file or cut manifest"; texts+=(--text "$f"); done
     cmd=(ilt augment select-text --stats "$kn/token_stats" "${texts[@]}" --min-ratio "$rare_ratio"
          --out "$kn/rare_text")
-    fp_text="$(fingerprint "${cmd[@]}")| $fp_stats"
-    knowledge_run rare_text "$fp_text" \
+    knowledge_run rare_text token_stats \
       "rare-token sentences of $third_party_text (rare tokens > $rare_ratio of a sentence)"
+    rare=true
   fi
 
   if [ -z "$hard_cases_cuts" ]; then
@@ -306,13 +299,12 @@ knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TT
     cmd=(ilt augment hard-cases --model "$base_model" --cuts "$hard_cases_cuts" --stats "$kn/token_stats"
          --max-error-rate "$hard_max_error" --conf "$conf_dir/decode.yaml" --out "$kn/hard_cases")
     [ -z "$hard_max_cuts" ] || cmd+=(--max-candidates "$hard_max_cuts")
-    fp="$(fingerprint "${cmd[@]}")| $fp_stats"
-    knowledge_run hard_cases "$fp" \
+    knowledge_run hard_cases token_stats \
       "hard cases: M0 decodes the cuts of $hard_cases_cuts with frequent tokens${hard_max_cuts:+ (at most $hard_max_cuts)}"
   fi
 
-  if [ -z "$fp_text" ] || [ -z "$tts_augmenter" ] || [ "$tts_augmenter" = none ]; then
-    knowledge_skip tts "$([ -z "$fp_text" ] && echo "no rare-token sentences (no --third-party-text)" || echo "--tts-augmenter none")"
+  if [ "$rare" = false ] || [ -z "$tts_augmenter" ] || [ "$tts_augmenter" = none ]; then
+    knowledge_skip tts "$([ "$rare" = false ] && echo "no rare-token sentences (no --third-party-text)" || echo "--tts-augmenter none")"
   elif [ ! -s "$kn/rare_text/selected.txt" ]; then
     knowledge_skip tts "select-text kept no sentence ($kn/rare_text/summary.json): lower --rare-ratio or raise --token-low"
   else
@@ -320,8 +312,7 @@ knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TT
     cmd=(ilt augment tts --augmenter "$tts_augmenter" --prompts "${tts_prompts:-$knowledge_train_cuts}"
          --texts "$kn/rare_text/selected.txt" --per-sentence "$tts_per_sentence" --out "$kn/tts")
     [ -z "$tts_languages" ] || cmd+=(--languages "$tts_languages")
-    fp="$(fingerprint "${cmd[@]}")| $fp_text"
-    knowledge_run tts "$fp" \
+    knowledge_run tts rare_text \
       "TTS ($tts_augmenter) of the rare-token sentences${tts_languages:+ in $tts_languages} in the voices of ${tts_prompts:-$knowledge_train_cuts}" \
       resumes
   fi
@@ -332,7 +323,7 @@ knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TT
     need "$select_candidates" "--select-candidates: prepare the third-party manifest first"
     cmd=(ilt select --selector "$selector" --reference "$knowledge_train_cuts" --candidates "$select_candidates"
          --threshold "$secs_threshold" --out "$kn/select")
-    knowledge_run select "$(fingerprint "${cmd[@]}")" \
+    knowledge_run select "" \
       "speaker selection ($selector) of $select_candidates (SECS > $secs_threshold)"
   fi
 }
@@ -348,7 +339,7 @@ knowledge_check() {  # knowledge_check YAML: every knowledge set it names, stage
       *) die "$yaml names the knowledge set '$set': stage 2 builds hard_cases, tts and select" ;;
     esac
     cuts=$knowledge_dir/$set/cuts.jsonl.gz
-    if [ ! -f "$knowledge_dir/.done/$set" ] || [ ! -f "$cuts" ]; then
+    if [ "$(ilt_stage check "$knowledge_dir" "$set")" != done ] || [ ! -f "$cuts" ]; then
       die "$yaml trains on the knowledge set '$set' ($cuts), which stage 2 did not build: run stage 2 with $hint and --knowledge-train-cuts CUTS (see its log), or remove that source from $yaml"
     fi
     [ -n "$(gzip -cd "$cuts" 2>/dev/null | head -c 1)" ] ||
