@@ -377,3 +377,47 @@ def test_round_naming_a_knowledge_set_stage2_did_not_build_stops(tiny, tmp_path,
                     "--conf-dir", str(tmp_path), "--knowledge-dir", str(tmp_path / "kn"), cwd=tmp_path)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
     assert "'select'" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- corpus recipes pass options through, fast
+
+RECIPES = [ROOT / "egs" / "mlc_slm" / "run.sh", ROOT / "egs" / "mini" / "run.sh"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.parent.name)
+def test_recipe_rejects_an_unknown_option_before_its_own_stages(tmp_path, recipe):
+    proc = subprocess.run(["bash", str(recipe), "--stop-stage", "0", "--corpus-dir", str(tmp_path), "--bogus", "1"],
+                          check=False, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "ilt.sh: unknown option --bogus" in proc.stderr, proc.stderr
+    assert "Stage -1" not in proc.stderr and "Stage 0" not in proc.stderr
+    assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.parent.name)
+def test_recipe_passes_the_template_options_it_does_not_declare(tmp_path, recipe):
+    # options mlc_slm could not take when it forwarded them one by one; the template's check of
+    # --track2-models shows they arrived
+    args = ["--stage", "7", "--stop-stage", "7", "--exp-dir", str(tmp_path / "exp"), "--round-overrides",
+            "all:train.max_steps=1", "--detect-language", "m0", "--group-by", "language", "--pseudo-truth",
+            "t.jsonl.gz", "--train-cuts", "x.jsonl.gz", "--track2-models", "bogus"]
+    proc = subprocess.run(["bash", str(recipe), *args], check=False, cwd=tmp_path, env=_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0 and "--track2-models bogus: all, ends or last" in proc.stderr, proc.stderr
+    replay = (tmp_path / "exp" / "commands.sh").read_text()
+    assert "--round-overrides all:train.max_steps=1" in replay and "--pseudo-truth t.jsonl.gz" in replay
+    help_text = subprocess.run(["bash", str(recipe), "--help"], check=True, cwd=tmp_path, env=_env(),
+                               capture_output=True, text=True, timeout=60).stdout
+    assert "--stop-stage" in help_text and "Any other option goes to" in help_text
+    assert "--pseudo-voter" not in help_text  # the template's, declared there only
+
+
+def test_each_template_default_is_declared_once():
+    """The recipes give the template's options as flags at the call; none redeclares one."""
+    template_vars = set(re.findall(r"^([a-z]\w*)=", TEMPLATE.read_text().split('\n. "$ILT_ROOT/tools/')[0],
+                                   re.MULTILINE))
+    for recipe in RECIPES:
+        declared = set(re.findall(r"^([a-z]\w*)=", recipe.read_text().split("PASS_UNKNOWN_OPTIONS=")[0],
+                                  re.MULTILINE))
+        shared = declared & template_vars
+        # what the recipe's own stages read, and forwards itself
+        assert shared <= {"stage", "stop_stage", "force", "base_model", "test_sets"}, (recipe, shared)
