@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from reliability_table import check
 
 from ilt.core.files import (
     atomic_dir,
@@ -59,9 +60,11 @@ def test_a_command_source_is_refused_when_the_manifest_loads(tmp_path, monkeypat
     with pytest.raises(IltInputError) as err:
         load_cuts(path)
     message = str(err.value)
-    assert "\n" not in message and "'evil-cut'" in message and f"type {kind!r}" in message
-    assert message.startswith(str(path)) and "ILT_ALLOW_AUDIO_COMMANDS=1" in message
-    assert not marker.exists()
+    check("bad input", f"manifest with a '{kind}' audio source", "error: one line: the manifest, the cut ID, the "
+          "source type, the opt-in; nothing run", f"[in-process load_cuts] {message.replace(str(tmp_path), '…')}; "
+          f"command ran: {marker.exists()}",
+          "\n" not in message and "'evil-cut'" in message and f"type {kind!r}" in message
+          and message.startswith(str(path)) and "ILT_ALLOW_AUDIO_COMMANDS=1" in message and not marker.exists())
 
 
 def test_a_command_source_is_refused_before_audio_loads_and_in_training_streams(tmp_path, monkeypatch):
@@ -112,8 +115,12 @@ def test_a_kaldi_pipe_is_refused_without_the_opt_in(tmp_path, monkeypatch):
     (data / "utt2spk").write_text("rec1 spk1\n")
     with pytest.raises(IltInputError) as err:
         prepare_kaldi(data, tmp_path / "out", sampling_rate=8000)
-    assert str(err.value).startswith(f"{data / 'wav.scp'}:1: recording 'rec1': audio source of type 'command'")
-    assert "\n" not in str(err.value) and not marker.exists() and not (tmp_path / "out").exists()
+    message = str(err.value)
+    check("bad input", "Kaldi wav.scp entry ending in '|' (a command)", "error: one line: wav.scp:LINE, the "
+          "recording, the opt-in; nothing run, nothing written",
+          f"[in-process prepare_kaldi] {message.replace(str(tmp_path), '…')}; command ran: {marker.exists()}",
+          message.startswith(f"{data / 'wav.scp'}:1: recording 'rec1': audio source of type 'command'")
+          and "\n" not in message and not marker.exists() and not (tmp_path / "out").exists())
 
 
 # --------------------------------------------------------------------------- names from data
@@ -141,8 +148,11 @@ def test_names_from_data_are_checked_where_manifests_are_named(tmp_path, value):
     from ilt.data.kaldi import prepare_kaldi
     from ilt.data.manifests import manifest_paths
 
-    with pytest.raises(IltInputError, match="manifest name"):
+    with pytest.raises(IltInputError, match="manifest name") as err:
         manifest_paths(tmp_path, value)
+    check("bad input", f"name from data {value[:12]!r}{'…' if len(value) > 12 else ''} as a file name",
+          "error: one line: what the name is, the rule, rename it", f"[in-process] {err.value}",
+          "\n" not in str(err.value) and "cannot be part of a file name" in str(err.value))
     with pytest.raises(IltInputError, match="split name"):
         manifest_paths(tmp_path, "corpus", value)
     with pytest.raises(IltInputError, match="^--name: manifest name"):
@@ -169,8 +179,10 @@ def test_trn_ids_that_would_break_a_line_are_refused(tmp_path, cut_id):
     hyps.write_text(json.dumps({"id": cut_id, "text": "hello world"}) + "\n", encoding="utf-8")
     with pytest.raises(IltInputError) as err:
         score_files(_ref_manifest(tmp_path, cut_id), hyps, tmp_path / "out")
-    assert "cannot go in a .trn file" in str(err.value) and "\n" not in str(err.value)
-    assert not (tmp_path / "out" / "hyp.trn").exists()
+    check("bad input", f"cut ID {cut_id!r} written to hyp.trn", "error: one line: the cut ID, rename it; no .trn",
+          f"[in-process score_files] {err.value}; hyp.trn written: {(tmp_path / 'out' / 'hyp.trn').exists()}",
+          "cannot go in a .trn file" in str(err.value) and "\n" not in str(err.value)
+          and not (tmp_path / "out" / "hyp.trn").exists())
 
 
 def test_a_hypothesis_cannot_add_a_trn_line_or_id(tmp_path):
@@ -222,8 +234,11 @@ def test_a_swap_killed_between_its_renames_is_restored_on_the_next_start(tmp_pat
     dst, src = _swap_killed(tmp_path, "between-renames")  # the old copy aside, the new one not in
     assert not dst.exists() and list(tmp_path.glob(".best.*.old"))
     remove_stale_temporaries(dst)  # what every writer runs first
-    assert (dst / "weights").read_text() == "old"
-    assert not list(tmp_path.glob(".best.*.old")) and not src.exists()
+    restored = (dst / "weights").read_text() if dst.exists() else None
+    left = sorted(p.name for p in tmp_path.iterdir())
+    check("kill", "SIGKILL between the two renames of a directory swap (best/)", "the next start restores the "
+          "previous best/ and removes the .old copy", f"restored: {restored!r}; left: {left}",
+          restored == "old" and left == ["best"])
 
 
 def test_a_swap_killed_after_its_renames_drops_the_old_copy(tmp_path):
@@ -279,3 +294,92 @@ def test_replace_dir_swaps_and_removes_the_old_copy(tmp_path):
     (src / "w").write_text("new")
     replace_dir(src, dst)
     assert (dst / "w").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["best"]
+
+
+# --------------------------------------------------------------------------- checkpoints without pickle
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny random Whisper and a 4-cut training manifest."""
+    from ilt.data.manifests import save_manifest
+    from ilt.testing.dummies import make_cuts, tiny_whisper_dir
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    cuts = make_cuts(tmp / "train", [{"id": f"t{i}", "text": "hello world", "duration": 1.5} for i in range(4)])
+    return tiny_whisper_dir(tmp / "M0"), save_manifest(cuts, tmp / "train.jsonl.gz")
+
+
+def _config(**train):
+    from ilt.config import RoundConfig, from_dict
+
+    return from_dict(RoundConfig, {"name": "focus", "lora": {"r": 4},
+                                   "train": {"lr": 1e-3, "micro_batch": 2, "precision": "fp32", **train}})
+
+
+class _Planted:
+    """A pickle whose unpickling creates a file (what a planted checkpoint file could do)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoints_hold_no_pickle_and_a_planted_one_is_never_opened(tiny_run, tmp_path, monkeypatch):
+    import pickle
+
+    import torch
+
+    from ilt.training.loop import train_round
+
+    base_dir, train_cuts = tiny_run
+    monkeypatch.delenv("ILT_ALLOW_PICKLE_CHECKPOINTS", raising=False)
+    config = _config(max_steps=2, save_every=1, warmup_steps=1)
+    kwargs = dict(train_cuts=[(train_cuts, 1.0)])
+    out = tmp_path / "run"
+    train_round(config, base_dir, out, **kwargs)
+    step2 = out / "checkpoints" / "step-2"
+    names = sorted(p.name for p in step2.iterdir())
+    assert names == ["adapter", "rng_state_0.json", "rng_state_0.safetensors", "state.json", "state.safetensors"]
+    state = json.loads((step2 / "state.json").read_text())
+    assert state["format"] == 1 and state["train_state"]["step"] == 2 and state["scheduler"]["last_epoch"] == 2
+
+    marker = tmp_path / "pwned"
+    for name in ("custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "random_states_0.pkl", "optimizer.bin"):
+        (step2 / name).write_bytes(pickle.dumps(_Planted(marker)))
+        torch.save(_Planted(marker), step2 / f"torch_{name}")
+    resumed = train_round(_config(max_steps=2, save_every=1, warmup_steps=1), base_dir, out, **kwargs)
+    check("bad input", "pickle files planted in checkpoints/step-N (their unpickling creates a file)",
+          "resume reads state.json and safetensors only: the pickles are never opened",
+          f"[in-process train_round] resumed from {resumed.resumed_from.name}; file created: {marker.exists()}",
+          resumed.resumed_from == step2 and resumed.steps == 2 and not marker.exists())
+
+    # A checkpoint of an older version (Accelerate's pickles, no state.json) is refused, one line.
+    (step2 / "state.json").unlink()
+    with pytest.raises(IltInputError) as err:
+        train_round(config, base_dir, out, **kwargs)
+    message = str(err.value)
+    check("bad input", "checkpoint of an older version (pickle files, no state.json)", "error: one line: the "
+          "checkpoint, delete it or opt in; nothing unpickled",
+          f"[in-process train_round] {message.replace(str(tmp_path), '…')}; file created: {marker.exists()}",
+          message.startswith(f"{step2}: checkpoint of an older ilt version holds pickle files")
+          and "ILT_ALLOW_PICKLE_CHECKPOINTS=1" in message and f"delete {out / 'checkpoints'}" in message
+          and "\n" not in message and not marker.exists())
+
+
+
+def test_a_local_looking_model_path_is_never_fetched(tmp_path, monkeypatch):
+    import ilt.models.hub as hub
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp").mkdir()
+    calls = []
+    monkeypatch.setattr(hub, "snapshot_download_dir", lambda *a, **k: calls.append(a))
+    with pytest.raises(IltInputError) as err:
+        hub.resolve_model("exp/M0")
+    check("bad input", "model path exp/M0 that does not exist (exp/ does)", "error: one line: no such local "
+          "directory, write hf:exp/M0 for the hub; no hub call", f"[in-process resolve_model] {err.value}; "
+          f"hub calls: {len(calls)}", str(err.value) == "exp/M0: no such local directory exp/M0; to download from "
+          "the Hugging Face Hub write hf:exp/M0" and not calls)
