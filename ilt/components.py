@@ -18,7 +18,9 @@ backbone   ``ilt_register_backbones``  :class:`ilt.backbone.Backbone`
 ========== =========================== ==========================================
 
 The protocols are ``runtime_checkable``: ``isinstance(obj, Voter)`` checks that
-the methods exist (not their signatures). Nothing here imports torch or Lhotse.
+the methods exist (not their signatures). ``create`` checks the same when it
+builds a component (:func:`ilt.core.registry.contract_problem`) and names what
+is missing. Nothing here imports torch or Lhotse.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ class Loss(Protocol):
     The factory takes the YAML's options as keyword arguments (the built-in
     ``ce`` takes ``label_smoothing``) and returns the loss object; it is built
     once per round and then called once per micro-batch, for training and for
-    the dev loss.
+    the dev loss: ``loss(backbone, model, batch)``. The object itself is
+    called, so it is a function or defines ``__call__``; a method named
+    ``loss`` is not part of the contract.
     """
 
     def __call__(self, backbone: Backbone, model: Any, batch: Batch) -> torch.Tensor:

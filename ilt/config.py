@@ -351,34 +351,17 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(value: Any, tp: Any, where: str, meta: dict[str, Any]) -> Any:
+    """``value`` read from YAML as the schema type ``tp``, checked against the
+    field's constraints ``meta`` (``min``, ``max``, ``choices``).
+
+    :param where: the dotted key, for errors.
+    :raises ConfigError: naming ``where``: a wrong type or an out-of-range value.
+    """
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        candidates = [a for a in args if a is not type(None)]
-        if len(candidates) == 1:  # Optional[X]: report X's own error (range, type)
-            return _convert(value, candidates[0], where, meta)
-        for arg in candidates:
-            try:
-                return _convert(value, arg, where, meta)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{where}[{i}]", meta) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-        _, item = typing.get_args(tp)
-        return {str(k): _convert(v, item, f"{where}.{k}", meta) for k, v in value.items()}
+        return _convert_union(value, tp, where, meta)
+    if origin in (Literal, list, dict):
+        return _convert_container(value, tp, where, meta)
     if tp is type(None):
         if value is not None:
             raise ConfigError(f"{where}: expected null, got {value!r}")
@@ -387,11 +370,50 @@ def _convert(value: Any, tp: Any, where: str, meta: dict[str, Any]) -> Any:
         return ComponentSpec.from_yaml(value, where)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
+    value = _convert_scalar(value, tp, where)
+    return value if tp is bool else _check_range(value, where, meta)
+
+
+def _convert_union(value: Any, tp: Any, where: str, meta: dict[str, Any]) -> Any:
+    """The first member of the union ``tp`` that ``value`` converts to; an
+    ``Optional[X]`` reports ``X``'s own error (range, type)."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    candidates = [a for a in args if a is not type(None)]
+    if len(candidates) == 1:
+        return _convert(value, candidates[0], where, meta)
+    for arg in candidates:
+        try:
+            return _convert(value, arg, where, meta)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _convert_container(value: Any, tp: Any, where: str, meta: dict[str, Any]) -> Any:
+    """A ``Literal`` value, or a list or mapping converted item by item."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if not isinstance(value, origin):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{where}[{i}]", meta) for i, v in enumerate(value)]
+    _, item = typing.get_args(tp)
+    return {str(k): _convert(v, item, f"{where}.{k}", meta) for k, v in value.items()}
+
+
+def _convert_scalar(value: Any, tp: Any, where: str) -> Any:
+    """A ``bool``, ``int``, ``float`` (an integer is widened) or ``str``; YAML's
+    ``true`` is no number."""
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
+    elif tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
     elif tp is float:
@@ -403,6 +425,11 @@ def _convert(value: Any, tp: Any, where: str, meta: dict[str, Any]) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
     else:  # pragma: no cover - a schema bug, not a user error
         raise TypeError(f"unsupported schema type {tp!r} at {where}")
+    return value
+
+
+def _check_range(value: Any, where: str, meta: dict[str, Any]) -> Any:
+    """``value`` when it meets the field's ``min``, ``max`` and ``choices``."""
     if "min" in meta and value < meta["min"]:
         raise ConfigError(f"{where}: {value!r} is below the minimum {meta['min']!r}")
     if "max" in meta and value > meta["max"]:
@@ -561,9 +588,11 @@ def check_components(config: Any, registry: Any, source: str | Path = "<config>"
     Raises :class:`ConfigError` naming ``source`` and the dotted key for an
     unknown name (listing the known ones), an unknown option (listing the
     accepted ones), an option the caller sets itself (a backbone's ``dtype``),
-    a missing required option, or a value of the wrong type where the factory
+    a missing required option, a value of the wrong type where the factory
     annotates a simple type (``bool``, ``int``, ``float``, ``str``, their
-    ``Optional``, ``Literal``, lists and mappings of them).
+    ``Optional``, ``Literal``, lists and mappings of them), or a value the
+    factory's ``validate(options)`` rejects (its range checks: ``conf/fix.yaml:
+    pseudo.voter.epsilon: must be in [0, 1], got 1.5``). The components are not built.
     """
     for key, kind, spec in component_specs(config):
         try:
@@ -573,6 +602,10 @@ def check_components(config: Any, registry: Any, source: str | Path = "<config>"
         problem = _option_problem(component, spec, key)
         if problem:
             raise ConfigError(f"{source}: {problem}")
+        try:  # the factory's own range checks, if it has validate(options)
+            component.check_options(spec.options, key)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
 
 def _option_problem(component: Any, spec: ComponentSpec, key: str) -> str | None:

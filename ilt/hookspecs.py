@@ -22,9 +22,21 @@ parameters with defaults and simple annotations (``float``, ``int``, ``str``,
 ``bool``, ``Literal``...): ``ilt config check`` checks option names and types
 against the factory's signature. A factory taking ``**options`` accepts
 anything. What each factory returns is a protocol of :mod:`ilt.components`
-(or :class:`ilt.backbone.Backbone`). A factory rejects bad option values by
-raising :class:`ilt.config.ConfigError`; any other exception is reported as a
-:class:`ilt.plugins.PluginError` naming the component and its package.
+(or :class:`ilt.backbone.Backbone`); ``create`` checks, when it builds the
+component, that every member of the protocol is there and callable (a loss is
+the object ilt calls, so it defines ``__call__``), and raises a
+:class:`ilt.plugins.PluginError` saying what is missing otherwise.
+
+A factory rejects bad option values (ranges) with an optional
+``validate(options: dict) -> None``: a function attribute of a function
+factory, or a classmethod or staticmethod of a class factory. It raises
+``ValueError`` (or :class:`ilt.config.ConfigError`) with a message starting
+with the option's name (``epsilon: must be in [0, 1], got 1.5``). ``ilt
+config check`` runs it without building anything and puts the file and the
+dotted key in front (``conf/fix.yaml: task.loss.epsilon: ...``); ``create``
+runs it before the factory. A :class:`ilt.config.ConfigError` raised by the
+factory itself reaches the user unchanged; any other exception is reported as
+a :class:`ilt.plugins.PluginError` naming the component and its package.
 
 A name registered twice within one kind is an error naming both packages. A
 plugin that fails to import, or whose hook raises, is skipped with a warning.

@@ -12,6 +12,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A tiny random multilingual Whisper ``M0``, one per test module (tests may write beside it)."""
+    from ilt.testing.dummies import tiny_whisper_dir
+
+    return tiny_whisper_dir(tmp_path_factory.mktemp("m0") / "M0")
+
+
 @pytest.fixture
 def fresh_registry():
     """Rebuild the component registry before and after a test that changes plugins."""

@@ -32,13 +32,13 @@ import numpy as np
 import pytest
 from reliability_table import check
 
+from ilt.testing.configs import fast_decode_yaml, round_yaml
+
 ILT = Path(sys.executable).parent / "ilt"
 SUBPROCESS = os.environ.get("ILT_RELIABILITY", "") not in ("", "0")
 
-DECODE_YAML = ("beam_size: {default: 1}\nmax_new_tokens: 4\nbatch_size: 4\n"
-               "compression_ratio_threshold: null\nfallback_temperatures: []\n")
-ROUND_YAML = ("name: focus\nlora: {r: 4, lora_dropout: 0.0}\ntask: {loss: ce}\n"
-              "train: {lr: 0.001, micro_batch: 2, max_steps: 2, precision: fp32}\n")
+DECODE_YAML = fast_decode_yaml(batch_size=4)
+ROUND_YAML = round_yaml(lr=0.001, micro_batch=2, max_steps=2)
 
 
 @dataclass

@@ -185,6 +185,11 @@ def test_bad_component_forms_name_the_key(tmp_path, text, where, what):
       "accepted options: label_smoothing")),
     ("name: x\ntask: {loss: {name: ce, label_smoothing: lots}}\n", "round.yaml",
      "task.loss.label_smoothing: expected a number, got 'lots'"),
+    # the factories' own range checks (validate), which used to wait for the training run
+    ("name: x\ntask: {loss: {name: ce, label_smoothing: 1.5}}\n", "round.yaml",
+     "task.loss.label_smoothing: expected a number in [0, 1), got 1.5"),
+    ("name: x\ntask: {loss: {name: distill, temperature: 0, kl_weight: 0}}\n", "round.yaml",
+     "task.loss.temperature: expected a finite number > 0, got 0"),
     ("name: x\nbackbone: {name: whisper, dtype: bf16}\n", "round.yaml",
      "backbone.dtype: set by ilt itself, not in the config; remove it"),
     ("backbone: {name: whisper, beam: 3}\nbatch_size: 4\n", "decode.yaml",

@@ -86,6 +86,29 @@ def test_parser_errors_name_the_file(tmp_path):
     assert str(path) in str(err.value)
 
 
+def test_header_sizes_are_checked_against_the_file_before_allocating(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "model.bin"
+    huge = 2 ** 29  # float32 values: the header claims 2 GiB, the file holds none of them
+    header = struct.pack("<I", 6) + _string("WhisperSpec") + struct.pack("<II", 3, 1)
+    header += _string("x") + struct.pack("<BI", 1, huge) + struct.pack("<BI", 0, huge * 4)
+    path.write_bytes(header)
+    tracemalloc.start()
+    try:
+        with pytest.raises(IltInputError) as err:
+            read_ct2_model(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(err.value) == (f"{path}: truncated CTranslate2 model file: variable 'x' needs {huge * 4} bytes, "
+                              f"0 left")
+    assert peak < 64 * 2 ** 20
+    path.write_bytes(header[:-5] + struct.pack("<BI", 0, 12) + bytes(12))  # 3 floats for a shape of 2**29
+    with pytest.raises(IltInputError, match=rf"variable 'x' has shape \({huge},\) of f32 but 12 bytes"):
+        read_ct2_model(path)
+
+
 def test_not_a_ct2_dir(tmp_path):
     with pytest.raises(IltInputError, match="no model.bin"):
         convert_ct2(tmp_path, tmp_path / "out")

@@ -18,13 +18,6 @@ LANGUAGES = ("en", "fr")
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    from ilt.testing.dummies import tiny_whisper_dir
-
-    return tiny_whisper_dir(tmp_path_factory.mktemp("m0") / "M0")
-
-
-@pytest.fixture(scope="module")
 def experts_dir(base_dir, tmp_path_factory):
     """An experts directory (experts.json, <lang>/best) of random-weight experts for en and fr."""
     from ilt.experts.train import EXPERTS_JSON, FORMAT
@@ -189,9 +182,9 @@ def test_bad_options_and_configs_are_one_clear_error(base_dir, experts_dir, tmp_
     from ilt.experts.distill import with_experts
 
     for options, message in (({}, "task.loss.experts: the distill loss needs its teachers"),
-                             ({"temperature": 0}, r"task.loss.temperature: expected a finite number > 0"),
-                             ({"kl_weight": -1, "experts": {"en": "x"}}, "task.loss.kl_weight"),
-                             ({"top_k": 0, "experts": {"en": "x"}}, "task.loss.top_k")):
+                             ({"temperature": 0}, r"loss 'distill' \(package 'ilt'\): temperature: expected a finite number > 0"),
+                             ({"kl_weight": -1, "experts": {"en": "x"}}, "kl_weight: expected a finite number >= 0"),
+                             ({"top_k": 0, "experts": {"en": "x"}}, "top_k: expected a whole number >= 1")):
         with pytest.raises(ConfigError, match=message):
             create("loss", ComponentSpec("distill", options))
     with pytest.raises(IltInputError, match="adapter directory not found"):

@@ -23,22 +23,14 @@ from ilt.experts.train import (
     route_cuts,
     train_experts,
 )
+from ilt.testing.configs import fast_decode
 
 #: Greedy dev decoding of a few tokens: a random model loops, and dev WER only has to exist.
-FAST_DEV = DecodeConfig(beam_size={"default": 1}, max_new_tokens=4, batch_size=8,
-                        compression_ratio_threshold=None, fallback_temperatures=[])
+FAST_DEV = fast_decode()
 
 
 def _decode_config(beam: int) -> DecodeConfig:
-    return DecodeConfig(beam_size={"default": beam}, max_new_tokens=8, batch_size=4,
-                        compression_ratio_threshold=None, fallback_temperatures=[])
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    from ilt.testing import tiny_whisper_dir
-
-    return tiny_whisper_dir(tmp_path_factory.mktemp("m0") / "M0")
+    return fast_decode(beam_size={"default": beam}, max_new_tokens=8, batch_size=4)
 
 
 @pytest.fixture(scope="module")

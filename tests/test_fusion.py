@@ -23,13 +23,6 @@ SPECS = {
 WEIGHTS = {"en": 0.5, "de": 0.3, "fr": 0.2}
 
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    from ilt.testing.dummies import tiny_whisper_dir
-
-    return tiny_whisper_dir(tmp_path_factory.mktemp("m0") / "M0")
-
-
 def _expert(base_dir, out, language, seed):
     """A LoRA expert with random non-zero weights, saved as `ilt train` saves best/."""
     from ilt.testing.adapters import random_adapter

@@ -36,6 +36,8 @@ from typing import Callable
 import pytest
 from reliability_table import check
 
+from ilt.testing.configs import fast_decode_yaml, round_yaml
+
 pytestmark = pytest.mark.reliability
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,11 +47,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}:{os.environ['PATH']
 SEED = int(os.environ.get("ILT_KILL_SEED", "16"))
 TOL = 1e-6
 STEPS, SAVE_EVERY, EVAL_EVERY = 16, 2, 4
-ROUND = (f"name: focus\nlora: {{r: 4, lora_dropout: 0.1}}\ntask: {{loss: ce}}\n"
-         f"train: {{lr: 0.003, micro_batch: 2, max_steps: {STEPS}, save_every: {SAVE_EVERY}, "
-         f"eval_every: {EVAL_EVERY}, precision: fp32, num_buckets: 1}}\n")
-DECODE = ("beam_size: {default: 1}\nmax_new_tokens: 8\nbatch_size: 1\n"
-          "compression_ratio_threshold: null\nfallback_temperatures: []\n")
+ROUND = round_yaml(lora={"lora_dropout": 0.1}, lr=0.003, micro_batch=2, max_steps=STEPS, save_every=SAVE_EVERY,
+                   eval_every=EVAL_EVERY, num_buckets=1)
+DECODE = fast_decode_yaml(max_new_tokens=8, batch_size=1)
 
 
 # --------------------------------------------------------------------------- watching and killing

@@ -16,13 +16,6 @@ from ilt.training.lora import attach_lora, lora_config, merge_adapter
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    from ilt.testing.dummies import tiny_whisper_dir
-
-    return tiny_whisper_dir(tmp_path_factory.mktemp("m0") / "M0")
-
-
-@pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     from ilt.data.manifests import save_manifest
     from ilt.testing.dummies import make_cuts

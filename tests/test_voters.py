@@ -193,11 +193,11 @@ def test_option_errors_name_the_voter_and_the_option():
     for kwargs, name in [({"alpha": 1.5}, "alpha"), ({"alpha": True}, "alpha"),
                          ({"null_confidence": -0.1}, "null_confidence"),
                          ({"null_confidence": "0.5"}, "null_confidence")]:
-        with pytest.raises(ConfigError, match=rf"^voter rover: {name} must be a number in \[0, 1\], got "):
+        with pytest.raises(ConfigError, match=rf"^voter rover: {name}: must be a number in \[0, 1\], got "):
             RoverVoter(**kwargs)
-    with pytest.raises(ConfigError, match=r"^voter rover: null_wins_ties must be true or false, got 'yes'$"):
+    with pytest.raises(ConfigError, match=r"^voter rover: null_wins_ties: must be true or false, got 'yes'$"):
         RoverVoter(null_wins_ties="yes")
-    with pytest.raises(ConfigError, match=r"^voter majority: normalized must be true or false, got 1$"):
+    with pytest.raises(ConfigError, match=r"^voter majority: normalized: must be true or false, got 1$"):
         MajorityVoter(normalized=1)
     both_ends = RoverVoter(alpha=0, null_confidence=1)  # [0, 1] is closed
     assert (both_ends.alpha, both_ends.null_confidence) == (0.0, 1.0)

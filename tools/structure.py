@@ -37,10 +37,12 @@ MAX_FUNCTION_LINES = 60
 #: lower one. An entry names a package or module and everything below it; the
 #: longest matching entry wins. ``ilt`` alone is the package's ``__init__``.
 LAYERS: list[tuple[str, ...]] = [
-    # foundations: errors, files, the run-time state, the registry, language facts
-    ("ilt", "ilt.errors", "ilt.hookspecs", "ilt.core", "ilt.data.languages", "ilt.data.text"),
-    # the contract plugins implement: configs, component protocols, the backbone protocol
-    ("ilt.config", "ilt.components", "ilt.backbone", "ilt.models.generation"),
+    # foundations: errors, files, the run-time state, language facts; the registry and the
+    # protocols it checks components against (hooks, components, the backbone)
+    ("ilt", "ilt.errors", "ilt.hookspecs", "ilt.components", "ilt.backbone", "ilt.core", "ilt.data.languages",
+     "ilt.data.text"),
+    # the configs plugins are chosen and set up by
+    ("ilt.config", "ilt.models.generation"),
     # data: manifests, corpora, mixes; Track 2's file formats (corpus preparation writes them)
     ("ilt.data", "ilt.track2.formats"),
     # models on disk: base, hub, lineage, adapters, cards, conversion, export, LID

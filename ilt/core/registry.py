@@ -16,7 +16,10 @@ excludes it; everything else loads. Asking for a name such a plugin might have
 provided gives an error that mentions it. A name registered twice stays a hard
 error naming both packages.
 
-Components are built with :func:`create`. Nothing happens at import time:
+Components are built with :func:`create`, which checks what the factory
+returns against its kind's protocol (:data:`PROTOCOLS`) and runs the factory's
+optional ``validate(options)`` first (:meth:`Component.check_options`, which
+``ilt config check`` runs too). Nothing happens at import time:
 :func:`build_plugin_manager` and :func:`get_registry` build everything when called.
 """
 
@@ -31,8 +34,9 @@ import logging
 import os
 import re
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pluggy
 
@@ -108,6 +112,8 @@ class IltPluginManager(pluggy.PluginManager):
     def __init__(self) -> None:
         super().__init__("ilt")
         self.failed: list[FailedPlugin] = []
+        #: ``"name = module"`` of each plugin loaded from an entry point, by its registered name
+        self.entry_points: dict[str, str] = {}
 
 
 def _warn_once(message: str) -> None:
@@ -181,7 +187,20 @@ def _register_entry_point(pm: IltPluginManager, ep: Any, dist: str) -> FailedPlu
         if pm.is_registered(plugin):
             pm.unregister(plugin)
         return FailedPlugin(dist, where, _reason(exc))
+    pm.entry_points[f"{dist}:{ep.name}"] = where
     return None
+
+
+def entry_point_of(pm: pluggy.PluginManager, plugin: Any) -> str:
+    """``name = module`` of a registered plugin, as a skip warning names it:
+    its entry point, or for a plugin registered by hand (``pm.register(obj,
+    name="package:name")``) the part of its name after ``:`` and its module."""
+    name = pm.get_name(plugin) or repr(plugin)
+    recorded = getattr(pm, "entry_points", {}).get(name)
+    if recorded is not None:
+        return recorded
+    module = getattr(plugin, "__name__", None) or type(plugin).__module__
+    return f"{name.split(':', 1)[-1]} = {module}"
 
 
 def _not_installed(name: str, declared: set[str]) -> str:
@@ -216,6 +235,82 @@ def _signature(factory: Callable[..., Any]) -> inspect.Signature | None:
         return None
 
 
+# --------------------------------------------------------------------------- contracts
+
+
+def protocols() -> dict[str, type]:
+    """The protocol each kind's factory returns (``corpus`` has none: its
+    factory prepares manifests and returns what it wrote)."""
+    from ilt.backbone import Backbone
+    from ilt.components import Augmenter, Diarizer, Loss, Selector, Voter
+
+    return {"backbone": Backbone, "loss": Loss, "voter": Voter, "augmenter": Augmenter, "selector": Selector,
+            "diarizer": Diarizer}
+
+
+#: What a backbone factory returns with ``tokenizer_only=True``: only these members.
+TOKENIZER_ONLY_MEMBERS = ("tokenize",), ("name",)
+
+
+def protocol_members(protocol: type) -> tuple[list[str], list[str]]:
+    """``(methods, attributes)`` a class of ``protocol`` must have: its public
+    methods (``__call__`` included) and its annotated attributes, in definition order."""
+    methods: list[str] = []
+    attributes: list[str] = []
+    for cls in reversed(protocol.__mro__):
+        if not getattr(cls, "_is_protocol", False) or cls is typing.Protocol:
+            continue
+        for name, value in vars(cls).items():
+            if callable(value) and (name == "__call__" or not name.startswith("_")) and name not in methods:
+                methods.append(name)
+        attributes += [name for name in getattr(cls, "__annotations__", {}) if name not in attributes]
+    return methods, attributes
+
+
+def call_form(kind: str, protocol: type, method: str) -> str:
+    """How ilt calls ``method`` of a ``kind``: ``loss(backbone, model, batch)``,
+    ``voter.vote(hypotheses, language)``."""
+    signature = _signature(getattr(protocol, method))
+    params = list(signature.parameters.values())[1:] if signature is not None else []
+    parts, star = [], False
+    for p in params:
+        if p.kind is p.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        parts.append({p.VAR_POSITIONAL: f"*{p.name}", p.VAR_KEYWORD: f"**{p.name}"}.get(p.kind, p.name))
+        star = star or p.kind is p.VAR_POSITIONAL
+    return f"{kind}{'' if method == '__call__' else '.' + method}({', '.join(parts)})"
+
+
+def contract_problem(kind: str, obj: Any, *, tokenizer_only: bool = False) -> str | None:
+    """Why ``obj`` does not implement ``kind``'s protocol (a member missing or
+    a method not callable), in words, or ``None`` when it does (or ``kind``
+    has no protocol). Signatures are not checked."""
+    protocol = protocols().get(kind)
+    if protocol is None:
+        return None
+    methods, attributes = protocol_members(protocol)
+    if kind == "backbone" and tokenizer_only:
+        methods, attributes = map(list, TOKENIZER_ONLY_MEMBERS)
+    missing = [m for m in methods if not callable(obj if m == "__call__" else getattr(obj, m, None))]
+    absent = [a for a in attributes if not hasattr(obj, a)]
+    if not missing and not absent:
+        return None
+    problems = ["is not callable"] if "__call__" in missing else []
+    named = [m for m in missing if m != "__call__"]
+    if named:
+        problems.append(f"has no method {', '.join(named)}")
+    if absent:
+        problems.append(f"has no attribute {', '.join(absent)}")
+    calls = "; ".join(call_form(kind, protocol, m) for m in missing)
+    define = ", ".join([*missing, *absent])
+    how = f": a {kind} is called as {calls}" if calls else ""
+    return f"{type(obj).__name__}, which {' and '.join(problems)}{how}; define {define}"
+
+
+# --------------------------------------------------------------------------- components
+
+
 @dataclass(frozen=True)
 class Component:
     """One registered component."""
@@ -224,6 +319,10 @@ class Component:
     name: str
     factory: Callable[..., Any]
     package: str
+
+    def describe(self) -> str:
+        """``voter 'rover' (package 'ilt')``: how errors name the component."""
+        return f"{self.kind} {self.name!r} (package {self.package!r})"
 
     def caller_options(self) -> tuple[str, ...]:
         """Keyword arguments the caller passes itself (a backbone's ``dtype``, ``device``)."""
@@ -252,26 +351,91 @@ class Component:
         except Exception:  # an annotation naming something not importable here
             return {}
 
+    def validator(self) -> Callable[[dict[str, Any]], None] | None:
+        """The factory's ``validate(options)``: an attribute of a function
+        factory, or a classmethod or staticmethod of a class factory (an
+        instance method of that name is not one); ``None`` without it."""
+        if inspect.isclass(self.factory):
+            static = inspect.getattr_static(self.factory, "validate", None)
+            if not isinstance(static, (classmethod, staticmethod)):
+                return None
+        check = getattr(self.factory, "validate", None)
+        return check if callable(check) else None
+
+    def check_options(self, options: Mapping[str, Any], key: str | None = None) -> None:
+        """Run the factory's ``validate(options)`` (see :meth:`validator`) on
+        the options a config or command line gives.
+
+        :param key: where the options were written: a config's dotted key
+            (``pseudo.voter``) or a command-line option (``--voter``).
+        :raises ilt.errors.ConfigError: what ``validate`` raised as a
+            ``ValueError`` (``ConfigError`` is one), prefixed by ``key``: a
+            message starting with an option's name (``epsilon: must be in
+            [0, 1]``) reads ``pseudo.voter.epsilon: must be in [0, 1]`` (``--voter:
+            epsilon: ...`` for a command-line option); without ``key``, by
+            :meth:`describe`.
+        :raises PluginError: ``validate`` raised anything else (chained).
+        """
+        check = self.validator()
+        if check is None:
+            return
+        try:
+            check(dict(options))
+        except ValueError as exc:
+            raise ConfigError(self._located(str(exc), options, key)) from None
+        except Exception as exc:
+            raise PluginError(f"{self.describe()}: validate() raised {_reason(exc)}; "
+                              f"run with --debug for the traceback") from exc
+
+    def _located(self, message: str, options: Mapping[str, Any], key: str | None) -> str:
+        if key is None:
+            return f"{self.describe()}: {message}"
+        names = [*options, *(self.options() or {})]
+        if not key.startswith("-") and any(message.startswith(f"{name}:") for name in names):
+            return f"{key}.{message}"
+        return f"{key}: {message}"
+
+    def _unknown_option(self, options: Mapping[str, Any], exc: TypeError) -> str:
+        """The binding error of ``options``, with a "did you mean" for an unknown name."""
+        accepted = self.options()
+        known = "anything" if accepted is None else (", ".join(accepted) or "none")
+        unknown = [k for k in options if accepted is not None and k not in accepted
+                   and k not in self.caller_options()]
+        if not unknown:
+            return f"{self.describe()}: {exc}; accepted options: {known}"
+        close = difflib.get_close_matches(unknown[0], list(accepted or ()), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{self.describe()}: unknown option {unknown[0]!r}{hint}; accepted options: {known}"
+
     def create(self, *args: Any, **options: Any) -> Any:
-        """Call the factory. Wrong options are a :class:`PluginError` listing the
-        accepted ones; an exception the factory raises becomes a
-        :class:`PluginError` naming kind, name and package (the cause chained),
-        except the user-input errors of :data:`USER_ERRORS`, which pass through."""
-        what = f"{self.kind} {self.name!r} (package {self.package!r})"
+        """Call the factory and check what it returns.
+
+        First the options: an unknown one is a :class:`PluginError` listing
+        the accepted ones (with a "did you mean"), and the factory's
+        ``validate`` runs (:meth:`check_options`). Then the factory: an
+        exception it raises becomes a :class:`PluginError` naming kind, name
+        and package (the cause chained), except the user-input errors of
+        :data:`USER_ERRORS`, which pass through. Last, the product must have
+        the members of the kind's protocol (:func:`contract_problem`), or it
+        is a :class:`PluginError` saying what is missing and how ilt calls it.
+        """
         signature = _signature(self.factory)
         if signature is not None:
             try:
                 signature.bind(*args, **options)
             except TypeError as exc:
-                accepted = self.options()
-                known = "anything" if accepted is None else (", ".join(accepted) or "none")
-                raise PluginError(f"{what}: {exc}; accepted options: {known}") from None
+                raise PluginError(self._unknown_option(options, exc)) from None
+        self.check_options({k: v for k, v in options.items() if k not in self.caller_options()})
         try:
-            return self.factory(*args, **options)
+            made = self.factory(*args, **options)
         except (PluginError, *USER_ERRORS):
             raise
         except Exception as exc:
-            raise PluginError(f"{what} raised {_reason(exc)}; run with --debug for the traceback") from exc
+            raise PluginError(f"{self.describe()} raised {_reason(exc)}; run with --debug for the traceback") from exc
+        problem = contract_problem(self.kind, made, tokenizer_only=bool(options.get("tokenizer_only")))
+        if problem:
+            raise PluginError(f"{self.describe()} returned {problem}")
+        return made
 
 
 @dataclass
@@ -311,8 +475,8 @@ class Registry:
                 except Exception as exc:
                     if package == BUILTIN_PACKAGE:
                         raise  # our own bug: loud
-                    name = pm.get_name(plugin) or repr(plugin)
-                    self.failed.append(FailedPlugin(package, name, f"{hook_name} raised {_reason(exc)}"))
+                    self.failed.append(FailedPlugin(package, entry_point_of(pm, plugin),
+                                                    f"{hook_name} raised {_reason(exc)}"))
                     return
         for component in staged:
             self.components[component.kind][component.name] = component
@@ -417,3 +581,34 @@ def create(kind: str, spec: Any, /, *args: Any, **kwargs: Any) -> Any:
         raise PluginError(f"{kind} {name!r}: option(s) {', '.join(clash)} given both by the configuration and "
                           f"by the caller; remove them from the configuration")
     return get_registry().get(kind, name).create(*args, **options, **kwargs)
+
+
+def describe(kind: str, spec: Any) -> str:
+    """How errors name a component: ``voter 'rover' (package 'ilt')``.
+
+    :param spec: a registered name or an :class:`ilt.config.ComponentSpec`.
+    :raises PluginError: an unknown name.
+    """
+    name, _ = _split_spec(kind, spec)
+    return get_registry().get(kind, name).describe()
+
+
+@contextmanager
+def component_errors(kind: str, spec: Any, method: str) -> Iterator[None]:
+    """Name the component when one of its methods fails::
+
+        with component_errors("voter", spec, "vote"):
+            vote = voter.vote(hypotheses, language)
+
+    An exception raised inside becomes a :class:`PluginError` such as
+    ``voter 'x' (package 'y'): vote() raised RuntimeError: ...`` (the cause
+    chained); :class:`PluginError` and the user-input errors of
+    :data:`USER_ERRORS` pass through unchanged.
+    """
+    try:
+        yield
+    except (PluginError, *USER_ERRORS):
+        raise
+    except Exception as exc:
+        raise PluginError(f"{describe(kind, spec)}: {method}() raised {_reason(exc)}; "
+                          f"run with --debug for the traceback") from exc

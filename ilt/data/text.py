@@ -85,7 +85,30 @@ def split_cer_chars(text: str) -> str:
 
 
 def tokens_for_scoring(text: str | None, language: str) -> list[str]:
-    """Normalised scoring units: words, or characters for :data:`ilt.data.languages.CER_LANGUAGES`."""
+    """The units the scorer counts errors over, after its normalisation: what
+    a voter should compare so that its choice agrees with the WER/CER.
+
+    The text is normalised by :func:`normalize` (lowercase, punctuation of
+    :data:`PUNCTUATION` deleted, apostrophes and hyphens kept, whitespace
+    squeezed), then split into words, or, for the CER languages
+    (:data:`ilt.data.languages.CER_LANGUAGES`: ``ja``, ``ko``, ``th``, regional
+    variants included), into characters, where runs of Latin letters or digits
+    stay one unit (:func:`split_cer_chars`).
+
+    :param text: a transcript or hypothesis; ``None`` or ``""`` gives ``[]``.
+    :param language: its ISO 639-1 code, which picks words or characters
+        (``unit_of``); pass ``"en"`` (or any word language) for an unknown one.
+    :returns: the units, in order.
+
+    >>> tokens_for_scoring("Hello, World!", "en")
+    ['hello', 'world']
+    >>> tokens_for_scoring("Don't stop, vingt-deux.", "fr")
+    ["don't", 'stop', 'vingt-deux']
+    >>> tokens_for_scoring("iPhone を買った。", "ja")
+    ['iphone', 'を', '買', 'っ', 'た']
+    >>> tokens_for_scoring(None, "en")
+    []
+    """
     normalised = normalize(text, language)
     if unit_of(language) == "char":
         normalised = split_cer_chars(normalised)

@@ -21,12 +21,14 @@ dtype codes: 0 f32, 1 i8, 2 i16, 3 i32, 4 f16, 5 bf16. Quantized weights
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 
@@ -83,6 +85,39 @@ def _read_string(fh: BinaryIO, path: Path) -> str:
     return data.rstrip(b"\0").decode("utf-8")
 
 
+def _read_variable(fh: BinaryIO, path: Path, size: int) -> tuple[str, str, np.ndarray]:
+    """``(name, dtype name, array)`` of the next variable of a ``model.bin`` of
+    ``size`` bytes; the sizes its header gives are checked against the file
+    before anything is allocated.
+
+    :raises IltInputError: naming the file: an unknown dtype, a size that does
+        not match the shape, or more bytes than the file has left.
+    """
+    name = _read_string(fh, path)
+    (rank,) = _read(fh, "B", path)
+    dims = _read(fh, "I" * rank, path) if rank else ()
+    (code,) = _read(fh, "B", path)
+    (nbytes,) = _read(fh, "I", path)
+    if code not in _DTYPES:
+        raise IltInputError(f"{path}: variable {name!r} has unknown dtype code {code}")
+    dtype_name, np_dtype = _DTYPES[code]
+    if math.prod(dims) * np_dtype.itemsize != nbytes:
+        raise IltInputError(f"{path}: variable {name!r} has shape {tuple(dims)} of {dtype_name} but {nbytes} bytes; "
+                            f"the file is corrupt")
+    if nbytes > size - fh.tell():
+        raise IltInputError(f"{path}: truncated CTranslate2 model file: variable {name!r} needs {nbytes} bytes, "
+                            f"{size - fh.tell()} left")
+    data = bytearray(nbytes)  # writable, so torch can share it without a copy
+    if fh.readinto(data) != nbytes:
+        raise IltInputError(f"{path}: truncated CTranslate2 model file (in {name!r})")
+    array = np.frombuffer(data, dtype=np_dtype).reshape(dims)
+    if dtype_name == "bf16":
+        array = (array.astype(np.uint32) << 16).view(np.float32)
+    elif dtype_name == "f16":
+        array = array.astype(np.float32)
+    return name, dtype_name, array
+
+
 def read_ct2_model(path: str | Path) -> Ct2Model:
     """Parse a CTranslate2 ``model.bin`` into numpy arrays.
 
@@ -103,25 +138,11 @@ def read_ct2_model(path: str | Path) -> Ct2Model:
         spec = _read_string(fh, path)
         (revision,) = _read(fh, "I", path)
         (count,) = _read(fh, "I", path)
+        size = os.fstat(fh.fileno()).st_size
         variables: dict[str, np.ndarray] = {}
         dtypes: dict[str, str] = {}
         for _ in range(count):
-            name = _read_string(fh, path)
-            (rank,) = _read(fh, "B", path)
-            dims = _read(fh, "I" * rank, path) if rank else ()
-            (code,) = _read(fh, "B", path)
-            (nbytes,) = _read(fh, "I", path)
-            if code not in _DTYPES:
-                raise IltInputError(f"{path}: variable {name!r} has unknown dtype code {code}")
-            dtype_name, np_dtype = _DTYPES[code]
-            data = bytearray(nbytes)  # writable, so torch can share it without a copy
-            if fh.readinto(data) != nbytes:
-                raise IltInputError(f"{path}: truncated CTranslate2 model file (in {name!r})")
-            array = np.frombuffer(data, dtype=np_dtype).reshape(dims)
-            if dtype_name == "bf16":
-                array = (array.astype(np.uint32) << 16).view(np.float32)
-            elif dtype_name == "f16":
-                array = array.astype(np.float32)
+            name, dtype_name, array = _read_variable(fh, path, size)
             variables[name] = array
             dtypes[name] = dtype_name
         aliases: dict[str, str] = {}
@@ -368,21 +389,11 @@ def _feature_extractor(src_dir: Path, num_mel_bins: int) -> Any:
     return feature_extractor
 
 
-def convert_ct2(src_dir: str | Path, out_dir: str | Path, *, source: str | None = None) -> Path:
-    """Convert the CTranslate2 Whisper in ``src_dir`` into a Hugging Face
-    Whisper directory ``out_dir`` (written atomically) and return ``out_dir``.
+def _read_source(src_dir: Path) -> tuple[Path, Ct2Model, list[str], list[str]]:
+    """``(model.bin path, its content dequantized, source dtypes, dequantized names)``.
 
-    The weights are saved as float32 safetensors. The written model is loaded
-    back and must have no missing or unexpected keys.
-
-    :param source: what the model is, recorded in ``conversion.json`` (the
-        model's identity, see :mod:`ilt.models.lineage`); default: the name of
-        ``src_dir`` and the sha256 of its ``model.bin``, never a local path.
+    :raises IltInputError: no ``model.bin``, or one that is not a Whisper.
     """
-    from transformers import WhisperForConditionalGeneration
-
-    src_dir, out_dir = Path(src_dir), Path(out_dir)
-    start = time.perf_counter()
     bin_path = src_dir / "model.bin"
     if not bin_path.is_file():
         found = ", ".join(sorted(p.name for p in src_dir.iterdir())[:10]) if src_dir.is_dir() else "no directory"
@@ -395,18 +406,22 @@ def convert_ct2(src_dir: str | Path, out_dir: str | Path, *, source: str | None 
     if quantized:
         log.warning("%s: dequantized %d integer weight(s) to float32 (quantization loses accuracy "
                     "that conversion cannot restore)", bin_path, len(quantized))
+    return bin_path, ct2, source_dtypes, quantized
 
+
+def _whisper_config(src_dir: Path, ct2: Ct2Model, tokenizer: Any) -> tuple[Any, Any, bool]:
+    """``(WhisperConfig, GenerationConfig, multilingual)`` of the converted
+    model: the shapes from the weights, the suppressed tokens and alignment
+    heads from the source's ``config.json``."""
     ct2_config: dict[str, Any] = {}
     if (src_dir / "config.json").is_file():
         ct2_config = json.loads((src_dir / "config.json").read_text(encoding="utf-8"))
-    tokenizer = load_tokenizer_file(src_dir / "tokenizer.json")
     config = infer_config(ct2, tokenizer)
     multilingual = config.vocab_size >= MULTILINGUAL_MIN_VOCAB
     eot = special_token_ids(tokenizer)["eot"]
     if multilingual != (eot == 50257) and config.vocab_size in (51864, 51865, 51866):
         log.warning("%s: vocabulary size %d and end-of-text id %d disagree about multilinguality",
                     src_dir, config.vocab_size, eot)
-
     suppress = ct2_config.get("suppress_ids")
     if suppress is None:
         log.warning("%s: config.json has no suppress_ids; generation suppresses no tokens", src_dir)
@@ -416,33 +431,57 @@ def convert_ct2(src_dir: str | Path, out_dir: str | Path, *, source: str | None 
         tokenizer, multilingual=multilingual,
         suppress_tokens=config.suppress_tokens, begin_suppress_tokens=config.begin_suppress_tokens,
         alignment_heads=ct2_config.get("alignment_heads"))
+    return config, gen, multilingual
 
-    state, used = map_weights(ct2)
-    leftover = sorted(n for n in ct2.variables if n not in used and ct2.variables[n].ndim >= 1)
-    if leftover:
-        raise IltInputError(f"{bin_path}: unexpected CTranslate2 variables: {', '.join(leftover[:8])}")
 
-    model = _build_model(config, state, gen, bin_path)
-    feature_extractor = _feature_extractor(src_dir, config.num_mel_bins)
+def _write_converted(out_dir: Path, parts: Sequence[Any], record: dict[str, Any]) -> None:
+    """Save ``parts`` (model, tokenizer, feature extractor, generation config)
+    and ``conversion.json`` to ``out_dir`` atomically; the model must load
+    back without missing or unexpected keys."""
+    from transformers import WhisperForConditionalGeneration
 
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        feature_extractor.save_pretrained(tmp)
-        gen.save_pretrained(tmp)
+        for part in parts:
+            part.save_pretrained(tmp)
         _, info = WhisperForConditionalGeneration.from_pretrained(tmp, output_loading_info=True,
                                                                   use_safetensors=True)
         problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
         if problems:
             raise RuntimeError(f"converted model does not load cleanly: {problems}")
-        (tmp / "conversion.json").write_text(json.dumps({
-            "source": source or f"{src_dir.resolve().name} (model.bin sha256 {sha256_file(bin_path)[:12]})",
-            "spec": ct2.spec,
-            "spec_revision": ct2.revision,
-            "source_dtypes": source_dtypes,
-            "dequantized": quantized,
-            "multilingual": multilingual,
-        }, indent=2) + "\n", encoding="utf-8")
+        (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def convert_ct2(src_dir: str | Path, out_dir: str | Path, *, source: str | None = None) -> Path:
+    """Convert the CTranslate2 Whisper in ``src_dir`` into a Hugging Face
+    Whisper directory ``out_dir`` (written atomically) and return ``out_dir``.
+
+    The weights are saved as float32 safetensors. The written model is loaded
+    back and must have no missing or unexpected keys.
+
+    :param source: what the model is, recorded in ``conversion.json`` (the
+        model's identity, see :mod:`ilt.models.lineage`); default: the name of
+        ``src_dir`` and the sha256 of its ``model.bin``, never a local path.
+    """
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    start = time.perf_counter()
+    bin_path, ct2, source_dtypes, quantized = _read_source(src_dir)
+    tokenizer = load_tokenizer_file(src_dir / "tokenizer.json")
+    config, gen, multilingual = _whisper_config(src_dir, ct2, tokenizer)
+
+    state, used = map_weights(ct2)
+    leftover = sorted(n for n in ct2.variables if n not in used and ct2.variables[n].ndim >= 1)
+    if leftover:
+        raise IltInputError(f"{bin_path}: unexpected CTranslate2 variables: {', '.join(leftover[:8])}")
+    model = _build_model(config, state, gen, bin_path)
+    feature_extractor = _feature_extractor(src_dir, config.num_mel_bins)
+    _write_converted(out_dir, [model, tokenizer, feature_extractor, gen], {
+        "source": source or f"{src_dir.resolve().name} (model.bin sha256 {sha256_file(bin_path)[:12]})",
+        "spec": ct2.spec,
+        "spec_revision": ct2.revision,
+        "source_dtypes": source_dtypes,
+        "dequantized": quantized,
+        "multilingual": multilingual,
+    })
     log.info("converted %s -> %s in %.1f s (%s, %s)", src_dir, out_dir, time.perf_counter() - start,
              "multilingual" if multilingual else "English-only", "/".join(source_dtypes))
     return out_dir

@@ -50,17 +50,42 @@ def cross_entropy(*, label_smoothing: float = 0.0) -> CrossEntropy:
     :param label_smoothing: weight in ``[0, 1)`` of the uniform distribution
         mixed into the targets (0: plain cross-entropy).
     """
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
-            or math.isnan(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
-        raise ConfigError(f"task.loss.label_smoothing: expected a number in [0, 1), got {label_smoothing!r}")
+    _checked("ce", check_cross_entropy, {"label_smoothing": label_smoothing})
     return CrossEntropy(float(label_smoothing))
 
 
-def _number(key: str, value: Any, *, positive: bool) -> float:
+def check_cross_entropy(options: dict[str, Any]) -> None:
+    """``ce``'s ``validate``: ``label_smoothing`` is a number in ``[0, 1)``.
+
+    :raises ConfigError: naming the option.
+    """
+    value = options.get("label_smoothing", 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+            or not 0.0 <= value < 1.0:
+        raise ConfigError(f"label_smoothing: expected a number in [0, 1), got {value!r}")
+
+
+cross_entropy.validate = check_cross_entropy  # type: ignore[attr-defined]
+
+
+def _number(key: str, value: Any, *, positive: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or value < 0 or (positive and value == 0):
-        raise ConfigError(f"task.loss.{key}: expected a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
+        raise ConfigError(f"{key}: expected a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+
+def check_distill(options: dict[str, Any]) -> None:
+    """``distill``'s ``validate``: ``temperature`` > 0, ``kl_weight`` >= 0,
+    ``top_k`` a whole number >= 1 or null. (``experts`` is checked when the
+    loss is built: ``ilt experts distill`` fills it in.)
+
+    :raises ConfigError: naming the option.
+    """
+    _number("temperature", options.get("temperature", 2.0), positive=True)
+    _number("kl_weight", options.get("kl_weight", 0.5), positive=False)
+    top_k = options.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ConfigError(f"top_k: expected a whole number >= 1 or null, got {top_k!r}")
 
 
 def distill(*, temperature: float = 2.0, kl_weight: float = 0.5, cache_dir: str | None = None,
@@ -77,15 +102,23 @@ def distill(*, temperature: float = 2.0, kl_weight: float = 0.5, cache_dir: str 
     """
     from ilt.experts.distill import DistillLoss
 
-    temperature = _number("temperature", temperature, positive=True)
-    kl_weight = _number("kl_weight", kl_weight, positive=False)
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ConfigError(f"task.loss.top_k: expected a whole number >= 1 or null, got {top_k!r}")
+    _checked("distill", check_distill, {"temperature": temperature, "kl_weight": kl_weight, "top_k": top_k})
     if kl_weight > 0 and not experts:
         raise ConfigError("task.loss.experts: the distill loss needs its teachers: run `ilt experts distill "
                           "--experts DIR`, or write experts: {LANG: ADAPTER_DIR, ...} (or kl_weight: 0)")
-    return DistillLoss(temperature=temperature, kl_weight=kl_weight, cache_dir=cache_dir, top_k=top_k,
+    return DistillLoss(temperature=float(temperature), kl_weight=float(kl_weight), cache_dir=cache_dir, top_k=top_k,
                        experts=experts, teacher_model=teacher_model)
+
+
+distill.validate = check_distill  # type: ignore[attr-defined]
+
+
+def _checked(loss: str, validate: Any, options: dict[str, Any]) -> None:
+    """Run a loss's ``validate`` for a direct call of its factory: the error names the loss."""
+    try:
+        validate(options)
+    except ConfigError as exc:
+        raise ConfigError(f"loss {loss}: {exc}") from None
 
 
 @hookimpl

@@ -54,6 +54,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
@@ -85,6 +86,14 @@ def _check(hypotheses: Sequence[Hypothesis], voter: str) -> None:
         raise ValueError(f"voter {voter!r}: no hypotheses to vote on (at least one is needed)")
 
 
+def _checked(voter: str, validate: Any, options: dict[str, Any]) -> None:
+    """Run a voter's ``validate`` for a direct construction: the error names the voter."""
+    try:
+        validate(options)
+    except ConfigError as exc:
+        raise ConfigError(f"voter {voter}: {exc}") from None
+
+
 def join_units(units: Sequence[str], language: str | None) -> str:
     """The text whose scoring units are ``units``: joined by spaces for word
     languages; for CER languages without spaces, except between two units that
@@ -107,9 +116,17 @@ class MajorityVoter:
     """
 
     def __init__(self, *, normalized: bool = True) -> None:
-        if not isinstance(normalized, bool):
-            raise ConfigError(f"voter majority: normalized must be true or false, got {normalized!r}")
+        _checked("majority", self.validate, {"normalized": normalized})
         self.normalized = normalized
+
+    @staticmethod
+    def validate(options: dict[str, Any]) -> None:
+        """Check the options a config gives (``ilt config check`` runs this).
+
+        :raises ConfigError: ``normalized`` is not a boolean.
+        """
+        if "normalized" in options and not isinstance(options["normalized"], bool):
+            raise ConfigError(f"normalized: must be true or false, got {options['normalized']!r}")
 
     def _key(self, hypothesis: Hypothesis, language: str | None) -> tuple[str, ...]:
         if self.normalized:
@@ -141,14 +158,25 @@ class RoverVoter:
     """
 
     def __init__(self, *, alpha: float = 1.0, null_confidence: float = 0.7, null_wins_ties: bool = False) -> None:
-        for name, value in (("alpha", alpha), ("null_confidence", null_confidence)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ConfigError(f"voter rover: {name} must be a number in [0, 1], got {value!r}")
-        if not isinstance(null_wins_ties, bool):
-            raise ConfigError(f"voter rover: null_wins_ties must be true or false, got {null_wins_ties!r}")
+        _checked("rover", self.validate, {"alpha": alpha, "null_confidence": null_confidence,
+                                          "null_wins_ties": null_wins_ties})
         self.alpha = float(alpha)
         self.null_confidence = float(null_confidence)
         self.null_wins_ties = null_wins_ties
+
+    @staticmethod
+    def validate(options: dict[str, Any]) -> None:
+        """Check the options a config gives (``ilt config check`` runs this).
+
+        :raises ConfigError: ``alpha`` or ``null_confidence`` not a number in
+            ``[0, 1]``, or ``null_wins_ties`` not a boolean.
+        """
+        for name in ("alpha", "null_confidence"):
+            value = options.get(name, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name}: must be a number in [0, 1], got {value!r}")
+        if not isinstance(options.get("null_wins_ties", False), bool):
+            raise ConfigError(f"null_wins_ties: must be true or false, got {options['null_wins_ties']!r}")
 
     def vote(self, hypotheses: Sequence[Hypothesis], language: str | None) -> Vote:
         """Build the network in canonical order and keep each slot's best candidate."""

@@ -6,11 +6,28 @@ from ilt.components import Turn, Vote
 
 
 class FakeBackbone:
+    """The members of ilt.backbone.Backbone (the registry checks them when it
+    builds one); it holds no model, so nothing can be trained or decoded."""
+
     name = "fake-backbone"
+    sampling_rate = 16000
+    max_input_seconds = 30.0
 
     def __init__(self, model_dir, *, dtype=None, device=None, flavour: str = "plain"):
         self.model_dir = model_dir
         self.flavour = flavour
+        self.model = None
+
+    def target_modules(self, spec):
+        return [spec] if isinstance(spec, str) else list(spec)
+
+    def tokenize(self, text, language=None):
+        return text.split()
+
+    def _no_model(self, *args, **kwargs):
+        raise NotImplementedError("the fake backbone holds no model")
+
+    collate = loss = features = generate = score = save = _no_model
 
 
 class FakeAugmenter:
