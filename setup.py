@@ -13,6 +13,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["ilt", "ilt.*"]),
+    # the published config.json of the hub IDs `ilt plan` knows (ilt.training.plan.KNOWN_CONFIGS)
+    package_data={"ilt.models": ["configs/*.json"]},
     install_requires=[
         # torch is pinned by the Makefile on CPU machines (see README); any
         # recent CUDA build a GPU user already has is accepted here.
