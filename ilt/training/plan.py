@@ -467,8 +467,8 @@ def advice(model: Model, setup: Setup, strategy: str) -> list[str]:
         tips.append(("an 8-bit optimiser (2 bytes of state per parameter)",
                      dataclasses.replace(setup, optimizer="adamw8bit"), strategy))
     if not STRATEGIES[strategy]["weights"] and setup.processes > 1:
-        tips.append(("FSDP full shard (or ZeRO-3): weights, gradients and optimiser state / "
-                     f"{setup.processes}", setup, "fsdp"))
+        tips.append((("FSDP full shard (or ZeRO-3): weights, gradients and optimiser state / "
+                     f"{setup.processes}"), setup, "fsdp"))
     lines = []
     for what, changed, strat in tips:
         fit = plan_strategy(model, changed, strat)
@@ -537,14 +537,14 @@ def format_table(model: Model, round_config: RoundConfig, setup: Setup, plans: d
     head = [
         f"backbone     {model.source} ({model.family})",
         f"round        {round_config.name}: LoRA r={lora.r} alpha={lora.lora_alpha:g} on {','.join(model.targets)}",
-        f"parameters   backbone {model.base:,}  trainable {model.trainable:,} (LoRA {model.lora:,}, "
-        f"language-ID {model.lid:,})  total {model.total:,}",
-        f"setup        {setup.processes} processes; micro-batch {setup.micro_batch} x {setup.seconds:g} s, "
+        (f"parameters   backbone {model.base:,}  trainable {model.trainable:,} (LoRA {model.lora:,}, "
+        f"language-ID {model.lid:,})  total {model.total:,}"),
+        (f"setup        {setup.processes} processes; micro-batch {setup.micro_batch} x {setup.seconds:g} s, "
         f"grad_accum {setup.grad_accum}; {setup.precision} base, fp32 LoRA; "
         f"{'AdamW 8-bit' if '8bit' in setup.optimizer else 'AdamW fp32'} states; "
-        f"checkpointing {'on' if setup.checkpointing else 'off'}",
-        f"device       {setup.device_memory_gib:g} GiB, {_gib(next(iter(plans.values())).usable)} usable "
-        f"({100 * setup.reserve:g}% reserve)",
+        f"checkpointing {'on' if setup.checkpointing else 'off'}"),
+        (f"device       {setup.device_memory_gib:g} GiB, {_gib(next(iter(plans.values())).usable)} usable "
+        f"({100 * setup.reserve:g}% reserve)"),
         "",
     ]
     names = list(plans)
