@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                 seconds, texts[side] = run_side(backbone, model, cuts, setup, side, args.device)
                 times[side].append(seconds)
                 print(f"run {turn + 1}/{args.repeats} {side}: {seconds:.2f} s", file=sys.stderr)
-        batches = {side: len(plan_batches(cuts, setup["routes"], setup["config"], side)) for side in sides}
+        batches = {side: len(plan_batches(backbone, cuts, setup["routes"], setup["config"], side)) for side in sides}
     same = sum(a == b for a, b in zip(texts["mixed"], texts["per-group"]))
     median = {side: statistics.median(times[side]) for side in sides}
     rows = [[side, batches[side], fmt(median[side], ".2f"), fmt(len(cuts) / median[side], ".2f"),

@@ -266,3 +266,65 @@ def test_detected_languages_choose_the_decoding_language(tmp_path):
 
     with pytest.raises(IltInputError, match="cannot detect the language"):
         decode_cuts(FakeBackbone(), None, cuts, DecodeConfig(language="detect"), progress=False)
+
+
+# ---------------------------------------------------------------- the public batch-decoding API
+
+
+def test_decoder_decode_batches_equals_decode_cuts_on_a_tiny_whisper(tmp_path):
+    """``Decoder.decode_batches`` (the loop experts, pseudo-labels, hard cases and
+    Track 2 decode through) gives what ``decode_cuts`` gives, and each batch is
+    exactly the backbone's own beam search on that batch's chunks."""
+    from ilt.asr.decode import Decoder
+    from ilt.core.registry import create
+    from ilt.testing import tiny_whisper_dir
+
+    backbone = create("backbone", "whisper", tiny_whisper_dir(tmp_path / "M0"), dtype="fp32", device="cpu")
+    languages = ["de", "fr", "ja", "de", None, "fr", "de"]
+    cuts = list(make_cuts(tmp_path / "audio", [{"id": f"c{i}", "language": lang, "duration": 0.5 + 0.3 * i}
+                                                for i, lang in enumerate(languages)]))
+    config = DecodeConfig(beam_size={"default": 2, "fr": 1}, max_new_tokens=6, batch_size=2, chunk_seconds=1.5,
+                          compression_ratio_threshold=None, fallback_temperatures=[])
+    expected = decode_cuts(backbone, None, cuts, config, tmp_path / "out", progress=False, scores=True)
+    decoder = Decoder(backbone, None, config, scores=True)
+    assert decoder.decode_batches(cuts, progress=False) == expected
+    saved = json.loads((tmp_path / "out" / "decode_stats.json").read_text())
+    assert {k: v for k, v in decoder.stats.as_dict().items() if k not in ("seconds", "real_time_factor")} == {
+        k: v for k, v in saved.items() if k not in ("seconds", "real_time_factor")}
+    assert [r["id"] for r in expected] == [c.id for c in cuts] and any(r["num_chunks"] > 1 for r in expected)
+    assert all(r["score"] is not None for r in expected if r["language"] is not None)
+
+    by_id = {r["id"]: r for r in expected}
+    plan = decoder.plan(cuts)
+    assert [batch[0].supervisions[0].language for group in plan for batch in group] == [
+        "de", "de", "fr", "ja", None]  # groups by language (none last), each by duration
+    for group in plan:
+        for batch in group:
+            language = decoder.language(batch[0])
+            loaded = decoder.load_batch(batch)
+            chunks = [chunk for _, pieces, _ in loaded for chunk in pieces]
+            budgets = [config.token_budgets([c.shape[-1] / 16000], language)[0] for c in chunks]
+            texts = backbone.generate(backbone.model, backbone.features(chunks), language=language,
+                                      max_new_tokens=budgets, loop_tokens=config.loop_tokens,
+                                      num_beams=config.beam_for(language), length_penalty=config.length_penalty)
+            pos = 0
+            for cut, pieces, _ in loaded:
+                assert by_id[cut.id]["text"] == join_chunks(texts[pos:pos + len(pieces)], language)
+                pos += len(pieces)
+
+
+def test_decoder_with_mixed_languages_batches_by_beam_size(tmp_path):
+    """``mix_languages``: one batch holds several languages of one beam size, each row in its own."""
+    from ilt.asr.decode import Decoder
+
+    cuts = make_cuts(tmp_path, [{"id": "en", "language": "en"}, {"id": "ja", "language": "ja"},
+                                {"id": "fr", "language": "fr", "duration": 2.0}, {"id": "none", "language": None}])
+    backbone = FakeBackbone()
+    config = DecodeConfig(beam_size={"default": 4, "ja": 1}, batch_size=8, compression_ratio_threshold=None)
+    decoder = Decoder(backbone, None, config, mix_languages=True)
+    assert [[c.id for c in batch] for group in decoder.plan(cuts) for batch in group] == [
+        ["ja"], ["en", "fr"], ["none"]]  # by beam size (1, then 4), cuts without a language apart
+    records = decoder.decode_batches(cuts, progress=False)
+    assert [r["id"] for r in records] == ["en", "ja", "fr", "none"]
+    assert [(c["language"], c["num_beams"]) for c in backbone.calls] == [("ja", 1), (["en", "fr"], 4), (None, 4)]
+    assert decoder.stats.cuts == 4 and decoder.skips.report() == {}

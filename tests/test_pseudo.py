@@ -172,3 +172,64 @@ def test_cli(setup, tmp_path):
     res = CliRunner().invoke(cli, ["pseudo-label", "--models", str(base), "--models", str(base), "--cuts", str(pool),
                                    "--voter", "rovr", "--out", str(tmp_path / "bad")])
     assert res.exit_code == 1 and "unknown voter 'rovr'" in res.output
+
+
+def _two_model_records():
+    return {"m1": {"a": {"text": "hello world", "score": -0.1}}, "m2": {"a": {"text": "hello world", "score": -0.2}}}
+
+
+def test_summary_records_the_voter_options(tmp_path, monkeypatch):
+    """summary.json names the voter and the options it was built with."""
+    import ilt.asr.pseudo
+    from ilt.asr.pseudo import VotingModel
+    from ilt.config import ComponentSpec
+    from ilt.data.manifests import save_manifest
+
+    pool = save_manifest(make_cuts(tmp_path / "audio", [{"id": "a", "text": None}]), tmp_path / "pool.jsonl.gz")
+    monkeypatch.setattr(ilt.asr.pseudo, "decode_all", lambda *args: _two_model_records())
+    models = [VotingModel("m1", tmp_path), VotingModel("m2", tmp_path)]
+    spec = ComponentSpec("rover", {"alpha": 0.5})
+    summary = pseudo_label(models, pool, tmp_path / "out", voter=spec)
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert on_disk == summary and summary["kept"] == 1
+    assert (summary["voter"], summary["voter_options"]) == ("rover", {"alpha": 0.5})
+    pseudo_label(models, pool, tmp_path / "plain", voter="majority")
+    plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert (plain["voter"], plain["voter_options"]) == ("majority", {})
+
+
+def test_an_exception_in_vote_names_the_voter_and_its_package(tmp_path, monkeypatch):
+    """A voter whose vote() raises is reported by kind, name and package, not as an unexpected error."""
+    import types
+
+    from ilt import hookspecs
+    from ilt.cli.options import error_line
+    from ilt.core import registry as ilt_registry
+    from ilt.core.registry import PluginError, Registry, build_plugin_manager, create
+
+    class Failing:
+        def vote(self, hypotheses, language):
+            raise RuntimeError("the lattice is empty")
+
+    class Refusing:
+        def vote(self, hypotheses, language):
+            raise IltInputError("language xx: no rule for it")
+
+    plugin = types.ModuleType("test_failing_voters")
+    plugin.ilt_register_voters = hookspecs.hookimpl(
+        lambda register: (register("myvote", Failing), register("refuse", Refusing)))
+    pm = build_plugin_manager(load_entry_points=False)
+    pm.register(plugin, name="x:inline")
+    registry = Registry.from_plugin_manager(pm)
+    monkeypatch.setattr(ilt_registry, "get_registry", lambda: registry)
+
+    cuts = make_cuts(tmp_path, [{"id": "a", "text": None}])
+    with pytest.raises(PluginError) as err:
+        vote_cuts(cuts, _two_model_records(), create("voter", "myvote"), "myvote", 0.0, Skips("test"))
+    message = error_line(err.value)
+    assert message == ("voter 'myvote' (package 'x'): vote() raised RuntimeError: the lattice is empty; "
+                       "run with --debug for the traceback")
+    assert isinstance(err.value.__cause__, RuntimeError)  # the traceback stays reachable under --debug
+    # a user-input error raised by a voter passes through as it is
+    with pytest.raises(IltInputError, match="^language xx: no rule for it$"):
+        vote_cuts(cuts, _two_model_records(), create("voter", "refuse"), "refuse", 0.0, Skips("test"))

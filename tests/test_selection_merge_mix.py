@@ -21,14 +21,13 @@ import torch
 import ilt.training.evaluate
 import ilt.training.loop as train_mod
 from ilt.asr.decode import (
+    Decoder,
     DecodeStats,
     _accent,
     _batches,
-    _groups,
-    _language,
-    _records,
     _supervision,
     compression_ratio,
+    cut_language,
     join_chunks,
     split_evenly,
 )
@@ -664,15 +663,23 @@ def test_join_chunks():
     assert join_chunks([], "en") == ""
 
 
-def _dcut(cid, language="en", accent="American", sups=True):
+def _dcut(cid, language="en", accent="American", sups=True, duration=1.0):
     sup = SimpleNamespace(language=language, custom={"accent": accent} if accent else None)
-    return SimpleNamespace(id=cid, supervisions=[sup] if sups else [])
+    return SimpleNamespace(id=cid, supervisions=[sup] if sups else [], duration=duration)
+
+
+def _decoder(stats=None, **config):
+    """A :class:`Decoder` over a backbone of nothing but its audio settings (no model)."""
+    backbone = SimpleNamespace(sampling_rate=16000, max_input_seconds=30.0)
+    decoder = Decoder(backbone, object(), DecodeConfig(**config))
+    decoder.stats = stats if stats is not None else DecodeStats()
+    return decoder
 
 
 def test_cut_fields():
     assert _supervision(_dcut("a")).language == "en" and _supervision(_dcut("a", sups=False)) is None
-    assert _language(_dcut("a")) == "en"
-    assert _language(_dcut("a", language="")) is None and _language(_dcut("a", sups=False)) is None
+    assert cut_language(_dcut("a")) == "en"
+    assert cut_language(_dcut("a", language="")) is None and cut_language(_dcut("a", sups=False)) is None
     assert _accent(_dcut("a")) == "American"
     assert _accent(_dcut("a", accent=None)) is None and _accent(_dcut("a", sups=False)) is None
 
@@ -681,7 +688,8 @@ def test_records_join_chunks_and_scores():
     loaded = [(_dcut("c1"), [np.zeros(1), np.zeros(1)], 3.14159), (_dcut("c2", accent=None), [np.zeros(1)], 1.0),
               (_dcut("c3"), [np.zeros(1)], 0.5)]
     stats = DecodeStats(chunks=1, audio_seconds=1.0)
-    records = _records(loaded, [" a ", "b", "c", ""], "en", stats, scores=[(-1.0, 2), (-4.0, 2), (-0.5, 1), (0, 0)])
+    records = _decoder(stats).records(loaded, [" a ", "b", "c", ""], "en",
+                                      scores=[(-1.0, 2), (-4.0, 2), (-0.5, 1), (0, 0)])
     assert records == [
         {"id": "c1", "text": "a b", "language": "en", "accent": "American", "duration": 3.142, "num_chunks": 2,
          "score": -2.5, "score_tokens": 4},
@@ -690,22 +698,29 @@ def test_records_join_chunks_and_scores():
         {"id": "c3", "text": "", "language": "en", "accent": "American", "duration": 0.5, "num_chunks": 1,
          "score": None, "score_tokens": 0}]
     assert stats.chunks == 5 and stats.audio_seconds == 1.0 + 3.14159 + 1.0 + 0.5
-    plain = _records(loaded[:1], ["x", "y"], "fr", DecodeStats())
+    plain = _decoder().records(loaded[:1], ["x", "y"], "fr")
     assert plain == [{"id": "c1", "text": "x y", "language": "fr", "accent": "American", "duration": 3.142,
                       "num_chunks": 2}]
-    assert _records(loaded[:1], ["x", "y"], "zh", DecodeStats())[0]["text"] == "xy"
-    assert _records(loaded[1:2], ["x"], "en", DecodeStats(), scores=[(-1 / 3, 1)])[0]["score"] == -0.333333
+    assert _decoder().records(loaded[:1], ["x", "y"], "zh")[0]["text"] == "xy"
+    assert _decoder().records(loaded[1:2], ["x"], "en", scores=[(-1 / 3, 1)])[0]["score"] == -0.333333
 
 
 def test_batches_and_groups():
     assert list(_batches([1, 2, 3, 4, 5], 2)) == [[1, 2], [3, 4], [5]]
     assert list(_batches([1, 2], 5)) == [[1, 2]] and list(_batches([], 3)) == []
-    cuts = [_dcut("a", "en"), _dcut("b", "ja"), _dcut("c", "en"), _dcut("d", sups=False)]
-    assert {k: [c.id for c in v] for k, v in _groups(cuts, None).items()} == {"en": ["a", "c"], "ja": ["b"],
-                                                                              None: ["d"]}
-    detected = {"a": "fr", "b": "fr", "c": "en"}
-    assert {k: [c.id for c in v] for k, v in _groups(cuts, detected).items()} == {"fr": ["a", "b"], "en": ["c"],
-                                                                                  None: ["d"]}
+    cuts = [_dcut("a", "en", duration=2.0), _dcut("b", "ja"), _dcut("c", "en"), _dcut("d", sups=False),
+            _dcut("e", "en", duration=0.5)]
+    decoder = _decoder(batch_size=2)
+    # groups by language (none last), each by duration then ID, in batches of batch_size
+    assert [[[c.id for c in b] for b in group] for group in decoder.plan(cuts)] == [
+        [["e", "c"], ["a"]], [["b"]], [["d"]]]
+    decoder.languages = {"a": "fr", "b": "fr", "c": "en"}  # detected: a cut missing there has none
+    assert [[[c.id for c in b] for b in group] for group in decoder.plan(cuts)] == [
+        [["c"]], [["b", "a"]], [["e", "d"]]]
+    mixed = _decoder(batch_size=4, beam_size={"default": 2, "ja": 1})
+    mixed.mix_languages = True  # one beam size per batch; cuts without a language apart
+    assert [[[c.id for c in b] for b in group] for group in mixed.plan(cuts)] == [
+        [["b"]], [["e", "c", "a"]], [["d"]]]
 
 
 def test_decode_stats_as_dict():

@@ -22,6 +22,11 @@
 
 Only the :class:`ilt.backbone.Backbone` protocol is used (``features``,
 ``generate``, ``sampling_rate``, ``max_input_seconds``).
+
+The batch loop is the public :class:`Decoder` (``Decoder(backbone, model,
+config).decode_batches(cuts)``): :func:`decode_cuts` and :func:`decode_files`
+decode through it, and so do LoRA experts (:class:`ilt.experts.train.ExpertDecoder`,
+a subclass), pseudo-labels, hard cases and Track 2 (through :func:`decode_files`).
 """
 
 from __future__ import annotations
@@ -96,7 +101,8 @@ def _supervision(cut: Any) -> Any:
     return cut.supervisions[0] if cut.supervisions else None
 
 
-def _language(cut: Any) -> str | None:
+def cut_language(cut: Any) -> str | None:
+    """The language of ``cut``'s first supervision, as given (``None``: none)."""
     sup = _supervision(cut)
     return sup.language if sup is not None and sup.language else None
 
@@ -107,50 +113,8 @@ def _accent(cut: Any) -> str | None:
     return custom.get("accent")
 
 
-def _load_batch(batch: Sequence[Any], sampling_rate: int, window: float,
-                skips: Skips) -> list[tuple[Any, list[np.ndarray], float]]:
-    """``(cut, chunks, duration)`` of each cut with usable audio; the others are counted skips.
-
-    Silent audio is decoded, and audio longer than ``window`` is split into
-    chunks: only unreadable, empty and non-finite audio is skipped.
-    """
-    loaded = []
-    for cut in batch:
-        audio = load_checked(cut, sampling_rate)
-        if isinstance(audio, AudioProblem):
-            skips.skip(audio.reason, cut.id, audio.detail)
-            continue
-        loaded.append((cut, split_evenly(audio, sampling_rate, window), audio.size / sampling_rate))
-    return loaded
-
-
-def _records(loaded: Sequence[tuple[Any, list[np.ndarray], float]], texts: Sequence[str],
-             language: str | None, stats: DecodeStats,
-             scores: Sequence[tuple[float, int]] | None = None) -> list[dict[str, Any]]:
-    """One output record per loaded cut, its chunk hypotheses (in ``texts``, in
-    order) joined; with ``scores`` (per chunk), the cut's ``score`` is the mean
-    log-probability over all its chunks' tokens and ``score_tokens`` their number."""
-    records, pos = [], 0
-    for cut, chunks, duration in loaded:
-        parts = texts[pos:pos + len(chunks)]
-        record = {
-            "id": cut.id,
-            "text": join_chunks(parts, language),
-            "language": language,
-            "accent": _accent(cut),
-            "duration": round(duration, 3),
-            "num_chunks": len(chunks),
-        }
-        if scores is not None:
-            own = scores[pos:pos + len(chunks)]
-            tokens = sum(n for _, n in own)
-            record["score"] = round(sum(m * n for m, n in own) / tokens, 6) if tokens else None
-            record["score_tokens"] = tokens
-        records.append(record)
-        pos += len(chunks)
-        stats.chunks += len(chunks)
-        stats.audio_seconds += duration
-    return records
+#: A cut loaded for decoding (:meth:`Decoder.load_batch`): ``(cut, its audio chunks, its duration in seconds)``.
+Loaded = tuple[Any, list[np.ndarray], float]
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -158,12 +122,131 @@ def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[start:start + size]
 
 
-class _Decoder:
-    def __init__(self, backbone: Any, model: Any, config: DecodeConfig, stats: DecodeStats) -> None:
+class UnsupportedLanguage(IltInputError):
+    """The backbone refused a batch's language (:meth:`Decoder.decode_batch`): the
+    batch's cuts are counted skips already, and :meth:`Decoder.decode_batches`
+    skips the rest of the batch's group without loading it."""
+
+
+class Decoder:
+    """Decodes cuts with one model and one :class:`ilt.config.DecodeConfig`: the
+    batch loop that plain decoding (:func:`decode_cuts`, :func:`decode_files`),
+    LoRA experts (:class:`ilt.experts.train.ExpertDecoder`), pseudo-labels,
+    hard cases and Track 2 all decode through.
+
+    :meth:`decode_batches` groups the cuts by :meth:`group_key`, sorts each
+    group by duration and decodes it ``batch_size`` cuts at a time
+    (:meth:`decode_batch`: :meth:`load_batch`, :meth:`decode`, :meth:`score`,
+    :meth:`records`). Counts go to :attr:`stats`, skipped cuts to :attr:`skips`.
+
+    A subclass may change what language a cut decodes in (:meth:`language`),
+    which cuts share a batch (:meth:`group_key`) and how one batch decodes
+    (:meth:`decode_batch`).
+
+    :param model: the model to decode with (``None``: ``backbone.model``).
+    :param scores: give each record its confidence (see :func:`decode_cuts`).
+    :param mix_languages: a batch may hold cuts of several languages, each row
+        decoded in its own (backbones with ``per_row_languages``); batches
+        still hold one beam size.
+    """
+
+    def __init__(self, backbone: Any, model: Any, config: DecodeConfig, *, scores: bool = False,
+                 mix_languages: bool = False) -> None:
         self.backbone = backbone
-        self.model = model
+        self.model = backbone.model if model is None else model
         self.config = config
-        self.stats = stats
+        self.scores = scores
+        self.mix_languages = mix_languages
+        self.stats = DecodeStats(numerics=model_numerics(self.model))
+        self.skips = Skips("decode")
+        self.sampling_rate = int(backbone.sampling_rate)
+        #: the longest piece of audio decoded at once (longer audio is split evenly)
+        self.window = min(float(config.chunk_seconds), float(backbone.max_input_seconds))
+        #: cut ID -> the language the cut decodes in instead of its own (:meth:`detect_languages`)
+        self.languages: dict[str, str | None] | None = None
+
+    # ----------------------------------------------------------------- what decodes with what
+
+    def beam_size(self, language: str | None) -> int:
+        """The beam size of ``language``: ``beam_size`` of the decoding config (the one place it is read)."""
+        return self.config.beam_for(language)
+
+    def language(self, cut: Any) -> str | None:
+        """The language ``cut`` decodes in: the detected one, else its own."""
+        return cut_language(cut) if self.languages is None else self.languages.get(cut.id)
+
+    def group_key(self, cut: Any) -> tuple[Any, ...]:
+        """Cuts of one key may share a batch; groups decode in key order. One
+        language per batch (cuts without a language last); with
+        ``mix_languages``, one beam size per batch, cuts without a language
+        apart (their language cannot be forced per row)."""
+        language = self.language(cut)
+        if self.mix_languages:
+            return (self.beam_size(language), language is None)
+        return (language is None, language or "")
+
+    def plan(self, cuts: Iterable[Any]) -> list[list[list[Any]]]:
+        """The batches of ``cuts``, by group (in :meth:`group_key` order): each
+        group sorted by duration (then ID) and split into ``batch_size`` cuts."""
+        groups: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
+        for cut in cuts:
+            groups[self.group_key(cut)].append(cut)
+        return [[list(batch) for batch in _batches(sorted(groups[key], key=lambda c: (c.duration, c.id)),
+                                                   self.config.batch_size)]
+                for key in sorted(groups)]
+
+    def detect_languages(self, cuts: Sequence[Any]) -> dict[str, str | None]:
+        """``language: detect``: each cut's language as the model detects it from
+        its first window of audio (:meth:`ilt.models.lid.SupportsLanguageId.detect_language`).
+        Counts, in ``stats.language_detection``, how often it differs from the
+        cut's own language, and as what. Set :attr:`languages` to the result
+        to decode the cuts in it.
+
+        :raises IltInputError: a backbone that cannot detect the language.
+        """
+        from collections import Counter
+
+        from tqdm import tqdm
+
+        backbone = self.backbone
+        detect = getattr(backbone, "detect_language", None)
+        if detect is None:
+            raise IltInputError(f"the {backbone.name} backbone cannot detect the language: decode with "
+                                f"language: given")
+        out: dict[str, str | None] = {}
+        rate = int(backbone.sampling_rate)
+        for batch in tqdm(list(_batches(list(cuts), self.config.batch_size)), desc="detect language",
+                          unit="batch", disable=None):
+            audios = []
+            for cut in batch:
+                audio = load_checked(cut, rate)
+                if isinstance(audio, AudioProblem):  # decoding counts it as a skip
+                    continue
+                audios.append((cut.id, split_evenly(audio, rate, self.window)[0]))
+            if audios:
+                found = detect(self.model, backbone.features([a for _, a in audios]))
+                out.update(zip([i for i, _ in audios], found))
+        confusions = Counter(f"{cut_language(c) or '?'}->{out[c.id] or '?'}" for c in cuts
+                             if c.id in out and out[c.id] != cut_language(c))
+        self.stats.language_detection = {"cuts": len(out), "confused": sum(confusions.values()),
+                                         "confusions": dict(confusions.most_common())}
+        return out
+
+    # ----------------------------------------------------------------- one batch
+
+    def load_batch(self, batch: Sequence[Any]) -> list[Loaded]:
+        """Each cut of ``batch`` with usable audio, split into chunks of at most
+        :attr:`window`; unreadable, empty and non-finite audio is a counted skip
+        (silent audio is decoded)."""
+        loaded = []
+        for cut in batch:
+            audio = load_checked(cut, self.sampling_rate)
+            if isinstance(audio, AudioProblem):
+                self.skips.skip(audio.reason, cut.id, audio.detail)
+                continue
+            loaded.append((cut, split_evenly(audio, self.sampling_rate, self.window),
+                           audio.size / self.sampling_rate))
+        return loaded
 
     def _generate(self, chunks: Sequence[np.ndarray], languages: Sequence[str | None],
                   adapters: Sequence[str] | None, **options: Any) -> list[str]:
@@ -190,10 +273,12 @@ class _Decoder:
         mixes languages; their beam sizes must agree); ``adapters``: the PEFT
         adapter of each chunk (``"__base__"`` for none), for a model holding
         several (:mod:`ilt.experts.train`).
+
+        :raises IltInputError: a language the backbone does not know.
         """
         config = self.config
         rows = [language] * len(chunks) if language is None or isinstance(language, str) else list(language)
-        beams = {config.beam_for(lang) for lang in rows} or {config.beam_for(None)}
+        beams = {self.beam_size(lang) for lang in rows} or {self.beam_size(None)}
         if len(beams) > 1:
             raise ValueError(f"one batch mixes beam sizes {sorted(beams)}: batch languages of one beam size")
         beam_options: dict[str, Any] = {"num_beams": beams.pop(), "length_penalty": config.length_penalty}
@@ -203,10 +288,18 @@ class _Decoder:
         threshold = config.compression_ratio_threshold
         if threshold is None or not config.fallback_temperatures:
             return texts
+        self._fall_back(texts, chunks, rows, adapters, threshold)
+        return texts
+
+    def _fall_back(self, texts: list[str], chunks: Sequence[np.ndarray], rows: Sequence[str | None],
+                   adapters: Sequence[str] | None, threshold: float) -> None:
+        """The loop guard: decode the looping chunks of ``texts`` again by
+        sampling, one seeded temperature after another; keep, in place, each
+        chunk's hypothesis of the lowest compression ratio."""
         ratios = [compression_ratio(t) for t in texts]
         looping = [i for i, r in enumerate(ratios) if r > threshold]
         self.stats.fallback_chunks += len(looping)
-        for step, temperature in enumerate(config.fallback_temperatures):
+        for step, temperature in enumerate(self.config.fallback_temperatures):
             if not looping:
                 break
             import torch
@@ -225,7 +318,6 @@ class _Decoder:
                     still.append(i)
             looping = still
         self.stats.still_looping += len(looping)
-        return texts
 
     def score(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
               language: str | None) -> list[tuple[float, int]] | None:
@@ -243,99 +335,174 @@ class _Decoder:
             return None
         return scored
 
+    def records(self, loaded: Sequence[Loaded], texts: Sequence[str], language: str | None,
+                scores: Sequence[tuple[float, int]] | None = None) -> list[dict[str, Any]]:
+        """One output record per loaded cut, its chunk hypotheses (in ``texts``, in
+        order) joined; with ``scores`` (per chunk), the cut's ``score`` is the mean
+        log-probability over all its chunks' tokens and ``score_tokens`` their
+        number. Counts the chunks and the audio in :attr:`stats`."""
+        records, pos = [], 0
+        for cut, chunks, duration in loaded:
+            parts = texts[pos:pos + len(chunks)]
+            record = {
+                "id": cut.id,
+                "text": join_chunks(parts, language),
+                "language": language,
+                "accent": _accent(cut),
+                "duration": round(duration, 3),
+                "num_chunks": len(chunks),
+            }
+            if scores is not None:
+                own = scores[pos:pos + len(chunks)]
+                tokens = sum(n for _, n in own)
+                record["score"] = round(sum(m * n for m, n in own) / tokens, 6) if tokens else None
+                record["score_tokens"] = tokens
+            records.append(record)
+            pos += len(chunks)
+            self.stats.chunks += len(chunks)
+            self.stats.audio_seconds += duration
+        return records
+
+    def decode_batch(self, batch: Sequence[Any]) -> list[dict[str, Any]]:
+        """The records of one batch (see :meth:`records`), each cut decoded in
+        its :meth:`language` (one for the batch, unless ``mix_languages``).
+
+        :raises UnsupportedLanguage: the backbone refused a language of the
+            batch (the batch's cuts counted as skips).
+        """
+        loaded = self.load_batch(batch)
+        rows = [self.language(cut) for cut, chunks, _ in loaded for _ in chunks]
+        flat = [chunk for _, chunks, _ in loaded for chunk in chunks]
+        try:
+            texts = self.decode(flat, rows) if flat else []
+        except IltInputError as exc:
+            for cut, _, _ in loaded:
+                self.skips.skip("unsupported language", cut.id, str(exc))
+            raise UnsupportedLanguage(str(exc)) from None
+        chunk_scores = self._score_rows(flat, texts, rows) if self.scores and flat else None
+        records, pos = [], 0
+        for item in loaded:
+            n = len(item[1])
+            own = chunk_scores[pos:pos + n] if chunk_scores is not None else None
+            records.extend(self.records([item], texts[pos:pos + n], rows[pos],
+                                        None if own is None or None in own else own))
+            pos += n
+        return records
+
+    def _score_rows(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
+                    rows: Sequence[str | None]) -> list[tuple[float, int] | None]:
+        """Each chunk's confidence in its own language (:meth:`score`, once per
+        language); ``None`` where the backbone cannot score."""
+        out: list[tuple[float, int] | None] = [None] * len(chunks)
+        for language in dict.fromkeys(rows):
+            idx = [i for i, row in enumerate(rows) if row == language]
+            scored = self.score([chunks[i] for i in idx], [texts[i] for i in idx], language)
+            for i, value in zip(idx, scored or [None] * len(idx)):
+                out[i] = value
+        return out
+
+    # ----------------------------------------------------------------- the loop
+
+    def decode_batches(self, cuts: Iterable[Any], *, journal: Any = None, progress: bool = True,
+                       desc: str = "decode") -> list[dict[str, Any]]:
+        """Decode ``cuts`` batch by batch (:meth:`plan`, :meth:`decode_batch`);
+        return their records in input order and log a summary. The model is
+        in eval mode meanwhile (train mode is restored after).
+
+        With ``journal`` (an :class:`ilt.core.journal.Journal`), each finished
+        batch is kept there and the batches a killed run finished are not
+        decoded again. A batch whose language the backbone refuses is skipped
+        with the rest of its group.
+        """
+        from tqdm import tqdm
+
+        cut_list = list(cuts)
+        model = self.model
+        was_training = bool(getattr(model, "training", False))
+        if hasattr(model, "eval"):
+            model.eval()
+        start = time.perf_counter()
+        records, done = self._resume(journal)
+        bar = tqdm(total=len(cut_list), initial=len(done), desc=desc, unit="cut", disable=None if progress else True)
+        try:
+            # finished cuts are whole batches at the start of a group: the rest batch as before
+            for group in self.plan(c for c in cut_list if c.id not in done):
+                self._decode_group(group, records, journal, bar)
+        finally:
+            bar.close()
+            if journal is not None:
+                journal.close()
+            if was_training and hasattr(model, "train"):
+                model.train()
+        stats = self.stats
+        stats.seconds, stats.cuts, stats.skips = time.perf_counter() - start, len(records), self.skips.report()
+        order = {cut.id: n for n, cut in enumerate(cut_list)}
+        records.sort(key=lambda r: order[r["id"]])
+        _log_summary(stats, self.config)
+        return records
+
+    def _decode_group(self, group: Sequence[Sequence[Any]], records: list[dict[str, Any]], journal: Any,
+                      bar: Any) -> None:
+        """Decode one group's batches into ``records``; after a refused
+        language, its other batches are counted skips, not loaded."""
+        unsupported: str | None = None
+        for batch in group:
+            if unsupported is not None:
+                for cut in batch:
+                    self.skips.skip("unsupported language", cut.id, unsupported)
+                bar.update(len(batch))
+                continue
+            try:
+                new = self.decode_batch(batch)
+            except UnsupportedLanguage as exc:
+                unsupported = str(exc)
+                bar.update(len(batch))
+                continue
+            records.extend(new)
+            if journal is not None:
+                journal.append(new, self.skips, _counters(self.stats))
+            bar.update(len(batch))
+
+    def _resume(self, journal: Any) -> tuple[list[dict[str, Any]], set[str]]:
+        """The records and the finished cut IDs of a killed run's journal (skips
+        and counters restored into :attr:`skips` and :attr:`stats`)."""
+        if journal is None:
+            return [], set()
+        journal.restore(self.skips)
+        for key, value in journal.counters.items():
+            setattr(self.stats, key, value)
+        return list(journal.records), journal.done
+
 
 def _counters(stats: DecodeStats) -> dict[str, Any]:
     return {k: v for k, v in stats.__dict__.items() if k not in ("seconds", "skips", "cuts", "numerics")}
 
 
-def _resume(journal: Any, skips: Skips, stats: DecodeStats) -> tuple[list[dict[str, Any]], set[str]]:
-    """The records and the finished cut IDs of a killed run's journal (skips
-    and counters restored into ``skips`` and ``stats``)."""
-    if journal is None:
-        return [], set()
-    journal.restore(skips)
-    for key, value in journal.counters.items():
-        setattr(stats, key, value)
-    return list(journal.records), journal.done
-
-
 def decode_cuts(backbone: Any, model: Any, cuts: Iterable[Any], config: DecodeConfig,
                 out_dir: str | Path | None = None, *, progress: bool = True,
                 scores: bool = False, journal: Any = None) -> list[dict[str, Any]]:
-    """Decode ``cuts`` with ``model`` (``None``: ``backbone.model``).
+    """Decode ``cuts`` with ``model`` (``None``: ``backbone.model``) through a :class:`Decoder`.
 
     Returns one record per decoded cut, in input order: ``{"id", "text",
     "language", "accent", "duration", "num_chunks"}``; with ``scores``, also
     the hypothesis' confidence ``score`` (mean token log-probability, see
     :meth:`ilt.backbone.Backbone.score`; one more forward pass per batch) and
-    ``score_tokens``. With ``out_dir``, writes
+    ``score_tokens``; under ``language: detect``, also ``given_language``,
+    the cut's own. With ``out_dir``, writes
     ``hyps.jsonl``, ``hyp.trn`` (``text (id)`` lines), ``decode_config.yaml``
     and ``decode_stats.json`` there, each atomically. With ``journal`` (an
     :class:`ilt.core.journal.Journal`), each finished batch is kept there and the
     batches a killed run finished are not decoded again.
     """
-    from tqdm import tqdm
-
-    model = backbone.model if model is None else model
-    stats = DecodeStats(numerics=model_numerics(model))
-    _check_quantized(config, stats.numerics)
-    skips = Skips("decode")
-    sampling_rate = int(backbone.sampling_rate)
-    window = min(float(config.chunk_seconds), float(backbone.max_input_seconds))
-    decoder = _Decoder(backbone, model, config, stats)
-
+    decoder = Decoder(backbone, model, config, scores=scores)
+    _check_quantized(config, decoder.stats.numerics)
     cut_list = list(cuts)
-    order = {cut.id: n for n, cut in enumerate(cut_list)}
-    detected = (_detect_languages(backbone, model, cut_list, config, window, stats)
-                if config.language == "detect" else None)
-    groups = _groups(cut_list, detected)
-
-    was_training = bool(getattr(model, "training", False))
-    if hasattr(model, "eval"):
-        model.eval()
-    start = time.perf_counter()
-    records, done = _resume(journal, skips, stats)
-    bar = tqdm(total=len(cut_list), initial=len(done), desc="decode", unit="cut", disable=None if progress else True)
-    try:
-        for language in sorted(groups, key=lambda lang: (lang is None, lang or "")):
-            # finished cuts are whole batches at the start of a group: the rest batch as before
-            group = sorted((c for c in groups[language] if c.id not in done), key=lambda c: (c.duration, c.id))
-            unsupported: str | None = None
-            for batch in _batches(group, config.batch_size):
-                if unsupported is not None:
-                    for cut in batch:
-                        skips.skip("unsupported language", cut.id, unsupported)
-                    bar.update(len(batch))
-                    continue
-                loaded = _load_batch(batch, sampling_rate, window, skips)
-                flat = [chunk for _, chunks, _ in loaded for chunk in chunks]
-                try:
-                    texts = decoder.decode(flat, language) if flat else []
-                except IltInputError as exc:
-                    unsupported = str(exc)
-                    for cut, _, _ in loaded:
-                        skips.skip("unsupported language", cut.id, unsupported)
-                    bar.update(len(batch))
-                    continue
-                chunk_scores = decoder.score(flat, texts, language) if scores and flat else None
-                records.extend(_records(loaded, texts, language, stats, chunk_scores))
-                if journal is not None:
-                    journal.append(records[-len(loaded):] if loaded else [], skips, _counters(stats))
-                bar.update(len(batch))
-    finally:
-        bar.close()
-        if journal is not None:
-            journal.close()
-        if was_training and hasattr(model, "train"):
-            model.train()
-    stats.seconds = time.perf_counter() - start
-    stats.cuts = len(records)
-    stats.skips = skips.report()
-    records.sort(key=lambda r: order[r["id"]])
-    _keep_given_languages(records, cut_list, detected)
-    _log_summary(stats, config)
+    if config.language == "detect":
+        decoder.languages = decoder.detect_languages(cut_list)
+    records = decoder.decode_batches(cut_list, journal=journal, progress=progress)
+    _keep_given_languages(records, cut_list, decoder.languages)
     if out_dir is not None:
-        write_outputs(records, out_dir, config, stats)
+        write_outputs(records, out_dir, config, decoder.stats)
     return records
 
 
@@ -343,17 +510,9 @@ def _keep_given_languages(records: list[dict[str, Any]], cuts: Sequence[Any],
                           detected: dict[str, str | None] | None) -> None:
     """Under ``language: detect``, each record keeps its cut's own language as ``given_language``."""
     if detected is not None:
-        given = {cut.id: _language(cut) for cut in cuts}
+        given = {cut.id: cut_language(cut) for cut in cuts}
         for record in records:
             record["given_language"] = given[record["id"]]
-
-
-def _groups(cuts: Sequence[Any], detected: dict[str, str | None] | None) -> dict[str | None, list[Any]]:
-    """Cuts by the language they decode in: their own, or the detected one."""
-    groups: dict[str | None, list[Any]] = defaultdict(list)
-    for cut in cuts:
-        groups[_language(cut) if detected is None else detected.get(cut.id)].append(cut)
-    return groups
 
 
 def _log_summary(stats: DecodeStats, config: DecodeConfig) -> None:
@@ -365,39 +524,6 @@ def _log_summary(stats: DecodeStats, config: DecodeConfig) -> None:
                  stats.language_detection["confused"])
     log.info("decode: %d cut(s), %d chunk(s), %.1f s of audio in %.1f s", stats.cuts, stats.chunks,
              stats.audio_seconds, stats.seconds)
-
-
-def _detect_languages(backbone: Any, model: Any, cuts: Sequence[Any], config: DecodeConfig, window: float,
-                      stats: DecodeStats) -> dict[str, str | None]:
-    """``language: detect``: each cut's language as the model detects it from
-    its first window of audio (:meth:`ilt.models.lid.SupportsLanguageId.detect_language`);
-    cuts decode in that language. Counts, in ``stats.language_detection``,
-    how often it differs from the cut's own language, and as what."""
-    from collections import Counter
-
-    from tqdm import tqdm
-
-    detect = getattr(backbone, "detect_language", None)
-    if detect is None:
-        raise IltInputError(f"the {backbone.name} backbone cannot detect the language: decode with language: given")
-    out: dict[str, str | None] = {}
-    rate = int(backbone.sampling_rate)
-    for batch in tqdm(list(_batches(list(cuts), config.batch_size)), desc="detect language", unit="batch",
-                      disable=None):
-        audios = []
-        for cut in batch:
-            audio = load_checked(cut, rate)
-            if isinstance(audio, AudioProblem):  # decoding counts it as a skip
-                continue
-            audios.append((cut.id, split_evenly(audio, rate, window)[0]))
-        if audios:
-            found = detect(model, backbone.features([a for _, a in audios]))
-            out.update(zip([i for i, _ in audios], found))
-    confusions = Counter(f"{_language(c) or '?'}->{out[c.id] or '?'}" for c in cuts
-                         if c.id in out and out[c.id] != _language(c))
-    stats.language_detection = {"cuts": len(out), "confused": sum(confusions.values()),
-                                "confusions": dict(confusions.most_common())}
-    return out
 
 
 def write_outputs(records: Sequence[dict[str, Any]], out_dir: str | Path, config: DecodeConfig,

@@ -22,7 +22,8 @@ Outputs in ``out_dir``::
                          hypothesis and confidence
     votes.jsonl          every voted cut, kept or not: {id, text, language,
                          agreement, kept} (``ilt score --hyp`` reads it)
-    summary.json         counts: cuts, kept, left out by reason
+    summary.json         counts: cuts, kept, left out by reason; the voter's
+                         name and options, min_agreement, the models
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ilt.components import Hypothesis
 from ilt.config import DecodeConfig, config_hash
 from ilt.core.files import read_json, sha256_file, write_json_atomic, write_text_atomic
 from ilt.core.runtime import Skips
+from ilt.core.specs import split_component
 from ilt.errors import IltInputError
 from ilt.models.adapter import (
     ADAPTER_CONFIG,
@@ -145,8 +147,15 @@ def vote_cuts(cuts: Any, records: dict[str, dict[str, dict[str, Any]]], voter: A
               min_agreement: float, skips: Skips, votes: list[dict[str, Any]] | None = None) -> list[Any]:
     """The labelled cuts whose agreement reaches ``min_agreement``; the rest are
     counted skips. ``votes``, when given, receives every voted cut's ``{id,
-    text, language, agreement, kept}``, kept or not (``ilt score --hyp`` reads it)."""
+    text, language, agreement, kept}``, kept or not (``ilt score --hyp`` reads it).
+
+    :param voter_name: the voter's registered name (``voter`` was built from it).
+    :raises PluginError: ``voter.vote`` raised; the message names the voter
+        and its package (user-input errors pass through).
+    """
     from tqdm import tqdm
+
+    from ilt.core.registry import component_errors
 
     kept = []
     for cut in tqdm(cuts, desc="vote", unit="cut", disable=None):
@@ -157,7 +166,8 @@ def vote_cuts(cuts: Any, records: dict[str, dict[str, dict[str, Any]]], voter: A
             skips.skip(NO_HYPOTHESIS, cut.id, f"no hypothesis from {', '.join(missing)}")
             continue
         hyps = [Hypothesis(r["text"], r.get("score"), name) for name, r in got.items()]
-        vote = voter.vote(hyps, language)
+        with component_errors("voter", voter_name, "vote"):  # names the voter and its package
+            vote = voter.vote(hyps, language)
         reason = (EMPTY_LABEL if not vote.text.strip()
                   else LOW_AGREEMENT if vote.agreement < min_agreement else None)
         if votes is not None:
@@ -193,14 +203,15 @@ def pseudo_label(models: Sequence[VotingModel], cuts_path: str | Path, out_dir: 
     cuts_path, out_dir = Path(cuts_path), Path(out_dir)
     cuts = load_cuts(cuts_path)
     voting = create("voter", voter)  # an unknown voter fails before any decoding
+    voter_name, voter_options = split_component(voter, "--voter")
     records = decode_all(models, cuts_path, out_dir, decode_config or DecodeConfig())
     skips = Skips("pseudo-label")
     votes: list[dict[str, Any]] = []
-    kept = vote_cuts(cuts, records, voting, str(voter), min_agreement, skips, votes)
+    kept = vote_cuts(cuts, records, voting, voter_name, min_agreement, skips, votes)
     save_manifest(CutSet.from_cuts(kept), out_dir / "cuts.jsonl.gz")
     write_text_atomic(out_dir / "votes.jsonl", "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in votes))
-    summary = {"cuts": len(cuts), "kept": len(kept), "left_out": skips.report(), "voter": str(voter),
-               "min_agreement": min_agreement, "models": [m.name for m in models]}
+    summary = {"cuts": len(cuts), "kept": len(kept), "left_out": skips.report(), "voter": voter_name,
+               "voter_options": voter_options, "min_agreement": min_agreement, "models": [m.name for m in models]}
     write_json_atomic(out_dir / "summary.json", summary)
     log.info("pseudo-label: %d of %d cut(s) kept -> %s", len(kept), len(cuts), out_dir / "cuts.jsonl.gz")
     return summary

@@ -47,20 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# decode's building blocks: batches, audio loading, records, language detection, outputs
-from ilt.asr.decode import (
-    DecodeStats,
-    _batches,
-    _Decoder,
-    _detect_languages,
-    _language,
-    _load_batch,
-    _log_summary,
-    _records,
-    gather_in_order,
-    model_numerics,
-    write_outputs,
-)
+from ilt.asr.decode import Decoder, cut_language, gather_in_order, write_outputs
 from ilt.config import (
     DataSource,
     DecodeConfig,
@@ -71,10 +58,10 @@ from ilt.config import (
     to_dict,
 )
 from ilt.core.files import log, read_json, write_json_atomic, write_text_atomic
-from ilt.core.runtime import Skips, process_state
+from ilt.core.runtime import process_state
 from ilt.errors import IltInputError
 from ilt.models import lid
-from ilt.models.adapter import ADAPTER_CONFIG, read_adapter_round
+from ilt.models.adapter import ADAPTER_CONFIG, load_adapters, read_adapter_round
 
 EXPERTS_JSON = "experts.json"
 EXPERTS_YAML = "experts.yaml"
@@ -188,7 +175,7 @@ def _training_sources(config: ExpertsConfig, train_cuts: Sequence[tuple[Any, ...
 
 
 def _cut_language(cut: Any) -> str | None:
-    language = _language(cut)
+    language = cut_language(cut)
     return language.strip().lower() if language else None
 
 
@@ -415,17 +402,18 @@ def route_cuts(backbone: Any, model: Any, cuts: Sequence[Any], config: DecodeCon
     detect = config.language == "detect"
     need = [cut for cut in cuts if detect or own[cut.id] is None]
     detected: dict[str, str | None] = {}
-    stats = DecodeStats()
+    detection = None
     if need and (detect or getattr(backbone, "detect_language", None) is not None):
-        window = min(float(config.chunk_seconds), float(backbone.max_input_seconds))
+        decoder = Decoder(backbone, model, config)
         with only_expert(model, BASE):
-            detected = _detect_languages(backbone, model, need, config, window, stats)
+            detected = decoder.detect_languages(need)
+        detection = decoder.stats.language_detection
     routes = {}
     for cut in cuts:
         by = "detection" if cut.id in detected else "language"
         language = detected[cut.id] if cut.id in detected else own[cut.id]
         routes[cut.id] = Route(language, language if language in experts else BASE, by)
-    return routes, stats.language_detection
+    return routes, detection
 
 
 def routing_summary(routes: dict[str, Route], batching: str) -> dict[str, Any]:
@@ -455,9 +443,6 @@ def load_expert_model(backbone: Any, adapters: dict[str, Path]) -> Any:
     """
     if not adapters:
         return backbone.model
-    from peft import PeftModel
-
-    model = None
     for language, directory in adapters.items():
         if read_adapter_round(directory).backbone.name != backbone.name:
             raise IltInputError(f"{directory}: the expert for {language!r} is a LoRA for another backbone than "
@@ -465,51 +450,37 @@ def load_expert_model(backbone: Any, adapters: dict[str, Path]) -> Any:
         if (Path(directory) / lid.LID_FILE).is_file():
             raise IltInputError(f"{directory}: the expert for {language!r} has language-ID embeddings, which one "
                                 f"batch of several experts cannot hold; train experts without lid_embeddings")
-        try:
-            if model is None:
-                model = PeftModel.from_pretrained(backbone.model, str(directory), adapter_name=language)
-            else:
-                model.load_adapter(str(directory), adapter_name=language)
-        except (KeyError, RuntimeError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise IltInputError(f"{directory}: the expert for {language!r} does not fit this model: "
-                                f"{type(exc).__name__}: {first}") from None
-    model.eval()
-    return model
+    return load_adapters(backbone.model, adapters,
+                         labels={language: f"the expert for {language!r}" for language in adapters})
 
 
 # --------------------------------------------------------------------------- decoding
 
 
-def plan_batches(cuts: Sequence[Any], routes: dict[str, Route], config: DecodeConfig,
-                 batching: str) -> list[list[Any]]:
-    """Batches of at most ``config.batch_size`` cuts of similar duration:
-    per-group, each of one language (and expert); mixed, each of one beam size
-    (cuts without a language apart: their language cannot be forced per row)."""
-    groups: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
-    for cut in cuts:
-        route = routes[cut.id]
-        key = ((route.expert, route.language or "") if batching == "per-group"
-               else (config.beam_for(route.language), route.language is None))
-        groups[key].append(cut)
-    batches = []
-    for key in sorted(groups):
-        group = sorted(groups[key], key=lambda c: (c.duration, c.id))
-        batches.extend(list(batch) for batch in _batches(group, config.batch_size))
-    return batches
-
-
-class _ExpertDecoding:
-    """One decoding run over planned batches (see :func:`decode_with_experts`)."""
+class ExpertDecoder(Decoder):
+    """A :class:`ilt.asr.decode.Decoder` that decodes each cut by its
+    :class:`Route` (see :func:`decode_with_experts`): in the route's language,
+    with the route's expert. ``per-group`` batches hold one expert and one
+    language; ``mixed`` batches hold one beam size, each row with its own
+    expert (PEFT's ``adapter_names``). A cut in a language the backbone does
+    not have is a counted skip, and a refused batch skips that batch alone."""
 
     def __init__(self, backbone: Any, model: Any, routes: dict[str, Route], config: DecodeConfig,
-                 batching: str, scores: bool) -> None:
-        self.backbone, self.model, self.routes, self.batching, self.scores = backbone, model, routes, batching, scores
-        self.stats, self.skips = DecodeStats(numerics=model_numerics(model)), Skips("decode")
-        self.decoder = _Decoder(backbone, model, config, self.stats)
-        self.window = min(float(config.chunk_seconds), float(backbone.max_input_seconds))
+                 batching: str = "mixed", scores: bool = False) -> None:
+        super().__init__(backbone, model, config, scores=scores, mix_languages=batching == "mixed")
+        self.routes, self.batching = routes, batching
         multilingual = getattr(backbone, "is_multilingual", False)
         self.supported = set(getattr(backbone, "languages", ())) if multilingual else None
+
+    def language(self, cut: Any) -> str | None:
+        return self.routes[cut.id].language
+
+    def group_key(self, cut: Any) -> tuple[Any, ...]:
+        """Per-group: one expert and one language per batch; mixed: as :class:`ilt.asr.decode.Decoder`'s."""
+        if self.batching == "per-group":
+            route = self.routes[cut.id]
+            return (route.expert, route.language or "")
+        return super().group_key(cut)
 
     def usable(self, batch: Sequence[Any]) -> list[Any]:
         """The cuts of ``batch`` in languages the backbone has; the others are counted skips."""
@@ -524,7 +495,8 @@ class _ExpertDecoding:
         return kept
 
     def decode_batch(self, batch: Sequence[Any]) -> list[dict[str, Any]]:
-        loaded = _load_batch(self.usable(batch), int(self.backbone.sampling_rate), self.window, self.skips)
+        """The records of one batch, each with its ``expert`` and ``routed_by``."""
+        loaded = self.load_batch(self.usable(batch))
         rows = [self.routes[cut.id] for cut, chunks, _ in loaded for _ in chunks]
         flat = [chunk for _, chunks, _ in loaded for chunk in chunks]
         if not flat:
@@ -532,26 +504,26 @@ class _ExpertDecoding:
         languages, experts = [r.language for r in rows], [r.expert for r in rows]
         try:
             if self.batching == "mixed" and hasattr(self.model, "peft_config"):
-                texts = self.decoder.decode(flat, languages, adapters=experts)
+                texts = self.decode(flat, languages, adapters=experts)
             else:  # per-group: one expert for the batch; or no adapter loaded at all
                 with only_expert(self.model, experts[0]):
-                    texts = self.decoder.decode(flat, languages)
+                    texts = self.decode(flat, languages)
         except IltInputError as exc:
             for cut, _, _ in loaded:
                 self.skips.skip("unsupported language", cut.id, str(exc))
             return []
-        chunk_scores = self.score(flat, texts, rows) if self.scores else None
+        chunk_scores = self.score_routes(flat, texts, rows) if self.scores else None
         records, pos = [], 0
         for item in loaded:
             n, route = len(item[1]), self.routes[item[0].id]
             own = chunk_scores[pos:pos + n] if chunk_scores is not None else None
-            record = _records([item], texts[pos:pos + n], route.language, self.stats,
-                              None if own is None or None in own else own)[0]
+            record = self.records([item], texts[pos:pos + n], route.language,
+                                  None if own is None or None in own else own)[0]
             records.append({**record, "expert": None if route.expert == BASE else route.expert, "routed_by": route.by})
             pos += n
         return records
 
-    def score(self, flat: Sequence[Any], texts: Sequence[str], rows: Sequence[Route]) -> list[Any]:
+    def score_routes(self, flat: Sequence[Any], texts: Sequence[str], rows: Sequence[Route]) -> list[Any]:
         """Each chunk's confidence under its own expert and language (``None`` where the backbone cannot score)."""
         out: list[Any] = [None] * len(flat)
         groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
@@ -559,10 +531,21 @@ class _ExpertDecoding:
             groups[(route.expert, route.language)].append(i)
         for (expert, language), idx in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
             with only_expert(self.model, expert):
-                scored = self.decoder.score([flat[i] for i in idx], [texts[i] for i in idx], language)
+                scored = self.score([flat[i] for i in idx], [texts[i] for i in idx], language)
             for i, value in zip(idx, scored or [None] * len(idx)):
                 out[i] = value
         return out
+
+
+def plan_batches(backbone: Any, cuts: Sequence[Any], routes: dict[str, Route], config: DecodeConfig,
+                 batching: str) -> list[list[Any]]:
+    """The batches :func:`decode_with_experts` decodes ``cuts`` in, in order
+    (:meth:`ExpertDecoder.group_key`): at most ``config.batch_size`` cuts of
+    similar duration; per-group, each of one language (and expert); mixed, each
+    of one beam size (cuts without a language apart: their language cannot be
+    forced per row)."""
+    decoder = ExpertDecoder(backbone, backbone.model, routes, config, batching)
+    return [batch for group in decoder.plan(cuts) for batch in group]
 
 
 def decode_with_experts(backbone: Any, model: Any, cuts: Sequence[Any], routes: dict[str, Route],
@@ -570,42 +553,27 @@ def decode_with_experts(backbone: Any, model: Any, cuts: Sequence[Any], routes: 
                         progress: bool = True, scores: bool = False,
                         detection: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Decode ``cuts`` with ``model`` (:func:`load_expert_model`), each by its
-    route (:func:`route_cuts`); records as :func:`ilt.asr.decode.decode_cuts`
-    gives them, in input order, plus ``expert`` (``None``: the base model)
-    and ``routed_by``. With ``out_dir``, also writes ``routing.json``.
+    route (:func:`route_cuts`), through an :class:`ExpertDecoder`; records as
+    :func:`ilt.asr.decode.decode_cuts` gives them, in input order, plus
+    ``expert`` (``None``: the base model) and ``routed_by``. With ``out_dir``,
+    also writes ``routing.json``.
 
     :param batching: ``mixed`` (several experts per batch) or ``per-group``
         (one language group after another); a backbone without
         ``per_row_languages`` decodes per group.
     :param detection: the language-detection counts of :func:`route_cuts`, for ``decode_stats.json``.
     """
-    from tqdm import tqdm
-
     if batching not in BATCHING:
         raise ValueError(f"batching {batching!r}: expected one of {', '.join(BATCHING)}")
     if batching == "mixed" and not getattr(backbone, "per_row_languages", False):
         log.warning("experts: the %s backbone takes one language per batch: decoding per group", backbone.name)
         batching = "per-group"
     cut_list = list(cuts)
-    run = _ExpertDecoding(backbone, model, routes, config, batching, scores)
-    run.stats.language_detection = detection
-    model.eval()
-    records: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    bar = tqdm(total=len(cut_list), desc=f"decode ({batching} experts)", unit="cut", disable=None if progress else True)
-    try:
-        for batch in plan_batches(cut_list, routes, config, batching):
-            records.extend(run.decode_batch(batch))
-            bar.update(len(batch))
-    finally:
-        bar.close()
-    stats = run.stats
-    stats.seconds, stats.cuts, stats.skips = time.perf_counter() - start, len(records), run.skips.report()
-    order = {cut.id: n for n, cut in enumerate(cut_list)}
-    records.sort(key=lambda r: order[r["id"]])
-    _log_summary(stats, config)
+    decoder = ExpertDecoder(backbone, model, routes, config, batching, scores)
+    decoder.stats.language_detection = detection
+    records = decoder.decode_batches(cut_list, progress=progress, desc=f"decode ({batching} experts)")
     if out_dir is not None:
-        write_outputs(records, out_dir, config, stats)
+        write_outputs(records, out_dir, config, decoder.stats)
         write_json_atomic(Path(out_dir) / ROUTING_JSON, routing_summary({c.id: routes[c.id] for c in cut_list},
                                                                         batching))
     return records
@@ -656,6 +624,6 @@ def decode_expert_files(experts_dir: str | Path, cuts_path: str | Path, out_dir:
     return records
 
 
-__all__ = ["BASE", "EXPERTS_JSON", "ExpertsResult", "Route", "count_languages", "decode_expert_files",
+__all__ = ["BASE", "EXPERTS_JSON", "ExpertDecoder", "ExpertsResult", "Route", "count_languages", "decode_expert_files",
            "decode_with_experts", "load_expert_model", "load_experts", "only_expert", "plan_batches",
            "plan_languages", "route_cuts", "routing_summary", "train_experts"]

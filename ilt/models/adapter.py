@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ilt.config import ConfigError, RoundConfig, dump_yaml, load_round
 from ilt.core.files import (
@@ -153,4 +153,39 @@ def load_adapter(backbone: Any, adapter_dir: str | Path, *, trainable: bool = Fa
     embeddings = lid.attach_saved(backbone, adapter_dir)  # trained with this LoRA, if the round had them
     if embeddings is not None and trainable:
         embeddings.requires_grad_(True)
+    return model
+
+
+def load_adapters(base_model: Any, adapters: Mapping[str, str | Path], *,
+                  labels: Mapping[str, str] | None = None, progress: str | None = None) -> Any:
+    """``base_model`` wrapped in one PEFT model holding every adapter of
+    ``adapters`` (``{adapter name: adapter directory}``) under its name, frozen,
+    in eval mode: LoRA experts decoded together (:mod:`ilt.experts.train`) or
+    fused (:mod:`ilt.experts.fusion`).
+
+    :param labels: how errors name each adapter (default ``adapter 'name'``).
+    :param progress: the description of a progress bar over the adapters (``None``: no bar).
+    :raises IltInputError: weights that do not fit the model (the message names the directory).
+    :raises ValueError: no adapters.
+    """
+    from peft import PeftModel
+    from tqdm.auto import tqdm
+
+    if not adapters:
+        raise ValueError("load_adapters: no adapters to load")
+    model = None
+    for name, directory in tqdm(list(adapters.items()), desc=progress, unit="adapter",
+                                disable=True if progress is None else None):
+        try:
+            if model is None:
+                model = PeftModel.from_pretrained(base_model, str(directory), adapter_name=name)
+            else:
+                model.load_adapter(str(directory), adapter_name=name)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            label = (labels or {}).get(name, f"adapter {name!r}")
+            raise IltInputError(f"{directory}: {label} does not fit this model: {type(exc).__name__}: "
+                                f"{first}") from None
+    model.eval()
+    model.requires_grad_(False)
     return model
