@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ilt.components import Hypothesis
-from ilt.config import DecodeConfig, config_hash
+from ilt.config import ComponentSpec, DecodeConfig, config_hash
 from ilt.core.files import read_json, sha256_file, write_json_atomic, write_text_atomic
 from ilt.core.runtime import Skips
-from ilt.core.specs import split_component
 from ilt.errors import IltInputError
 from ilt.models.adapter import (
     ADAPTER_CONFIG,
@@ -203,7 +202,8 @@ def pseudo_label(models: Sequence[VotingModel], cuts_path: str | Path, out_dir: 
     cuts_path, out_dir = Path(cuts_path), Path(out_dir)
     cuts = load_cuts(cuts_path)
     voting = create("voter", voter)  # an unknown voter fails before any decoding
-    voter_name, voter_options = split_component(voter, "--voter")
+    spec = ComponentSpec.from_yaml(voter, "--voter")
+    voter_name, voter_options = spec.name, dict(spec.options)
     records = decode_all(models, cuts_path, out_dir, decode_config or DecodeConfig())
     skips = Skips("pseudo-label")
     votes: list[dict[str, Any]] = []
