@@ -34,6 +34,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from ilt.core.specs import split_component
 from ilt.errors import ConfigError  # noqa: F401  (re-exported: ilt.config.ConfigError is public)
 
 
@@ -73,26 +74,11 @@ class ComponentSpec:
 
     @classmethod
     def from_yaml(cls, value: Any, where: str = "component") -> ComponentSpec:
-        """Parse either YAML form; a :class:`ConfigError` names ``where``."""
+        """Parse either YAML form (:func:`ilt.core.specs.split_component`, the
+        one parser of specs); a :class:`ConfigError` names ``where``."""
         if isinstance(value, cls):
             return value
-        if isinstance(value, str):
-            options: dict[str, Any] = {}
-            name: Any = value
-        elif isinstance(value, dict):
-            if "name" not in value:
-                raise ConfigError(f"{where}: a component mapping needs a 'name' key (the registered name), "
-                                  f"got keys {', '.join(map(str, value)) or '(none)'}")
-            options = {k: v for k, v in value.items() if k != "name"}
-            name = value["name"]
-            bad = [k for k in options if not isinstance(k, str)]
-            if bad:
-                raise ConfigError(f"{where}: option names must be strings, got {bad[0]!r}")
-        else:
-            raise ConfigError(f"{where}: expected a component name or a mapping {{name: NAME, OPTION: VALUE}}, "
-                              f"got {value!r}")
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"{where}.name: expected a non-empty string, got {name!r}")
+        name, options = split_component(value, where)
         return cls(name, copy.deepcopy(options))
 
 

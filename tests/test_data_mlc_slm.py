@@ -206,7 +206,7 @@ def test_cli_prepare_mlc_slm(tmp_path):
     res = runner.invoke(cli, ["prepare", "--help"])
     assert res.exit_code == 0 and "mlc-slm" in res.output and "kaldi" in res.output
     res = runner.invoke(cli, ["prepare", "mlc-slm", "--help"])
-    assert res.exit_code == 0 and "--splits" in res.output and "--force / --no-force" in res.output
+    assert res.exit_code == 0 and "--splits" in res.output and "--overwrite / --no-overwrite" in res.output
 
     corpus, out = good_corpus(tmp_path / "corpus"), tmp_path / "out"
     res = runner.invoke(cli, ["prepare", "mlc-slm", str(corpus), str(out), "--splits", "train"])

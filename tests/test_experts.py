@@ -266,7 +266,7 @@ def test_bad_input_is_one_line(base_dir, manifests, random_experts, tmp_path):
     assert f"{empty / EXPERTS_JSON}: not found" in result.output and "ilt experts train" in result.output
 
     result = runner.invoke(cli, ["decode", "--cuts", str(manifests["mixed"]), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1 and "--experts DIR" in result.output
+    assert result.exit_code == 2 and "--experts DIR" in result.output  # a usage error
 
     conf = tmp_path / "experts.yaml"
     conf.write_text("name: experts\nexperts:\n  languages: [de, it]\n")

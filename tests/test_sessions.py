@@ -312,7 +312,7 @@ def test_transcribe_sessions_and_score_with_tiny_whisper(tmp_path, monkeypatch):
     args = ["transcribe-sessions", "--model", str(model), "--sessions", str(manifest), "--rttm", str(rttm),
             "--out", str(tmp_path / "out"), "-o", "max_new_tokens=4", "-o", "beam_size.default=1", "-o", "fallback_temperatures=[]"]
     res = CliRunner().invoke(cli, [a for a in args if a not in ("--rttm", str(rttm))])
-    assert res.exit_code == 1 and "either --rttm FILE or --oracle" in res.output
+    assert res.exit_code == 2 and "either --rttm FILE or --oracle" in res.output  # a usage error
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     hyp = json.loads((tmp_path / "out" / "hyp.seglst.json").read_text())

@@ -1,41 +1,38 @@
 """``ilt augment``: build the data of the Feedback and Fix knowledge tasks (the ILT paper, section 3.2).
 
-This module owns the ``augment`` click group and its text sub-commands
-(``token-stats``, ``select-text``, ``hard-cases``, over
-:mod:`ilt.knowledge.text_tasks`). Sub-commands defined in other command modules
-join the group in one of two ways:
-
-* listed in :data:`EXTERNAL_COMMANDS` as ``"module:attribute"`` (how
-  ``ilt augment tts`` of :mod:`ilt.cli.tts_commands` joins): this module adds
-  them with ``augment.add_command`` when it is imported, so the other module
-  imports nothing from here and leaves the command out of its ``COMMANDS``;
-* or the other module calls ``augment.add_command(cmd)`` itself, at its
-  module level (``from ilt.cli.knowledge_commands import augment``), and lists
-  itself in :data:`ilt.cli.commands_registry.COMMAND_MODULES`, which imports every
-  module before the CLI runs.
-
-Either way, the group itself is added to ``ilt`` by this module's ``COMMANDS``.
+The ``augment`` group and its sub-commands: ``token-stats``, ``select-text``
+and ``hard-cases`` (over :mod:`ilt.knowledge.text_tasks`) and ``tts`` (over
+:func:`ilt.knowledge.tts.synthesize`). The group joins ``ilt`` through this
+module's ``COMMANDS``, as every command does.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import click
 
-from ilt.cli.options import load_config, override_option, save_command
+from ilt.cli.options import (
+    MODEL,
+    decode_config_option,
+    list_option,
+    load_config,
+    override_option,
+    overwrite_option,
+    parse_component,
+    save_command,
+)
 
 
 @click.group()
 def augment() -> None:
-    """Build knowledge-task data: token statistics, rare-token text, hard cases."""
+    """Build knowledge-task data: token statistics, rare-token text, hard cases, speech."""
 
 
 @augment.command("token-stats")
 @click.option("--cuts", "cuts_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The training cuts whose supervision texts are counted.")
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--model", "model_dir", required=True, type=MODEL,
               help="The model whose tokenizer counts (only the tokenizer is read when the backbone allows).")
 @click.option("--backbone", default="whisper", show_default=True, help="A registered backbone (ilt plugins).")
 @click.option("--low", type=click.IntRange(min=0), default=20, show_default=True,
@@ -63,13 +60,14 @@ def token_stats_cmd(cuts_path, model_dir, backbone, low, high, top, out_dir):
 @augment.command("select-text")
 @click.option("--stats", "stats_path", required=True, type=click.Path(exists=True),
               help="stats.json of `ilt augment token-stats` (or its directory).")
-@click.option("--text", "text_paths", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Third-party sentences (repeatable): a UTF-8 file, one per line as LANG<TAB>sentence or a bare "
-                   "sentence in --language; or a cut manifest (.jsonl.gz) whose supervision texts are read.")
+@list_option("--text", "text_paths", required=True, type=click.Path(exists=True, dir_okay=False),
+             help="Third-party sentences (repeatable or comma-separated): a UTF-8 file, one per line as "
+                  "LANG<TAB>sentence or a bare sentence in --language; or a cut manifest (.jsonl.gz) whose "
+                  "supervision texts are read.")
 @click.option("--language", help="The language of lines without LANG<TAB> (ISO 639-1).")
 @click.option("--min-ratio", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.5, show_default=True,
               help="Keep sentences in which low-frequency tokens are more than this share of the tokens.")
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
+@click.option("--model", "model_dir", type=MODEL,
               help="The tokenizer's model (default: the one the statistics were counted with).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Writes selected.txt (LANG<TAB>sentence), selected.jsonl (details) and summary.json.")
@@ -90,7 +88,7 @@ def select_text_cmd(stats_path, text_paths, language, min_ratio, model_dir, out_
 
 
 @augment.command("hard-cases")
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--model", "model_dir", required=True, type=MODEL,
               help="The model that transcribes the candidates (the paper: the pretrained model).")
 @click.option("--cuts", "cuts_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The cuts to mine (with reference text), usually the training cuts.")
@@ -101,19 +99,18 @@ def select_text_cmd(stats_path, text_paths, language, min_ratio, model_dir, out_
 @click.option("--max-candidates", type=click.IntRange(min=1), default=None,
               help="Decode at most this many of the cuts with high-frequency tokens (a sample spread by cut ID "
                    "hash; decoding is the cost) [default: all].")
-@click.option("--conf", "conf_path", type=click.Path(exists=True, dir_okay=False),
-              help="Decoding YAML (default: built-in defaults, see conf/decode.yaml).")
+@decode_config_option()
 @override_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Writes candidates.jsonl.gz, decode/ (reused on a rerun), cuts.jsonl.gz (the hard cases) "
                    "and summary.json.")
-def hard_cases_cmd(model_dir, cuts_path, stats_path, max_error_rate, max_candidates, conf_path, overrides, out_dir):
+def hard_cases_cmd(model_dir, cuts_path, stats_path, max_error_rate, max_candidates, decode_config, overrides, out_dir):
     """Decode the cuts holding high-frequency tokens; keep those decoded badly."""
     from ilt.config import DecodeConfig
     from ilt.knowledge.text_tasks import HARD_CUTS, hard_cases
 
     summary = hard_cases(model_dir, cuts_path, stats_path, out_dir, max_error_rate=max_error_rate,
-                         decode_config=load_config(conf_path, DecodeConfig, overrides),
+                         decode_config=load_config(decode_config, DecodeConfig, overrides),
                          max_candidates=max_candidates)
     save_command(out_dir)
     skipped = ", ".join(f"{n} {reason}" for reason, n in summary["skipped"].items()) or "none skipped"
@@ -123,16 +120,43 @@ def hard_cases_cmd(model_dir, cuts_path, stats_path, max_error_rate, max_candida
                f"{Path(out_dir) / HARD_CUTS}")
 
 
-#: Sub-commands of ``ilt augment`` that live in other command modules, as ``module:attribute``.
-EXTERNAL_COMMANDS: tuple[str, ...] = ("ilt.cli.tts_commands:tts",)
+@augment.command("tts")
+@click.option("--augmenter", required=True,
+              help="A registered augmenter (espeak, f5tts, sparktts; see `ilt plugins`), or YAML with options: "
+                   "'{name: f5tts, ckpt_file: ..., vocab_file: ..., vocoder_dir: ...}'.")
+@click.option("--prompts", "prompts_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Prompt cuts: real recordings with their transcript and language (cuts without a transcript "
+                   "are skipped and counted).")
+@click.option("--texts", "texts_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The sentences to speak: LANG<TAB>sentence lines (selected.txt of `ilt augment select-text`) "
+                   "or bare lines in --language; an empty file is an error.")
+@click.option("--language", help="The language of lines without LANG<TAB> (ISO 639-1).")
+@list_option("--languages", metavar="LANG",
+             help="Speak only the sentences in these languages, ISO 639-1 codes (repeatable or comma-separated; "
+                  "the paper synthesises English only) [default: all].")
+@click.option("--per-sentence", type=click.IntRange(min=1), default=1, show_default=True,
+              help="How many prompt voices speak each sentence.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Targets per augmenter call; each finished chunk is kept, so a rerun resumes after it.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the order in which prompts are used.")
+@click.option("--id-prefix", "prefix", help="Prefix of the new cut IDs (default: the augmenter's name).")
+@overwrite_option("Start again, even if --out holds a finished or other run.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Writes audio/, cuts.jsonl.gz and summary.json (parts/ and plan.json for resuming).")
+def tts_cmd(augmenter, prompts_path, texts_path, language, languages, per_sentence, chunk_size, seed, prefix,
+            overwrite, out_dir):
+    """Synthesise speech for each sentence in the voice of a prompt cut of its language."""
+    from ilt.knowledge.tts import CUTS, synthesize
+
+    spec = parse_component(augmenter, "--augmenter")
+    summary = synthesize(spec, prompts_path, texts_path, out_dir, language=language, per_sentence=per_sentence,
+                         chunk_size=chunk_size, seed=seed, prefix=prefix, force=overwrite,
+                         languages=list(languages) or None)
+    save_command(out_dir)
+    skipped = ", ".join(f"{n} {reason}" for reason, n in summary["skipped"].items()) or "none skipped"
+    click.echo(f"synthesised {summary['produced']} of {summary['targets']} utterance(s) "
+               f"({summary['hours'] * 60:.1f} min) for {summary['sentences']} sentence(s) with "
+               f"{summary['augmenter']} ({skipped}) -> {Path(out_dir) / CUTS}")
 
 
-def add_external_commands(specs: tuple[str, ...]) -> None:
-    for spec in specs:
-        module, _, attribute = spec.partition(":")
-        augment.add_command(getattr(importlib.import_module(module), attribute))
-
-
-add_external_commands(EXTERNAL_COMMANDS)
-
-COMMANDS = [augment]
+COMMANDS: list[click.Command] = [augment]

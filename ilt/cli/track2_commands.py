@@ -9,25 +9,15 @@ import click
 
 from ilt.cli.options import (
     MODEL,
-    IltError,
+    decode_config_option,
     is_main_process,
     load_config,
     override_option,
+    parse_component,
     save_command,
 )
 
 SESSIONS_HELP = "Session manifest: one cut per whole recording (ilt prepare mlc-slm --sessions)."
-
-
-def _spec(value: str, option: str):
-    import yaml
-
-    from ilt.config import ComponentSpec
-
-    try:
-        return ComponentSpec.from_yaml(yaml.safe_load(value), option)
-    except yaml.YAMLError as exc:
-        raise IltError(f"{option} {value!r}: not a name or YAML mapping: {exc}") from None
 
 
 @click.command("diarize")
@@ -42,7 +32,7 @@ def diarize_cmd(sessions_path: str, diarizer: str, out_dir: str) -> None:
     """Find who speaks when in every session; write the turns as RTTM."""
     from ilt.track2.transcribe import diarize_sessions
 
-    turns = diarize_sessions(sessions_path, _spec(diarizer, "--diarizer"), out_dir)
+    turns = diarize_sessions(sessions_path, parse_component(diarizer, "--diarizer"), out_dir)
     save_command(out_dir)
     click.echo(f"diarized {len(turns)} session(s): {sum(map(len, turns.values()))} turn(s) -> "
                f"{Path(out_dir) / 'diarization.rttm'}")
@@ -60,13 +50,12 @@ def diarize_cmd(sessions_path: str, diarizer: str, out_dir: str) -> None:
 @click.option("--oracle", is_flag=True, help="Instead of --rttm: the sessions' reference turns (oracle segments).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="segments.jsonl.gz, decode/, hyp.seglst.json, hyp.stm (and scores.* with references).")
-@click.option("--conf", "conf_path", type=click.Path(exists=True, dir_okay=False),
-              help="Decoding YAML (default: built-in defaults, see conf/decode.yaml).")
-@click.option("--max-seconds", type=float, default=30.0, show_default=True,
+@decode_config_option()
+@click.option("--max-seconds", type=click.FloatRange(min=0.0, min_open=True), default=30.0, show_default=True,
               help="Turns longer than this are split evenly into pieces no longer than it.")
 @click.option("--collar", type=float, default=5.0, show_default=True, help="tcpWER collar (s) when scoring.")
 @override_option
-def transcribe_sessions_cmd(model_dir, adapter_dir, sessions_path, rttm_path, oracle, out_dir, conf_path,
+def transcribe_sessions_cmd(model_dir, adapter_dir, sessions_path, rttm_path, oracle, out_dir, decode_config,
                             max_seconds, collar, overrides) -> None:
     """Decode the speaker turns of every session into per-speaker hypotheses with
     times (SegLST, STM); score them when the sessions have reference text."""
@@ -78,10 +67,8 @@ def transcribe_sessions_cmd(model_dir, adapter_dir, sessions_path, rttm_path, or
     )
 
     if bool(rttm_path) == oracle:
-        raise IltError("give the speaker turns: either --rttm FILE or --oracle")
-    if max_seconds <= 0:
-        raise IltError(f"--max-seconds must be > 0, got {max_seconds}")
-    cfg = load_config(conf_path, DecodeConfig, overrides)
+        raise click.UsageError("give the speaker turns: either --rttm FILE or --oracle")
+    cfg = load_config(decode_config, DecodeConfig, overrides)
     hyps = transcribe_sessions(model_dir, sessions_path, rttm_path, out_dir, cfg, adapter=adapter_dir,
                                max_seconds=max_seconds)
     save_command(out_dir)

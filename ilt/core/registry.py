@@ -548,12 +548,12 @@ def get_registry() -> Registry:
 
 
 def _split_spec(kind: str, spec: Any) -> tuple[str, dict[str, Any]]:
-    if isinstance(spec, str):
-        return spec, {}
-    name, options = getattr(spec, "name", None), getattr(spec, "options", None)
-    if not isinstance(name, str) or not isinstance(options, dict):
-        raise PluginError(f"{kind}: expected a component name or an ilt.config.ComponentSpec, got {spec!r}")
-    return name, dict(options)
+    from ilt.core.specs import split_component
+
+    try:
+        return split_component(spec, kind)
+    except ConfigError as exc:
+        raise PluginError(str(exc)) from None
 
 
 def create(kind: str, spec: Any, /, *args: Any, **kwargs: Any) -> Any:
