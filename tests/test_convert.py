@@ -309,3 +309,33 @@ def test_real_model_transcribes_espeak_english(backbone, tmp_path):
         print(f"  {r['id']}: {r['text']}")
     assert len(records) == len(SENTENCES)
     assert wer < 0.35
+
+
+def test_real_model_on_the_audio_length_agrees_with_the_padded_one(converted, tmp_path):
+    """tiny.en greedy on real speech, padded to 30 s and on each batch's own
+    length (issue 26): both decodes are printed; the encoder on the audio's
+    length must not lose more than 10 WER points here (the recipe default is
+    chosen from the mini tracks' measurements, not from this check)."""
+    import jiwer
+
+    from ilt.asr.decode import decode_cuts
+    from ilt.config import DecodeConfig
+    from ilt.plugins.whisper import load_whisper
+    from ilt.testing import espeak_available, espeak_cuts
+
+    if not espeak_available():
+        pytest.skip("espeak-ng and sox are needed (tools/install_sysdeps.sh)")
+    cuts = espeak_cuts(tmp_path / "tts", SENTENCES, voice="en-us")
+    config = DecodeConfig(beam_size={"default": 1}, batch_size=8, precision="fp32")
+    refs = {c.id: _words(c.supervisions[0].text) for c in cuts}
+    wers, texts = {}, {}
+    for mode in ("padded", "audio_length"):
+        backbone = load_whisper(converted, input_mode=mode)
+        records = decode_cuts(backbone, backbone.model, cuts, config, out_dir=tmp_path / mode, progress=False)
+        texts[mode] = [_words(r["text"]) for r in records]
+        wers[mode] = jiwer.wer([refs[r["id"]] for r in records], texts[mode])
+    same = sum(a == b for a, b in zip(texts["padded"], texts["audio_length"]))
+    print(f"\ntiny.en greedy, padded {wers['padded']:.1%} vs audio length {wers['audio_length']:.1%}; "
+          f"{same}/{len(SENTENCES)} identical")
+    assert len(texts["audio_length"]) == len(SENTENCES)
+    assert wers["audio_length"] <= wers["padded"] + 0.10

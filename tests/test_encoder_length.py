@@ -79,3 +79,42 @@ def test_padded_frames_rounds_up_to_the_multiple_within_the_window():
     assert padded_frames([], hop=160, window_frames=3000, multiple=100) == 100
     with pytest.raises(ValueError, match="even"):
         padded_frames([1], hop=160, window_frames=3000, multiple=3)
+
+
+# --------------------------------------------------------------------------- the whisper backbone option
+
+
+@pytest.fixture(scope="module")
+def whisper_dir(tmp_path_factory):
+    from ilt.testing import tiny_whisper_dir
+
+    return tiny_whisper_dir(tmp_path_factory.mktemp("enc") / "m")
+
+
+def test_the_backbone_option_pads_each_batch_to_its_longest_cut(whisper_dir):
+    import numpy as np
+
+    from ilt.plugins import create
+
+    padded = create("backbone", "whisper", whisper_dir)
+    trimmed = create("backbone", "whisper", whisper_dir, input_mode="audio_length", pad_multiple=20)
+    audio = [np.random.default_rng(0).standard_normal(n).astype(np.float32) for n in (3000, 5000)]
+    full, short = padded.features(audio)["input_features"], trimmed.features(audio)["input_features"]
+    assert full.shape[-1] == padded.num_frames and short.shape[-1] == 40  # 5000 samples = 31.25 frames -> 40
+    assert (padded.input_mode, trimmed.input_mode) == ("padded", "audio_length")
+    # the features of the short batch are the start of the padded ones, but for the last frames' STFT padding
+    assert torch.allclose(short[..., :30], full[..., :30], atol=1e-5)
+    hyps = trimmed.generate(trimmed.model, trimmed.features(audio), language=None, max_new_tokens=3)
+    beams = trimmed.generate(trimmed.model, trimmed.features(audio), language=None, max_new_tokens=3, num_beams=2)
+    assert len(hyps) == len(beams) == 2
+
+
+def test_the_backbone_option_is_checked_at_config_time(whisper_dir):
+    from ilt.errors import ConfigError
+    from ilt.plugins.whisper import validate_whisper_options
+
+    with pytest.raises(ConfigError, match="input_mode: must be one of padded, audio_length"):
+        validate_whisper_options({"input_mode": "short"})
+    with pytest.raises(ConfigError, match="pad_multiple"):
+        validate_whisper_options({"pad_multiple": 3})
+    validate_whisper_options({"input_mode": "audio_length", "pad_multiple": 50})

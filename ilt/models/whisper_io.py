@@ -172,6 +172,10 @@ class WhisperCollator:
         self.sot_id = int(decoder_start_token_id or self._token_id("<|startoftranscript|>"))
         self.transcribe_id = self._token_id("<|transcribe|>") if multilingual else None
         self.notimestamps_id = self._token_id("<|notimestamps|>")
+        #: ``None``: every input padded to the window (stock Whisper); else the
+        #: batch is padded to its longest cut rounded up to this many frames
+        #: (:func:`ilt.models.encoder_length.padded_frames`)
+        self.pad_multiple: int | None = None
 
     def _token_id(self, token: str) -> int:
         idx = self.tokenizer.convert_tokens_to_ids(token)
@@ -217,9 +221,21 @@ class WhisperCollator:
             return {"input_features": torch.zeros(0, self.feature_extractor.feature_size, self.num_frames)}
         out = self.feature_extractor(
             arrays, sampling_rate=self.sampling_rate, return_tensors="pt", padding="max_length",
-            max_length=self.num_samples, truncation=True, return_attention_mask=False,
+            max_length=self.padded_samples(arrays), truncation=True, return_attention_mask=False,
             device=str(device) if device is not None else "cpu")
         return {"input_features": out["input_features"]}
+
+    def padded_samples(self, arrays: Sequence[np.ndarray]) -> int:
+        """How many samples the batch's features cover: the window, or with
+        :attr:`pad_multiple` the longest array rounded up to that many frames."""
+        if self.pad_multiple is None:
+            return self.num_samples
+        from ilt.models.encoder_length import padded_frames
+
+        hop = int(self.feature_extractor.hop_length)
+        frames = padded_frames([len(a) for a in arrays], hop=hop, window_frames=self.num_frames,
+                               multiple=self.pad_multiple)
+        return frames * hop
 
     def __call__(self, cuts: Any) -> Batch:
         """Features, decoder inputs and masked labels of a batch of cuts.

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ilt.backbone import Batch
-from ilt.errors import IltInputError
+from ilt.errors import ConfigError, IltInputError
 from ilt.hookspecs import hookimpl
 from ilt.models import lid
 from ilt.models.base import (
@@ -29,6 +29,13 @@ from ilt.models.base import (
     generating_model,
     split_generation_kwargs,
     unwrap_model,
+)
+from ilt.models.encoder_length import (
+    AUDIO_LENGTH,
+    INPUT_MODES,
+    PADDED,
+    input_mode,
+    use_audio_length,
 )
 from ilt.models.scopes import WHISPER_SCOPES
 from ilt.models.whisper_io import (
@@ -123,6 +130,18 @@ class WhisperBackbone(HFBackbone):
         except (OSError, ValueError) as exc:
             raise IltInputError(f"{model_dir}: cannot load the Whisper tokenizer or feature extractor: {exc}") from None
         return cls(model, feature_extractor, tokenizer).finish_loading(model_dir, device)
+
+    @property
+    def input_mode(self) -> str:
+        """``padded`` or ``audio_length`` (see :mod:`ilt.models.encoder_length`)."""
+        return input_mode(self.model.model.encoder)
+
+    def use_audio_length(self, pad_multiple: int = 100) -> "WhisperBackbone":
+        """Run this model's encoder on each batch's own length (padded to a
+        multiple of ``pad_multiple`` frames) instead of 30 s; returns ``self``."""
+        use_audio_length(self.model.model.encoder)
+        self.collator.pad_multiple = int(pad_multiple)
+        return self
 
     def save_processor(self, out_dir: Path) -> None:
         """The feature extractor and the tokenizer (see :meth:`HFBackbone.save`)."""
@@ -350,12 +369,37 @@ class WhisperBackbone(HFBackbone):
 
 
 def load_whisper(model_dir: str | Path, *, dtype: Any = None, device: Any = None,
-                 tokenizer_only: bool = False) -> WhisperBackbone | WhisperTextTokenizer:
+                 tokenizer_only: bool = False, input_mode: str = PADDED,
+                 pad_multiple: int = 100) -> WhisperBackbone | WhisperTextTokenizer:
     """The registered factory: :meth:`WhisperBackbone.from_pretrained`; with
-    ``tokenizer_only``, a :class:`WhisperTextTokenizer` (no weights read)."""
+    ``tokenizer_only``, a :class:`WhisperTextTokenizer` (no weights read).
+
+    :param input_mode: ``padded`` (stock Whisper: every input padded to 30 s)
+        or ``audio_length`` (the encoder runs on each batch's own length, see
+        :mod:`ilt.models.encoder_length`; YAML: ``backbone: {name: whisper,
+        input_mode: audio_length}``).
+    :param pad_multiple: with ``audio_length``, batches are padded to their
+        longest cut rounded up to this many mel frames (100 = 1 s; even).
+    """
+    validate_whisper_options({"input_mode": input_mode, "pad_multiple": pad_multiple})
     if tokenizer_only:
         return WhisperTextTokenizer(load_whisper_tokenizer(model_dir))
-    return WhisperBackbone.from_pretrained(model_dir, dtype=dtype, device=device)
+    backbone = WhisperBackbone.from_pretrained(model_dir, dtype=dtype, device=device)
+    if input_mode == AUDIO_LENGTH:
+        backbone.use_audio_length(pad_multiple)
+    return backbone
+
+
+def validate_whisper_options(options: dict[str, Any]) -> None:
+    """Check-time validation of the backbone options (``ilt config check``)."""
+    if "input_mode" in options and options["input_mode"] not in INPUT_MODES:
+        raise ConfigError(f"input_mode: must be one of {', '.join(INPUT_MODES)}, not {options['input_mode']!r}")
+    multiple = options.get("pad_multiple", 100)
+    if not isinstance(multiple, int) or multiple <= 0 or multiple % 2:
+        raise ConfigError(f"pad_multiple: must be a positive even number of mel frames, not {multiple!r}")
+
+
+load_whisper.validate = validate_whisper_options
 
 
 @hookimpl
