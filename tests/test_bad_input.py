@@ -386,7 +386,9 @@ def _yaml_component(ctx: Ctx):
 
 
 def _yaml_syntax(ctx: Ctx):
-    return _yaml(ctx, "syntax", ROUND_YAML.replace("train: {", "train: {{"), [], "YAML|yaml")
+    broken = ROUND_YAML.replace("train:\n", "train: [\n", 1)  # an unclosed flow sequence
+    assert broken != ROUND_YAML
+    return _yaml(ctx, "syntax", broken, [], "YAML|yaml")
 
 
 def _not_an_adapter(ctx: Ctx):

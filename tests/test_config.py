@@ -193,8 +193,10 @@ def test_bad_component_forms_name_the_key(tmp_path, text, where, what):
     ("name: x\nbackbone: {name: whisper, dtype: bf16}\n", "round.yaml",
      "backbone.dtype: set by ilt itself, not in the config; remove it"),
     ("backbone: {name: whisper, beam: 3}\nbatch_size: 4\n", "decode.yaml",
-     ("backbone.beam: unknown option of backbone 'whisper' (package 'ilt'); backbone 'whisper' (package 'ilt') "
-      "takes no options")),
+     ("backbone.beam: unknown option of backbone 'whisper' (package 'ilt'); accepted options: input_mode, "
+      "pad_multiple")),
+    ("backbone: {name: whisper, input_mode: short}\nbatch_size: 4\n", "decode.yaml",
+     "backbone.input_mode: must be one of padded, audio_length, not 'short'"),
     ("backbone: wisper\n", "decode.yaml", "backbone: unknown backbone 'wisper' (did you mean 'whisper'?)"),
 ])
 def test_cli_config_check_checks_component_names_and_options(tmp_path, text, name, message):

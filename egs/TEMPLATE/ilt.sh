@@ -180,7 +180,7 @@ evaluate() {  # evaluate i: decode M<i> on every test set, score those with refe
     fi
     need "$cuts" "prepare the $name manifest first (the corpus recipe's data stage)"
     unlink_ "$out"
-    "${ilt_run[@]}" evaluate --model "$model" --cuts "$cuts" --conf "$conf_dir/decode.yaml" --out "$out" \
+    "${ilt_run[@]}" evaluate --model "$model" --cuts "$cuts" --decode-config "$conf_dir/decode.yaml" --out "$out" \
       --group-by "$group_by" "${detect[@]}"
     [ -f "$out/scores.json" ] || log "M$i/$name: $cuts has no reference text: not scored; submission: $out/text"
     done_ "decode.$key.$name"
@@ -258,7 +258,7 @@ knowledge_run() {  # knowledge_run NAME UPSTREAM MESSAGE [resumes]: run "${cmd[@
   local after=(); [ -z "$2" ] || after=(--after "$2")
   knowledge_step "$1" "${after[@]}" || return 0
   log "Stage 2: $3"
-  if [ "${4:-}" = resumes ] && [ "$krebuild" = true ]; then "${cmd[@]}" --force; else "${cmd[@]}"; fi
+  if [ "${4:-}" = resumes ] && [ "$krebuild" = true ]; then "${cmd[@]}" --overwrite; else "${cmd[@]}"; fi
   ilt_stage done "$knowledge_dir" "$1" "${after[@]}" -- "${cmd[@]}" > /dev/null
 }
 
@@ -297,7 +297,7 @@ knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TT
   else
     need "$hard_cases_cuts" "--hard-cases-cuts: prepare that manifest first"
     cmd=(ilt augment hard-cases --model "$base_model" --cuts "$hard_cases_cuts" --stats "$kn/token_stats"
-         --max-error-rate "$hard_max_error" --conf "$conf_dir/decode.yaml" --out "$kn/hard_cases")
+         --max-error-rate "$hard_max_error" --decode-config "$conf_dir/decode.yaml" --out "$kn/hard_cases")
     [ -z "$hard_max_cuts" ] || cmd+=(--max-candidates "$hard_max_cuts")
     knowledge_run hard_cases token_stats \
       "hard cases: M0 decodes the cuts of $hard_cases_cuts with frequent tokens${hard_max_cuts:+ (at most $hard_max_cuts)}"
@@ -370,7 +370,7 @@ pseudo_labels() {  # the models of the chain before Fix vote labels for --unlabe
   unlink_ "$out"
   # one process: its votes and manifest are written once (decoding is the cheap part of a round)
   ilt pseudo-label "${models[@]}" --cuts "$unlabeled_cuts" --voter "$pseudo_voter" \
-    --min-agreement "$pseudo_min_agreement" --conf "$conf_dir/decode.yaml" --out "$out"
+    --min-agreement "$pseudo_min_agreement" --decode-config "$conf_dir/decode.yaml" --out "$out"
   if [ -n "$pseudo_truth" ]; then  # the labels (kept or not) against the held-aside text
     ilt score --ref "$pseudo_truth" --hyp "$out/votes.jsonl" --out "$out/score" --group-by language
   fi
@@ -389,7 +389,7 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
     key=extra.$name.$(basename "$dir")${opts:+.$(printf '%s' "$opts" | tr -c 'A-Za-z0-9_.-' _)}
     todo "$key" || { log "$spec: prepared already"; continue; }
     # shellcheck disable=SC2086  # OPTIONS are `ilt prepare NAME` options, split at commas
-    ilt prepare "$name" "$dir" "$extra_dir" ${opts//,/ }
+    ilt prepare "$name" "$dir" --out "$extra_dir" ${opts//,/ }
     done_ "$key"
   done
   knowledge_sets
@@ -462,7 +462,7 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
         todo "$key" || { log "M$i/$name: Track 2 ($seg) done already"; continue; }
         turns=(--oracle); [ $seg = oracle ] || turns=(--rttm "$dia/diarization.rttm")
         ilt transcribe-sessions --model "$(model_dir $i)" --sessions "$sessions" "${turns[@]}" \
-          --conf "$conf_dir/decode.yaml" --out "$exp_dir/track2/$seg/M$i/$name"
+          --decode-config "$conf_dir/decode.yaml" --out "$exp_dir/track2/$seg/M$i/$name"
         done_ "$key"
       done
     done

@@ -69,13 +69,13 @@ if [ $stage -le -1 ] && [ $stop_stage -ge -1 ]; then
   # Both skip work already done: the corpus when synth_info.json matches, M0 when it exists.
   # shellcheck disable=SC2086  # synth_opts are options, split at spaces
   python local/synth_corpus.py --out "$corpus_dir" --track "$track" --pool --pool-text aside --thirdparty $synth_opts
-  [ -f "$base_model/config.json" ] || ilt convert ct2 --package "$m0" "$base_model"
+  [ -f "$base_model/config.json" ] || ilt convert ct2 --package "$m0" --out "$base_model"
 fi
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "Stage 0: prepare the corpus manifests (skipped when they exist, unless --force true)"
-  ilt prepare mlc-slm "$corpus_dir" "$manifests" --splits train --splits dev --splits test --sessions \
-    "$([ "$force" = true ] && echo --force || echo --no-force)"
+  ilt prepare mlc-slm "$corpus_dir" --out "$manifests" --splits train --splits dev --splits test --sessions \
+    "$([ "$force" = true ] && echo --overwrite || echo --no-overwrite)"
 fi
 
 [ $stop_stage -ge 1 ] || exit 0

@@ -52,8 +52,8 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "Stage 0: prepare the MLC-SLM manifests from $corpus_dir (skipped when they exist, unless --force true)"
   [ -n "$corpus_dir" ] || { log "ERROR: stage 0 needs --corpus-dir"; exit 1; }
   splits=(); for s in $(printf '%s\n' train $dev_set $test_sets | sort -u); do splits+=(--splits "$s"); done
-  ilt prepare mlc-slm "$corpus_dir" "$manifests" "${splits[@]}" --sessions \
-    "$([ "$force" = true ] && echo --force || echo --no-force)"
+  ilt prepare mlc-slm "$corpus_dir" --out "$manifests" "${splits[@]}" --sessions \
+    "$([ "$force" = true ] && echo --overwrite || echo --no-overwrite)"
 fi
 
 [ $stop_stage -ge 1 ] || exit 0

@@ -228,7 +228,7 @@ def prepare_kaldi(
     safe_name(name, "manifest name", "--name" if name_given else data_dir)
     paths = manifest_paths(out_dir, name)
     if manifests_exist(paths) and not force:
-        log.info("kaldi: %s exists, skipping (use --force to rebuild)", paths["cuts"])
+        log.info("kaldi: %s exists, skipping (use --overwrite to rebuild)", paths["cuts"])
         return {name: load_cuts(paths["cuts"])}
 
     if not data_dir.is_dir():

@@ -130,7 +130,7 @@ def prepare_lhotse(corpus_dir: Path, out_dir: Path, *, recipe: str = "", languag
             split, lang = _split_of(keys, default_language)
             paths = manifest_paths(out_dir, name, split)
             if manifests_exist(paths) and not force:
-                log.info("prepare %s: %s exists, skipped (use --force to redo)", name, paths["cuts"])
+                log.info("prepare %s: %s exists, skipped (use --overwrite to redo)", name, paths["cuts"])
                 out[split] = CutSet.from_jsonl_lazy(paths["cuts"])
                 continue
             out[split] = _save_split(parts, lang, paths, f"{corpus_dir}: {recipe} split {split!r}")

@@ -299,7 +299,7 @@ def prepare_mlc_slm(
     for split in wanted:
         paths = manifest_paths(out_dir, PREFIX, split)
         if manifests_exist(paths) and not force:
-            log.info("mlc-slm: %s exists, skipping split %r (use --force to rebuild)", paths["cuts"], split)
+            log.info("mlc-slm: %s exists, skipping split %r (use --overwrite to rebuild)", paths["cuts"], split)
             result[split] = load_cuts(paths["cuts"])
             continue
         todo[split] = _prepare_split(split, found[split], tolerance, skips)

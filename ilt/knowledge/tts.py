@@ -112,7 +112,7 @@ def _start(out_dir: Path, plan: dict[str, Any], force: bool) -> bool:
     if old is not None and old != plan:
         if not force:
             raise IltInputError(f"{out_dir}: made from other inputs or options ({out_dir / PLAN_JSON}); "
-                                f"use another --out, or --force to start it again")
+                                f"use another --out, or --overwrite to start it again")
         old = None
     if force or old is None:
         for name in (PARTS_DIR, AUDIO_DIR):

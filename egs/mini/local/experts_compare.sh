@@ -29,7 +29,7 @@ test=$manifests/mlc_slm_cuts_test.jsonl.gz; dconf=$conf_dir/decode.yaml
 
 evaluate() {  # evaluate OUT ARGS...: decode + score once
   local dir=$1; shift
-  [ -f "$dir/scores.json" ] || ilt evaluate --cuts "${cuts:-$test}" --conf "$dconf" --out "$dir" --group-by accent "$@"
+  [ -f "$dir/scores.json" ] || ilt evaluate --cuts "${cuts:-$test}" --decode-config "$dconf" --out "$dir" --group-by accent "$@"
 }
 
 log "(b) experts -> $out/experts"

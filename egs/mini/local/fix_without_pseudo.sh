@@ -29,6 +29,6 @@ for m in M2 M3 M3_nopseudo; do
   for split in dev test; do
     [ -f "$exp_dir/decode/$m/$split/scores.json" ] && continue
     ilt evaluate --model "$exp_dir/$m" --cuts "$manifests/mlc_slm_cuts_$split.jsonl.gz" \
-      --conf "$conf_dir/decode.yaml" --out "$exp_dir/decode/$m/$split" --group-by accent
+      --decode-config "$conf_dir/decode.yaml" --out "$exp_dir/decode/$m/$split" --group-by accent
   done
 done

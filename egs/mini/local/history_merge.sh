@@ -33,7 +33,7 @@ for weights in $settings; do
   ilt merge --model "$exp_dir/M2" --adapter "$exp_dir/fix/best" "${history[@]}" --weights "$weights" \
     --out "$exp_dir/$name" --overwrite
   ilt evaluate --model "$exp_dir/$name" --cuts "$manifests/mlc_slm_cuts_$test_set.jsonl.gz" \
-    --conf "$conf_dir/decode.yaml" --out "$exp_dir/decode/$name/$test_set" --group-by accent
+    --decode-config "$conf_dir/decode.yaml" --out "$exp_dir/decode/$name/$test_set" --group-by accent
   models+=",$name"
 done
 ilt report "$exp_dir" --split "$test_set" --models "$models" --out "$exp_dir/report_history"

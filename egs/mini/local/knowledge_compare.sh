@@ -51,7 +51,7 @@ for chain in with without; do
     for s in $sets; do
       d=$out/$chain/M$i/$s
       [ -f "$d/scores.json" ] || ilt evaluate --model "$dir/M$i" --cuts "$manifests/mlc_slm_cuts_$s.jsonl.gz" \
-        --conf "$conf_dir/decode.yaml" --out "$d" --group-by language
+        --decode-config "$conf_dir/decode.yaml" --out "$d" --group-by language
     done
   done
 done

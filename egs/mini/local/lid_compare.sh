@@ -33,7 +33,7 @@ for lid in off on; do
   for mode in given detect; do
     out=$dir/decode/M1/test; [ $mode = given ] || out+=.detect
     [ -f "$out/scores.json" ] && continue
-    ilt evaluate --model "$dir/M1" --cuts "$manifests/mlc_slm_cuts_test.jsonl.gz" --conf "$conf_dir/decode.yaml" \
+    ilt evaluate --model "$dir/M1" --cuts "$manifests/mlc_slm_cuts_test.jsonl.gz" --decode-config "$conf_dir/decode.yaml" \
       --out "$out" --group-by accent -o "language=$mode"
   done
 done
