@@ -160,8 +160,13 @@ def partial_outputs(out: Path) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the finding
             problems.append(f"{directory}: {type(exc).__name__}")
     for ckpt in sorted((out / "checkpoints").glob("step-*")):
-        if not any(p.name.startswith(("optimizer", "random_states", "custom_checkpoint")) for p in ckpt.iterdir()):
-            problems.append(f"{ckpt}: no optimizer/RNG state")
+        names = {p.name for p in ckpt.iterdir()}
+        missing = {"state.json", "state.safetensors", "rng_state_0.json"} - names
+        if missing:
+            problems.append(f"{ckpt}: no optimizer/RNG state ({sorted(missing)} missing)")
+        pickles = sorted(n for n in names if n.endswith((".pkl", ".bin")))
+        if pickles:
+            problems.append(f"{ckpt}: pickle files {pickles}")
     return problems
 
 
