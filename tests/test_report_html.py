@@ -175,13 +175,25 @@ def test_table_has_the_reports_numbers(page, report):
     table = root.find("table", id="rates")
     names = [th.text for th in table.find("thead").find_all("th")][2:]
     assert names == ["M0", "M1", "M2"]
-    rows = {tr.find("th").text: [td.text for td in tr.find_all("td")] for tr in table.find("tbody").find_all("tr")}
+    rows = {tr.find("th").text: [next((c for c in td.children if isinstance(c, str)), "") for td in tr.find_all("td")]
+            for tr in table.find("tbody").find_all("tr")}
+    intervals = {tr.find("th").text: [s.text for s in tr.find_all("small")] for tr in table.find("tbody").find_all("tr")}
     assert list(rows) == report.rows() and "en-American" in rows and f"en-{ODD_ACCENT}" in rows
     for label, cells in rows.items():
         assert cells[0] == report.unit(label)
         assert cells[1:] == [f"{report.rate(m, label):.2f}" for m in report.models], label
     # a value checked by hand: English M0 has one error (world -> word) in 6 + 3 + 2 words
     assert rows["en"][1] == f"{100 / 11:.2f}"
+    # each later model carries its change from the model to the left with a paired bootstrap interval
+    change = report.change(1, "en")
+    assert change.difference == pytest.approx(report.rate(report.models[1], "en") - report.rate(report.models[0], "en"))
+    assert change.low <= change.difference <= change.high
+    assert intervals["en"] == [f"{d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
+                               for d in (report.change(1, "en"), report.change(2, "en"))]
+    assert report.change(0, "en") is None
+    d = report.change(1, "en")
+    md_en = next(line for line in report.to_markdown().splitlines() if line.startswith("| en |"))
+    assert f"({d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" in md_en
     # cells coloured against the previous model: en M0 9.09 -> M1 45.45 (worse) -> M2 18.18 (better)
     en = [tr for tr in table.find("tbody").find_all("tr") if tr.find("th").text == "en"][0]
     assert [sorted(td.classes() - {"num"}) for td in en.find_all("td")[1:]] == [[], ["worse"], ["better"]]

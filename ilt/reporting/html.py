@@ -48,6 +48,7 @@ h1{font-size:1.5em}h2{margin-top:2em;border-bottom:1px solid #ccc}h3{margin-top:
 table{border-collapse:collapse;margin:.5em 0}th,td{padding:.2em .6em;border:1px solid #ddd;vertical-align:top}
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.better{background:#e3f4e1}td.worse{background:#fbe3e1}tr.overall td{font-weight:bold}
+small.ci{font-weight:normal;color:#666}small.ci.decided{color:#000}
 .figure svg{max-width:100%;height:auto}
 ol.chain{list-style:none;padding:0;display:flex;flex-wrap:wrap;align-items:stretch;gap:.3em}
 ol.chain li{border:1px solid #bbb;border-radius:.4em;padding:.4em .6em;max-width:22em;font-size:.9em}
@@ -234,10 +235,16 @@ def _lineage_html(report: Any) -> str:
 # --------------------------------------------------------------------------- table and plot
 
 
-def _rate_cell(report: Any, m: Any, label: str, previous: float | None) -> str:
+def _rate_cell(report: Any, m: Any, label: str, previous: float | None, change: Any = None) -> str:
     rate = report.rate(m, label)
     if rate is None:
         return "<td class='num muted'>n/a</td>"
+    interval = ""
+    if change is not None:
+        mark = " decided" if change.decided else ""
+        interval = (f"<br><small class='ci{mark}' title='change from the model to the left, paired bootstrap "
+                    f"95% interval; p (permutation) {change.p_permutation:.3f}'>{change.difference:+.2f} "
+                    f"[{change.low:+.2f}, {change.high:+.2f}]</small>")
     cls = "num"
     if previous is not None and round(rate, 2) != round(previous, 2):
         cls += " better" if rate < previous else " worse"
@@ -245,7 +252,7 @@ def _rate_cell(report: Any, m: Any, label: str, previous: float | None) -> str:
                 if r.group == label), None)
     title = (f" title='{row.sub} sub, {row.dele} del, {row.ins} ins / {row.ref_units} {row.unit} units, "
              f"{row.utts} utts'") if row is not None else ""
-    return f"<td class='{cls}'{title}>{rate:.2f}</td>"
+    return f"<td class='{cls}'{title}>{rate:.2f}{interval}</td>"
 
 
 def _table_html(report: Any) -> str:
@@ -254,8 +261,8 @@ def _table_html(report: Any) -> str:
     rows = []
     for label in report.rows():
         cells, previous = [], None
-        for m in report.models:
-            cells.append(_rate_cell(report, m, label, previous))
+        for i, m in enumerate(report.models):
+            cells.append(_rate_cell(report, m, label, previous, report.change(i, label)))
             previous = report.rate(m, label)
         cls = " class='overall'" if label == "Overall" else ""
         rows.append(f"<tr{cls}><th scope='row'>{_e(label)}</th><td>{_e(report.unit(label))}</td>"

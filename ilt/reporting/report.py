@@ -40,11 +40,45 @@ class ModelScores:
     lineage: dict[str, Any] | None = None
 
 
+def _row_utterances(m: ModelScores, label: str) -> dict[str, Any] | None:
+    """The scored utterances of row ``label`` (a language, an accent, or Overall), by cut ID."""
+    for result in (m.by_language, m.by_accent):
+        if label == result.overall.group:
+            return {u.id: u for u in result.utterances}
+        if any(r.group == label for r in result.rows):
+            return {u.id: u for u in result.utterances if u.group == label}
+    return None
+
+
+def _difference(before: ModelScores, after: ModelScores, label: str) -> Any:
+    """``after - before`` on row ``label`` over the utterances both scored, with
+    :func:`ilt.asr.compare.compare_counts` (2000 resamples: enough for a
+    report's two decimals; ``ilt compare`` defaults to 10000)."""
+    import numpy as np
+
+    from ilt.asr.compare import Counts, compare_counts
+
+    a, b = _row_utterances(before, label), _row_utterances(after, label)
+    shared = sorted(set(a or ()) & set(b or ()))
+    if not shared or not sum(a[i].ref_units for i in shared):
+        return None
+    counts = [Counts(np.array([u[i].errors for i in shared]), np.array([u[i].ref_units for i in shared]))
+              for u in (a, b)]
+    return compare_counts(label, *counts, rounds=2000, seed=0)
+
+
+def _change_text(d: Any) -> str:
+    if d is None:
+        return ""
+    return f" ({d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}]{'*' if d.decided else ''})"
+
+
 @dataclass
 class Report:
     exp_dir: Path
     split: str
     models: list[ModelScores] = field(default_factory=list)
+    _changes: dict[tuple[int, str], Any] = field(default_factory=dict, repr=False)
 
     def rows(self) -> list[str]:
         """Row labels: accents of multi-accent languages, then languages, then Overall."""
@@ -75,16 +109,29 @@ class Report:
                     continue
         return "-"
 
+    def change(self, index: int, label: str) -> Any:
+        """The :class:`ilt.asr.compare.Difference` of model ``index`` from the
+        model before it on row ``label`` (paired over the utterances both
+        scored), or ``None`` for the first model or a row either lacks."""
+        if index == 0:
+            return None
+        key = (index, label)
+        if key not in self._changes:
+            self._changes[key] = _difference(self.models[index - 1], self.models[index], label)
+        return self._changes[key]
+
     def to_markdown(self) -> str:
         names = [m.model for m in self.models]
-        lines = [f"Error rate (%) on `{self.split}`: WER, or CER for ja/ko/th; Overall is pooled.", "",
+        lines = [f"Error rate (%) on `{self.split}`: WER, or CER for ja/ko/th; Overall is pooled. "
+                 f"In brackets: the change from the model to the left and its paired bootstrap 95% interval "
+                 f"(`ilt compare`); * marks an interval that excludes 0.", "",
                  "| group | unit | " + " | ".join(names) + " |",
                  "|---|---|" + "---:|" * len(names)]
         for label in self.rows():
             cells = []
-            for m in self.models:
+            for i, m in enumerate(self.models):
                 rate = self.rate(m, label)
-                cells.append("n/a" if rate is None else f"{rate:.2f}")
+                cells.append("n/a" if rate is None else f"{rate:.2f}{_change_text(self.change(i, label))}")
             name = f"**{label}**" if label == "Overall" else label
             lines.append(f"| {name} | {self.unit(label)} | " + " | ".join(cells) + " |")
         lineage = [m for m in self.models if m.lineage]
@@ -104,11 +151,13 @@ class Report:
                 {
                     "model": m.model,
                     "error_rates": {label: self.rate(m, label) for label in rows},
+                    "change_from_previous": {label: (d.to_dict() if (d := self.change(i, label)) else None)
+                                             for label in rows},
                     "by_language": m.by_language.to_dict(),
                     "by_accent": m.by_accent.to_dict(),
                     "lineage": m.lineage,
                 }
-                for m in self.models
+                for i, m in enumerate(self.models)
             ],
         }
 
