@@ -193,3 +193,62 @@ def test_train_merge_decode_through_the_ilt_commands(model_dir, cuts, tmp_path):
     assert [r["text"] for r in records] == [r["text"] for r in adapter_records]
     assert all(r["score_tokens"] >= 1 for r in records)
     assert isinstance(full, Qwen2AudioBackbone)  # the processor was saved beside the merged weights
+
+
+# --------------------------------------------------------------------------- input_mode: audio_length (issue 26)
+
+
+def test_audio_length_pads_to_the_longest_cut_and_keeps_the_audio_tokens(model_dir, backbone, cuts):
+    """With ``input_mode: audio_length`` the features stop at the batch's
+    longest cut (rounded up to ``pad_multiple`` frames), the feature mask and
+    the prompt's audio-token count are those of the padded mode, and the
+    whole model trains and decodes on them."""
+    from ilt.core.registry import create
+
+    short = create("backbone", "qwen2_audio", model_dir, input_mode="audio_length", pad_multiple=20)
+    assert (backbone.input_mode, short.input_mode) == ("padded", "audio_length")
+    pair = [cuts["en"], cuts["fr"]]  # 1.0 s and 1.7 s: 170 frames -> 180
+    full, trimmed = backbone.collate(pair), short.collate(pair)
+    assert full.tensors["input_features"].shape[-1] == 200 and trimmed.tensors["input_features"].shape[-1] == 180
+    mask = trimmed.tensors["feature_attention_mask"]
+    assert mask.shape == (2, 180) and mask.sum(-1).tolist() == full.tensors["feature_attention_mask"].sum(-1).tolist()
+    audio_token = short.model.config.audio_token_id
+    assert ((trimmed.tensors["input_ids"] == audio_token).sum(-1).tolist()
+            == (full.tensors["input_ids"] == audio_token).sum(-1).tolist() == [25, 42])
+    assert torch.equal(trimmed.tensors["labels"], full.tensors["labels"])
+    short.model.train()
+    loss = short.loss(short.model, trimmed)
+    loss.backward()
+    short.model.eval()
+    assert torch.isfinite(loss)
+    inputs = short.features([c.load_audio()[0] for c in pair])
+    assert len(short.generate(short.model, inputs, language="en", max_new_tokens=2)) == 2
+    assert len(short.generate(short.model, inputs, language="en", max_new_tokens=2, num_beams=2)) == 2
+
+
+def test_audio_length_on_a_full_window_gives_the_padded_loss(model_dir, backbone, tmp_path):
+    """A batch whose longest cut fills the window is the same tensor in both
+    modes, and gives exactly the same loss."""
+    from ilt.core.registry import create
+    from ilt.testing.dummies import make_cuts
+
+    window = make_cuts(tmp_path, [{"id": "full", "text": "hello world", "duration": 2.0},
+                                  {"id": "half", "text": "bonjour", "language": "fr", "duration": 0.9}])
+    short = create("backbone", "qwen2_audio", model_dir, input_mode="audio_length")
+    pair = [window["full"], window["half"]]
+    full, trimmed = backbone.collate(pair), short.collate(pair)
+    assert trimmed.tensors["input_features"].shape[-1] == 200
+    for key in ("input_features", "feature_attention_mask", "input_ids", "labels"):
+        assert torch.equal(full.tensors[key], trimmed.tensors[key]), key
+    with torch.no_grad():
+        assert torch.equal(backbone.loss(backbone.model, full), short.loss(short.model, trimmed))
+
+
+def test_audio_length_options_are_checked(model_dir):
+    from ilt.errors import ConfigError
+    from ilt.plugins.qwen2_audio import load_qwen2_audio
+
+    with pytest.raises(ConfigError, match="input_mode: must be one of padded, audio_length"):
+        load_qwen2_audio.validate({"input_mode": "trimmed"})
+    with pytest.raises(ConfigError, match="pad_multiple"):
+        load_qwen2_audio(model_dir, input_mode="audio_length", pad_multiple=7)

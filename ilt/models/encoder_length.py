@@ -76,6 +76,18 @@ def input_mode(encoder: Any) -> str:
     return getattr(encoder, _MARK, PADDED)
 
 
+def check_options(options: dict[str, Any]) -> None:
+    """Check-time validation of a backbone's ``input_mode`` and ``pad_multiple``
+    options (``ilt config check`` and the factories), one line naming the key."""
+    from ilt.errors import ConfigError
+
+    if "input_mode" in options and options["input_mode"] not in INPUT_MODES:
+        raise ConfigError(f"input_mode: must be one of {', '.join(INPUT_MODES)}, not {options['input_mode']!r}")
+    multiple = options.get("pad_multiple", 100)
+    if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple <= 0 or multiple % 2:
+        raise ConfigError(f"pad_multiple: must be a positive even number of mel frames, not {multiple!r}")
+
+
 def padded_frames(samples: list[int], *, hop: int, window_frames: int, multiple: int) -> int:
     """Frames to pad a batch to: its longest cut (``samples`` per cut, at
     ``hop`` samples per frame), rounded up to ``multiple`` frames (an even

@@ -48,6 +48,14 @@ from ilt.models.base import (
     split_generation_kwargs,
     unwrap_model,
 )
+from ilt.models.encoder_length import (
+    AUDIO_LENGTH,
+    PADDED,
+    check_options,
+    input_mode,
+    padded_frames,
+    use_audio_length,
+)
 from ilt.models.scopes import QWEN2_AUDIO_SCOPES
 from ilt.models.whisper_io import IGNORE_INDEX, readable_pieces, resolve_dtype
 
@@ -104,6 +112,21 @@ class Qwen2AudioCollator:
         self.before_audio = [_token_id(tokenizer, AUDIO_BOS)]
         self.after_audio = [_token_id(tokenizer, AUDIO_EOS)] + self._encode(INSTRUCTION)
         self._tags: dict[str, list[int]] = {}
+        #: ``None``: every input padded to the window (stock Qwen2-Audio); else
+        #: the batch is padded to its longest cut rounded up to this many frames
+        #: (:func:`ilt.models.encoder_length.padded_frames`)
+        self.pad_multiple: int | None = None
+
+    def padded_samples(self, arrays: Sequence[np.ndarray]) -> int:
+        """How many samples the batch's features cover: the window, or with
+        :attr:`pad_multiple` the longest array rounded up to that many frames
+        (at least :data:`MIN_AUDIO_FRAMES`)."""
+        if self.pad_multiple is None:
+            return self.num_samples
+        hop = int(self.feature_extractor.hop_length)
+        frames = padded_frames([len(a) for a in arrays], hop=hop, window_frames=self.num_frames,
+                               multiple=self.pad_multiple)
+        return max(frames, MIN_AUDIO_FRAMES + MIN_AUDIO_FRAMES % 2) * hop
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -129,7 +152,8 @@ class Qwen2AudioCollator:
 
     def features(self, audios: Sequence[np.ndarray], device: Any = None) -> dict[str, Any]:
         """Log-mel features of mono audio, padded (or cut) to the model's
-        window, and the frames that hold audio: ``{"input_features": (B,
+        window (with :attr:`pad_multiple`: to the batch's longest audio, rounded
+        up), and the frames that hold audio: ``{"input_features": (B,
         n_mels, frames), "feature_attention_mask": (B, frames)}`` (CPU
         tensors; ``device``: where the STFT runs)."""
         import torch
@@ -140,7 +164,7 @@ class Qwen2AudioCollator:
                     "feature_attention_mask": torch.zeros(0, self.num_frames, dtype=torch.long)}
         out = self.feature_extractor(
             arrays, sampling_rate=self.sampling_rate, return_tensors="pt", padding="max_length",
-            max_length=self.num_samples, truncation=True, return_attention_mask=True,
+            max_length=self.padded_samples(arrays), truncation=True, return_attention_mask=True,
             device=str(device) if device is not None else "cpu")
         mask = out["attention_mask"].to(torch.long).cpu()
         mask[:, :MIN_AUDIO_FRAMES] = 1
@@ -274,6 +298,20 @@ class Qwen2AudioBackbone(HFBackbone):
         except (OSError, ValueError) as exc:
             raise IltInputError(f"{model_dir}: cannot load the Qwen2-Audio processor: {exc}") from None
         return cls(model, processor).finish_loading(model_dir, device)
+
+    @property
+    def input_mode(self) -> str:
+        """``padded`` or ``audio_length`` (see :mod:`ilt.models.encoder_length`)."""
+        return input_mode(self.model.model.audio_tower)
+
+    def use_audio_length(self, pad_multiple: int = 100) -> "Qwen2AudioBackbone":
+        """Run this model's audio tower on each batch's own length (padded to
+        a multiple of ``pad_multiple`` frames) instead of 30 s; the feature
+        mask and the prompt's audio tokens follow the real length, as in the
+        padded mode. Returns ``self``."""
+        use_audio_length(self.model.model.audio_tower)
+        self.collator.pad_multiple = int(pad_multiple)
+        return self
 
     def save_processor(self, out_dir: Path) -> None:
         """The processor: feature extractor and tokenizer (see :meth:`HFBackbone.save`)."""
@@ -449,9 +487,18 @@ class Qwen2AudioTextTokenizer:
 
 
 def load_qwen2_audio(model_dir: str | Path, *, dtype: Any = None, device: Any = None,
-                     tokenizer_only: bool = False) -> Qwen2AudioBackbone | Qwen2AudioTextTokenizer:
+                     tokenizer_only: bool = False, input_mode: str = PADDED,
+                     pad_multiple: int = 100) -> Qwen2AudioBackbone | Qwen2AudioTextTokenizer:
     """The registered factory: :meth:`Qwen2AudioBackbone.from_pretrained`; with
-    ``tokenizer_only``, a :class:`Qwen2AudioTextTokenizer` (no weights read)."""
+    ``tokenizer_only``, a :class:`Qwen2AudioTextTokenizer` (no weights read).
+
+    :param input_mode: ``padded`` (stock: every input padded to 30 s) or
+        ``audio_length`` (the audio tower runs on each batch's own length,
+        see :mod:`ilt.models.encoder_length`).
+    :param pad_multiple: with ``audio_length``, batches are padded to their
+        longest cut rounded up to this many mel frames (100 = 1 s; even).
+    """
+    check_options({"input_mode": input_mode, "pad_multiple": pad_multiple})
     if tokenizer_only:
         from transformers import AutoTokenizer
 
@@ -460,7 +507,13 @@ def load_qwen2_audio(model_dir: str | Path, *, dtype: Any = None, device: Any = 
             return Qwen2AudioTextTokenizer(AutoTokenizer.from_pretrained(model_dir, local_files_only=True))
         except (OSError, ValueError) as exc:
             raise IltInputError(f"{model_dir}: cannot load the Qwen2-Audio tokenizer: {exc}") from None
-    return Qwen2AudioBackbone.from_pretrained(model_dir, dtype=dtype, device=device)
+    backbone = Qwen2AudioBackbone.from_pretrained(model_dir, dtype=dtype, device=device)
+    if input_mode == AUDIO_LENGTH:
+        backbone.use_audio_length(pad_multiple)
+    return backbone
+
+
+load_qwen2_audio.validate = check_options
 
 
 @hookimpl

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ilt.backbone import Batch
-from ilt.errors import ConfigError, IltInputError
+from ilt.errors import IltInputError
 from ilt.hookspecs import hookimpl
 from ilt.models import lid
 from ilt.models.base import (
@@ -32,8 +32,8 @@ from ilt.models.base import (
 )
 from ilt.models.encoder_length import (
     AUDIO_LENGTH,
-    INPUT_MODES,
     PADDED,
+    check_options,
     input_mode,
     use_audio_length,
 )
@@ -392,11 +392,7 @@ def load_whisper(model_dir: str | Path, *, dtype: Any = None, device: Any = None
 
 def validate_whisper_options(options: dict[str, Any]) -> None:
     """Check-time validation of the backbone options (``ilt config check``)."""
-    if "input_mode" in options and options["input_mode"] not in INPUT_MODES:
-        raise ConfigError(f"input_mode: must be one of {', '.join(INPUT_MODES)}, not {options['input_mode']!r}")
-    multiple = options.get("pad_multiple", 100)
-    if not isinstance(multiple, int) or multiple <= 0 or multiple % 2:
-        raise ConfigError(f"pad_multiple: must be a positive even number of mel frames, not {multiple!r}")
+    check_options(options)
 
 
 load_whisper.validate = validate_whisper_options
