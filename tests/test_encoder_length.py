@@ -118,3 +118,56 @@ def test_the_backbone_option_is_checked_at_config_time(whisper_dir):
     with pytest.raises(ConfigError, match="pad_multiple"):
         validate_whisper_options({"pad_multiple": 3})
     validate_whisper_options({"input_mode": "audio_length", "pad_multiple": 50})
+
+
+# --------------------------------------------------------------------------- training, lineage, decoding
+
+
+def test_train_dev_merge_and_decode_on_the_audio_length_and_the_mode_check(whisper_dir, tmp_path, caplog):
+    """A round with ``input_mode: audio_length`` trains and scores its dev set;
+    its adapter and the merged model's lineage record the mode; decoding
+    (greedy and beam, chunked long audio) works in it, and decoding in the
+    other mode warns, naming both modes and the fix."""
+    import json
+    import logging
+
+    from lhotse import CutSet
+
+    from ilt.asr.decode import decode_files
+    from ilt.config import RoundConfig, from_dict
+    from ilt.data.manifests import save_manifest
+    from ilt.models.lineage import trained_input_mode
+    from ilt.testing.configs import fast_decode
+    from ilt.testing.dummies import make_cuts
+    from ilt.training.loop import train_round
+    from ilt.training.lora import merge_adapter
+
+    cuts = make_cuts(tmp_path / "audio", [{"id": "a", "text": "hello", "duration": 0.6},
+                                          {"id": "b", "text": "hello world", "duration": 1.2},
+                                          {"id": "long", "text": "hello world", "duration": 5.0}])
+    train = save_manifest(CutSet.from_cuts([cuts["a"], cuts["b"]]), tmp_path / "train.jsonl.gz")
+    every = save_manifest(cuts, tmp_path / "all.jsonl.gz")
+    short = {"name": "whisper", "input_mode": "audio_length", "pad_multiple": 20}
+    config = from_dict(RoundConfig, {
+        "name": "feedback", "backbone": short, "lora": {"r": 4, "lora_dropout": 0.0},
+        "train": {"lr": 0.01, "micro_batch": 2, "precision": "fp32", "max_steps": 2, "eval_every": 2}})
+    train_round(config, whisper_dir, tmp_path / "run", train_cuts=[(train, 1.0)], dev_cuts=train,
+                decode_config=fast_decode(backbone=short))
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in log].count("step") == 2 and any(r["event"] == "eval" for r in log)
+    best = tmp_path / "run" / "best"
+    assert json.loads((best / "input_mode.json").read_text()) == {"input_mode": "audio_length"}
+    merged = merge_adapter(whisper_dir, best, tmp_path / "M1")
+    assert json.loads((merged / "lineage.json").read_text())["input_mode"] == "audio_length"
+    assert trained_input_mode(merged)[0] == trained_input_mode(whisper_dir, best)[0] == "audio_length"
+    assert trained_input_mode(whisper_dir)[0] == "padded"  # a model ilt did not train
+
+    with caplog.at_level(logging.WARNING, logger="ilt"):
+        for beam in (1, 2):
+            records = decode_files(merged, every, tmp_path / f"dec{beam}", fast_decode(
+                backbone=short, beam_size={"default": beam}), progress=False)
+            assert {r["id"]: r["num_chunks"] for r in records} == {"a": 1, "b": 1, "long": 3}  # 2 s window
+        assert "input mode mismatch" not in caplog.text
+        decode_files(merged, every, tmp_path / "padded", fast_decode(), progress=False)
+    assert ("trained with input_mode audio_length" in caplog.text and "decodes with input_mode padded" in caplog.text
+            and "input_mode: audio_length}" in caplog.text)

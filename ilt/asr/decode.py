@@ -579,6 +579,8 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
 
     from ilt.core.registry import create
     from ilt.data.manifests import load_cuts
+    from ilt.models.encoder_length import PADDED
+    from ilt.models.lineage import input_mode_warning, trained_input_mode
 
     config = config or DecodeConfig()
     cuts = list(load_cuts(cuts_path))  # errors name the manifest
@@ -591,6 +593,9 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
         log.warning("decode: precision %s on a CPU: decoding in fp32 instead", precision)
         precision = "fp32"
     backbone = create("backbone", config.backbone, Path(model_dir), dtype=precision, device=device)
+    mismatch = input_mode_warning(trained_input_mode(model_dir, adapter), getattr(backbone, "input_mode", PADDED))
+    if mismatch:
+        log.warning("decode: %s", mismatch)
     model = backbone.model
     if config.quantize != "none":
         count = quantize_for_decoding(model, config.quantize_scope)

@@ -7,6 +7,7 @@ inside every checkpoint ``checkpoints/step-N/``) holds::
     round.yaml       the resolved round config: backbone, LoRA, task, training
     score.json       the dev score it was selected by, or {"step": N} for a checkpoint
     manifests.json   the data it was trained on: role, manifest, weight, languages, sha256
+    input_mode.json  the encoder's input mode in training: padded or audio_length (ilt.models.encoder_length)
 
 ``round.yaml`` names the backbone, so an adapter directory is enough to rebuild
 the PEFT model on top of its base (:func:`load_adapter`) or to merge it
@@ -33,7 +34,8 @@ from ilt.core.files import (
 )
 from ilt.errors import IltInputError
 from ilt.models import lid
-from ilt.models.lineage import SHORT_HASH
+from ilt.models.encoder_length import model_input_mode
+from ilt.models.lineage import INPUT_MODE_JSON, SHORT_HASH
 
 log = logging.getLogger("ilt")
 
@@ -80,6 +82,7 @@ def write_adapter_files(model: Any, directory: str | Path, config: RoundConfig,
     lid.save_trained(model, directory)  # language-ID embeddings this round trains (ilt.models.lid)
     write_json_atomic(directory / SCORE_JSON, score)
     write_text_atomic(directory / ROUND_YAML, dump_yaml(config))
+    write_json_atomic(directory / INPUT_MODE_JSON, {"input_mode": model_input_mode(model)})
     if manifests is not None:
         write_json_atomic(directory / MANIFESTS_JSON, manifests)
 

@@ -76,6 +76,15 @@ def input_mode(encoder: Any) -> str:
     return getattr(encoder, _MARK, PADDED)
 
 
+def model_input_mode(model: Any) -> str:
+    """The input mode ``model`` (any torch module holding the encoder: a
+    backbone's model, a PEFT model around it) runs its encoder in."""
+    for module in (model.modules() if hasattr(model, "modules") else ()):
+        if hasattr(module, _MARK):
+            return getattr(module, _MARK)
+    return PADDED
+
+
 def check_options(options: dict[str, Any]) -> None:
     """Check-time validation of a backbone's ``input_mode`` and ``pad_multiple``
     options (``ilt config check`` and the factories), one line naming the key."""
