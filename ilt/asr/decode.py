@@ -237,9 +237,24 @@ class Decoder:
     def load_batch(self, batch: Sequence[Any]) -> list[Loaded]:
         """Each cut of ``batch`` with usable audio, split into chunks of at most
         :attr:`window`; unreadable, empty and non-finite audio is a counted skip
-        (silent audio is decoded)."""
-        loaded = []
+        (silent audio is decoded).
+
+        A cut longer than :data:`ilt.data.audio.LONG_AUDIO_SECONDS` is read
+        window by window (:func:`ilt.data.audio.load_windows_checked`): its
+        chunks are :class:`ilt.data.audio.AudioWindow` objects that read their
+        part of the file when the model's features are made, so memory holds
+        ``batch_size`` windows, not the whole recording."""
+        from ilt.data.audio import LONG_AUDIO_SECONDS, load_windows_checked
+
+        loaded: list[Loaded] = []
         for cut in batch:
+            if float(cut.duration) > LONG_AUDIO_SECONDS:
+                windows = load_windows_checked(cut, self.sampling_rate, self.window)
+                if isinstance(windows, AudioProblem):
+                    self.skips.skip(windows.reason, cut.id, windows.detail)
+                else:
+                    loaded.append((cut, *windows))
+                continue
             audio = load_checked(cut, self.sampling_rate)
             if isinstance(audio, AudioProblem):
                 self.skips.skip(audio.reason, cut.id, audio.detail)
@@ -579,8 +594,6 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
 
     from ilt.core.registry import create
     from ilt.data.manifests import load_cuts
-    from ilt.models.encoder_length import PADDED
-    from ilt.models.lineage import input_mode_warning, trained_input_mode
 
     config = config or DecodeConfig()
     cuts = list(load_cuts(cuts_path))  # errors name the manifest
@@ -593,9 +606,6 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
         log.warning("decode: precision %s on a CPU: decoding in fp32 instead", precision)
         precision = "fp32"
     backbone = create("backbone", config.backbone, Path(model_dir), dtype=precision, device=device)
-    mismatch = input_mode_warning(trained_input_mode(model_dir, adapter), getattr(backbone, "input_mode", PADDED))
-    if mismatch:
-        log.warning("decode: %s", mismatch)
     model = backbone.model
     if config.quantize != "none":
         count = quantize_for_decoding(model, config.quantize_scope)
