@@ -52,6 +52,8 @@ setup(
         # the tests; selenium: tests/test_report_html.py opens the report page in headless
         # Chromium when Debian's chromium and chromium-driver are installed (skipped otherwise).
         # `make test` installs [dev,models,export,speaker,track2].
+        # train.optimizer: adamw8bit (ilt.training.options): 8-bit AdamW on CPU and CUDA
+        "opt8bit": ["bitsandbytes>=0.50"],
         "dev": ["pytest", "pytest-xdist", "ruff", "selenium"],
     },
     entry_points={

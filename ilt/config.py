@@ -181,7 +181,11 @@ class TrainSection:
     num_buckets: int = _field(10, min=1, help="duration buckets of the sampler; fewer when the data cannot fill each "
                               "with 2 full micro-batches; 1: no bucketing")
     num_workers: int = _field(0, min=0)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: Union[bool, Literal["auto"]] = _field(
+        "auto", help="recompute activations in the backward pass; auto: on when the backbone has more than "
+                     "300M parameters (ilt.training.sizing)")
+    optimizer: Literal["adamw", "adamw8bit"] = _field(
+        "adamw", help="adamw: torch's AdamW; adamw8bit: bitsandbytes' 8-bit AdamW (pip install 'ilt[opt8bit]')")
     lid_embeddings: bool = _field(
         False, help="learn one vector per language added to the encoder output and to the decoder's last "
                     "hidden state (paper 3.2.3; ilt.models.lid), trained fully and saved with the adapter")

@@ -95,6 +95,7 @@ from ilt.training.checkpoint import (
     list_checkpoints,
     remove_partial_writes,
 )
+from ilt.training.sizing import checkpointing_on, enable_checkpointing, make_optimizer
 
 log = logging.getLogger("ilt")
 
@@ -233,13 +234,8 @@ def load_for_training(config: RoundConfig, model_dir: Path, mixed_precision: str
         from ilt.models.lid import train_embeddings
 
         train_embeddings(backbone)
-    if config.train.gradient_checkpointing:
-        base = model.get_base_model()
-        enable = getattr(base, "activation_checkpointing_enable", None)  # transformers >= 5.x
-        if enable is not None:
-            enable({"use_reentrant": False})
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if checkpointing_on(config.train, sum(p.numel() for p in backbone.model.parameters())):
+        enable_checkpointing(model)
     model.train()
     return backbone, model
 
@@ -288,8 +284,7 @@ class _Run:
             num_workers=train.num_workers, generator=torch.Generator().manual_seed(train.seed),
             persistent_workers=False)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.params, lr=train.lr, weight_decay=train.weight_decay,
-                                      fused=accelerator.device.type == "cuda")
+        optimizer = make_optimizer(train, self.params, accelerator.device.type)
         # The scheduler steps once per optimiser step (not prepared: Accelerate
         # would step it once per process); it is checkpointed with the rest.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -95,6 +95,7 @@ from typing import Any
 
 from ilt.config import RoundConfig
 from ilt.errors import IltInputError
+from ilt.training.sizing import resolve_checkpointing
 
 GIB = 1024 ** 3
 
@@ -142,7 +143,7 @@ class Setup:
     grad_accum: int = 1
     seconds: float = 30.0
     precision: str = "bf16"
-    checkpointing: bool = False
+    checkpointing: bool | str = False  # "auto": resolved by plan() from the backbone's size
     optimizer: str = "adamw"          # adamw (fp32 states) or adamw8bit
     device_memory_gib: float = 80.0
     reserve: float = 0.1
@@ -345,7 +346,8 @@ def activation_bytes(model: Model, setup: Setup, *, checkpointing: bool | None =
     backward, including the logits) and ``logit_grad`` (the logits' gradient
     at the start of backward), with or without gradient checkpointing
     (default: ``setup.checkpointing``)."""
-    checkpointing = setup.checkpointing if checkpointing is None else checkpointing
+    checkpointing = resolve_checkpointing(setup.checkpointing if checkpointing is None else checkpointing,
+                                          model.base)
     lengths = sequence_lengths(model, setup)
     encoder_positions = lengths[model.stacks[0].name]
     scale = 2.0 if setup.precision == "fp32" else 1.0
@@ -437,7 +439,7 @@ def plan_strategy(model: Model, setup: Setup, strategy: str) -> Plan:
                 activations=activations, static=static, peak=peak, usable=usable, fits=peak <= usable,
                 micro_batch=setup.micro_batch,
                 largest_micro_batch=largest_micro_batch(static, act["saved"], act["logit_grad"], usable),
-                checkpointing=setup.checkpointing, optimizer_kind=setup.optimizer)
+                checkpointing=resolve_checkpointing(setup.checkpointing, model.base), optimizer_kind=setup.optimizer)
 
 
 # --------------------------------------------------------------------------- advice
@@ -460,7 +462,7 @@ def advice(model: Model, setup: Setup, strategy: str) -> list[str]:
     if current.fits:
         return []
     tips: list[tuple[str, Setup, str]] = []
-    if not setup.checkpointing:
+    if not resolve_checkpointing(setup.checkpointing, model.base):
         tips.append(("gradient checkpointing (train.gradient_checkpointing: true)",
                      dataclasses.replace(setup, checkpointing=True), strategy))
     if "8bit" not in setup.optimizer:
@@ -493,6 +495,8 @@ def plan(source: str | Path, round_config: RoundConfig, setup: Setup,
     if unknown:
         raise IltInputError(f"strategy {unknown[0]!r}: use one of {', '.join(STRATEGIES)}")
     model = count_model(source, round_config)
+    # train.gradient_checkpointing: auto, decided by size as training decides it; the caller's table shows it
+    setup.checkpointing = resolve_checkpointing(setup.checkpointing, model.base)
     plans = {s: plan_strategy(model, setup, s) for s in strategies}
     return model, plans, {s: advice(model, setup, s) for s in strategies}
 
@@ -509,7 +513,7 @@ def setup_from_round(round_config: RoundConfig, **given: Any) -> Setup:
         micro_batch = max(1, int(train.max_duration // seconds))
     optimizer = str(getattr(train, "optimizer", "adamw") or "adamw")
     defaults = {"micro_batch": micro_batch, "grad_accum": train.grad_accum, "seconds": seconds,
-                "precision": train.precision, "checkpointing": bool(train.gradient_checkpointing),
+                "precision": train.precision, "checkpointing": train.gradient_checkpointing,
                 "optimizer": "adamw8bit" if "8bit" in optimizer else "adamw"}
     return Setup(**{**defaults, **given})
 
