@@ -10,9 +10,17 @@ pool): each source's share of the stream's *audio* is proportional to
 ``weight x its hours``; ``mux`` draws cuts, so a source's cut weight is
 ``weight x its number of cuts`` (with weight 1 everywhere, every cut of every
 source is equally likely, as if the sources were one pool).
-An *epoch* is as many cuts as all sources hold together; its length in
-micro-batches is counted once by a dry run of the sampler
-(:func:`batches_per_epoch`).
+An *epoch* is as many cuts as all sources hold together. The numbers of cuts
+and hours come from each manifest's sidecar (``<name>.stats.json``, written
+with the manifest by :func:`ilt.data.manifests.save_manifest`), so start-up
+does not read the manifests; without a current sidecar, one lazy pass over
+the manifest's metadata counts them. An epoch's length in micro-batches is
+computed for cut-count batches and dry-run (bounded, :func:`batches_per_epoch`)
+for duration buckets.
+
+A source is a ``.jsonl(.gz)`` cut manifest, read lazily
+(``load_manifest_lazy``), or a Lhotse Shar directory (``cuts: shar:DIR``,
+or a directory holding ``cuts.000000.jsonl.gz``...; ``CutSet.from_shar``).
 
 Batches are formed by Lhotse's ``DynamicBucketingSampler``: ``max_duration``
 seconds per micro-batch, or ``micro_batch`` cuts when no duration is set. A
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +41,14 @@ from typing import Any, Sequence
 from ilt.config import DataSource, TrainSection
 from ilt.core.runtime import Skips
 from ilt.data.audio import check_sources
+from ilt.data.manifests import (
+    count_source,
+    duplicate_error,
+    open_cuts_lazy,
+    read_cut_stats,
+    shar_dir,
+    stats_path,
+)
 from ilt.errors import IltInputError
 
 log = logging.getLogger("ilt")
@@ -41,6 +58,8 @@ BUFFER_CUTS = 20000
 #: Each duration bucket should hold at least this many full micro-batches of
 #: the buffer: a bucket that cannot fill one yields short batches.
 BATCHES_PER_BUCKET = 2
+#: :func:`batches_per_epoch` dry-runs the sampler over at most this many cuts.
+DRY_RUN_CUTS = 2 * BUFFER_CUTS
 
 
 def has_text(cut: Any) -> bool:
@@ -65,45 +84,63 @@ class Mix:
     epoch_seconds: float
 
 
+def source_stats(source: DataSource) -> dict[str, Any]:
+    """The counts of ``source`` (:func:`ilt.data.manifests.count_cut`): from the
+    manifest's sidecar when it matches the manifest (written with it by
+    :func:`ilt.data.manifests.save_manifest`), else by one lazy pass over its
+    metadata (a Shar directory: over its ``cuts`` shards)."""
+    directory = shar_dir(source.cuts)
+    if directory is None:
+        path = Path(source.cuts)
+        if not path.is_file():
+            raise IltInputError(f"{path}: training cut manifest not found")
+        stats = read_cut_stats(path)
+        if stats is not None:
+            return stats
+        log.info("train source %s: no %s beside it: counting its cuts by one pass over the manifest",
+                 path, stats_path(path).name)
+    elif not directory.is_dir():
+        raise IltInputError(f"{directory}: Lhotse Shar directory of a training source not found")
+    return count_source(source.cuts)
+
+
+def _usable(cut: Any, languages: frozenset[str] | None, where: str) -> bool:
+    check_sources(cut, where)  # a 'command' source would run on every training step
+    return _keep(cut, languages)
+
+
 def open_source(source: DataSource, skips: Skips) -> tuple[Any, int, float]:
     """A lazy CutSet of the cuts of ``source`` to train on (with text, in its
     ``languages``), their number and total duration; cuts without text are
-    counted as skips, cuts in other languages are left out silently."""
-    from lhotse import CutSet
+    counted as skips, cuts in other languages are left out silently.
 
-    path = Path(source.cuts)
+    The numbers come from :func:`source_stats`: the manifest is not read
+    here when its sidecar is current. Each cut's audio sources are checked
+    as it is drawn, before any audio is loaded."""
+    path = source.cuts
     languages = frozenset(lang.lower() for lang in source.languages) if source.languages is not None else None
-    if not path.is_file():
-        raise IltInputError(f"{path}: training cut manifest not found")
-    n, seconds, other, ids = 0, 0.0, 0, set()
-    try:
-        cuts = CutSet.from_jsonl_lazy(path)
-        for cut in cuts:
-            if cut.id in ids:  # outputs and skips are keyed by cut ID
-                raise IltInputError(f"{path}: cut ID {cut.id!r} appears more than once; IDs must be unique: "
-                                    f"remove the duplicates or rename them (e.g. lhotse's CutSet.modify_ids)")
-            ids.add(cut.id)
-            check_sources(cut, path)  # a 'command' source would run on every training step
-            if not has_text(cut):
-                skips.skip("empty transcript", cut.id, str(path))
-            elif len(cut.supervisions) > 1:  # one label for the whole cut would be wrong
-                skips.skip("several supervisions", cut.id, f"{path}: {len(cut.supervisions)} supervisions; "
-                           f"make one cut per supervision (lhotse CutSet.trim_to_supervisions)")
-            elif not _in_languages(cut, languages):
-                other += 1
-            else:
-                n += 1
-                seconds += float(cut.duration)
-    except IltInputError:
-        raise
-    except Exception as exc:  # corrupt gzip, bad JSON, not a cut manifest
-        raise IltInputError(f"{path}: cannot read cut manifest: {type(exc).__name__}: {exc}") from None
+    stats = source_stats(source)
+    if stats["duplicate_id"] is not None:  # outputs and skips are keyed by cut ID
+        raise duplicate_error(path, stats["duplicate_id"])
+    for reason, cut_id, supervisions in stats["skipped"]:
+        if reason == "empty transcript":
+            skips.skip(reason, cut_id, str(path))
+        else:  # one label for the whole cut would be wrong
+            skips.skip(reason, cut_id, f"{path}: {supervisions} supervisions; "
+                       f"make one cut per supervision (lhotse CutSet.trim_to_supervisions)")
+    n, seconds, other = 0, 0.0, 0
+    for language, (count, duration) in stats["languages"].items():
+        if languages is None or language in languages:
+            n, seconds = n + count, seconds + duration
+        else:
+            other += count
     if n == 0:
         where = f" in languages {sorted(languages)}" if languages is not None else ""
         raise IltInputError(f"{path}: training source has no cuts with a transcript{where}")
     if other:
         log.info("train source %s: %d cut(s) in other languages than %s left out", path, other, sorted(languages))
-    return cuts.filter(functools.partial(_keep, languages=languages)), n, seconds
+    cuts = open_cuts_lazy(path)
+    return cuts.filter(functools.partial(_usable, languages=languages, where=str(path))), n, seconds
 
 
 def mux_weights(sources: Sequence[DataSource], cut_counts: Sequence[int]) -> list[float]:
@@ -171,14 +208,29 @@ def make_sampler(mix: Mix, train: TrainSection, world_size: int = 1, rank: int =
 
 
 def batches_per_epoch(mix: Mix, train: TrainSection) -> int:
-    """Micro-batches one process draws for one epoch of cuts (a dry run, metadata only)."""
+    """Micro-batches one process draws for one epoch of cuts.
+
+    Batches of ``micro_batch`` cuts without duration buckets: exactly
+    ``ceil(epoch_cuts / micro_batch)`` (the stream is endless, so every
+    batch is full). Otherwise a dry run of the sampler (metadata only, no
+    audio), exact for an epoch of at most :data:`DRY_RUN_CUTS` cuts; a larger
+    epoch is estimated from the mean batch of the first :data:`DRY_RUN_CUTS`
+    cuts (logged), so start-up never reads a large manifest whole.
+    """
+    if not train.max_duration and bucket_count(train, mix) < 2:
+        return max(1, math.ceil(mix.epoch_cuts / train.micro_batch))
     seen = batches = 0
     for batch in make_sampler(mix, train):
         seen += len(batch)
         batches += 1
         if seen >= mix.epoch_cuts:
+            return batches
+        if seen >= DRY_RUN_CUTS:
             break
-    return batches
+    estimate = max(1, math.ceil(mix.epoch_cuts * batches / max(1, seen)))
+    log.info("one epoch of %d cuts: about %d micro-batches (estimated from the first %d batches, %d cuts)",
+             mix.epoch_cuts, estimate, batches, seen)
+    return estimate
 
 
 def log_buckets(train: TrainSection, mix: Mix) -> None:

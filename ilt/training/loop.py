@@ -7,6 +7,7 @@ orchestration of the rooms that do the work; ``ilt train`` is a thin wrapper.
 
 =======================  ==================================================
 the data mix, sampler    :mod:`ilt.data.mix`
+the data loader          :mod:`ilt.training.loader`
 resumable state          :mod:`ilt.training.checkpoint`
 dev loss and dev WER     :mod:`ilt.training.evaluate`
 the adapter directory    :mod:`ilt.models.adapter`
@@ -75,13 +76,7 @@ from ilt.config import (
 )
 from ilt.core.files import write_json_atomic, write_text_atomic
 from ilt.core.runtime import Skips, process_state
-from ilt.data.mix import (
-    Mix,
-    batches_per_epoch,
-    log_buckets,
-    make_sampler,
-    training_stream,
-)
+from ilt.data.mix import Mix, log_buckets, training_stream
 from ilt.errors import IltInputError
 from ilt.models.adapter import (
     MANIFESTS_JSON,
@@ -95,6 +90,7 @@ from ilt.training.checkpoint import (
     list_checkpoints,
     remove_partial_writes,
 )
+from ilt.training.loader import make_loader
 from ilt.training.sizing import checkpointing_on, enable_checkpointing, make_optimizer
 
 log = logging.getLogger("ilt")
@@ -243,20 +239,6 @@ def load_for_training(config: RoundConfig, model_dir: Path, mixed_precision: str
 # --------------------------------------------------------------------------- the run
 
 
-def _identity(batch: Any) -> Any:
-    return batch
-
-
-class _CollateDataset:
-    """Map-style dataset over sampler output: ``dataset[cuts] -> Batch``."""
-
-    def __init__(self, backbone: Any) -> None:
-        self.backbone = backbone
-
-    def __getitem__(self, cuts: Any) -> Any:
-        return self.backbone.collate(cuts)
-
-
 class _Run:
     """One round's training run on Accelerate: the loop, evaluation and outputs."""
 
@@ -270,19 +252,12 @@ class _Run:
         self.dev, self.decode_config, self.manifests, self.skips = dev, decode_config, manifests, skips
         self.epoch_cuts = mix.epoch_cuts
         train = config.train
-        sampler = make_sampler(mix, train, accelerator.num_processes, accelerator.process_index)
-        steps_per_epoch = None
-        if train.max_steps is None or train.eval_every is None:
-            per_process = math.ceil(batches_per_epoch(mix, train) / accelerator.num_processes)
-            steps_per_epoch = max(1, math.ceil(per_process / train.grad_accum))
+        feed = make_loader(backbone, mix, train, accelerator.num_processes, accelerator.process_index)
+        sampler, steps_per_epoch, self.loader = feed.sampler, feed.steps_per_epoch, feed.loader
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = train.max_steps or train.epochs * steps_per_epoch
         self.eval_every = train.eval_every or steps_per_epoch
         self.save_every = train.save_every or self.eval_every
-        self.loader = torch.utils.data.DataLoader(
-            _CollateDataset(backbone), sampler=sampler, batch_size=None, collate_fn=_identity,
-            num_workers=train.num_workers, generator=torch.Generator().manual_seed(train.seed),
-            persistent_workers=False)
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(train, self.params, accelerator.device.type)
         # The scheduler steps once per optimiser step (not prepared: Accelerate
