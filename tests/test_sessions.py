@@ -325,3 +325,156 @@ def test_transcribe_sessions_and_score_with_tiny_whisper(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ilt.asr.decode, "decode_files", lambda *a, **k: pytest.fail("decoded again"))
     assert CliRunner().invoke(cli, args).exit_code == 0
+
+
+# ---------------------------------------------------------------- untrusted input (docs/security.md)
+
+BAD_IDS = ["../x", "/abs/x", "a\x00b", "a\nb", "x" * 300]
+
+
+def _manifest_with_id(tmp_path, session_id):
+    """A session manifest whose one session has the ID ``session_id`` (written as JSON, as anyone could)."""
+    import gzip
+
+    [cut] = _session(tmp_path, [(0.5, 2.0, "A", "hi")], duration=3.0)
+    data = cut.to_dict()
+    data["id"] = session_id
+    path = tmp_path / "evil_sessions.jsonl.gz"
+    path.write_bytes(gzip.compress((json.dumps(data) + "\n").encode()))
+    return path
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("session_id", BAD_IDS)
+def test_a_session_id_that_is_a_path_is_refused(tmp_path, session_id):
+    from reliability_table import check
+
+    manifest = _manifest_with_id(tmp_path, session_id)
+    rttm = tmp_path / "sys.rttm"
+    rttm.write_text("SPEAKER conv1 1 0.40 1.70 <NA> <NA> spk7 <NA> <NA>\n")
+    before = _tree(tmp_path)
+    res = CliRunner().invoke(cli, ["diarize", "--sessions", str(manifest), "--diarizer", "offline",
+                                   "--out", str(tmp_path / "d")])
+    shown = session_id[:12] + ("…" if len(session_id) > 12 else "")
+    check("bad input", f"session ID {shown!r} (diarize: per_session/<id>.rttm)", "exit 1, one Error: line naming "
+          "the manifest and the session ID; nothing written", f"exit {res.exit_code}: "
+          f"{res.output.strip().replace(str(tmp_path), '…')[:160]}",
+          res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and "session ID" in res.output
+          and "cannot be part of a file name" in res.output and _tree(tmp_path) == before)
+
+
+@pytest.mark.parametrize("speaker", ["../x", "a/b", "x" * 300])
+def test_a_speaker_label_that_is_a_path_is_refused(tmp_path, speaker):
+    from ilt.track2.transcribe import speaker_segments
+
+    sessions = _session(tmp_path, [(0.5, 2.0, "A", "hi")], duration=3.0)
+    with pytest.raises(IltInputError, match="sys.rttm: speaker label .* cannot be part of a file name"):
+        speaker_segments(sessions, {"conv1": [Turn(0.5, 2.0, speaker)]}, where="sys.rttm")
+
+
+def test_per_session_turns_are_reused_only_when_made_from_the_same_session_and_diarizer(tmp_path):
+    from ilt.track2.transcribe import diarize_sessions
+
+    manifest = tmp_path / "sessions.jsonl.gz"
+    _session(tmp_path, [(0.5, 2.0, "A", "hi")], duration=3.0).to_file(manifest)
+    rttm = tmp_path / "sys.rttm"
+    rttm.write_text("SPEAKER conv1 1 0.40 1.70 <NA> <NA> spk7 <NA> <NA>\n")
+    spec = {"name": "rttm", "options": {"files": [str(rttm)]}}
+    from ilt.config import ComponentSpec
+
+    diarizer = ComponentSpec(spec["name"], spec["options"])
+    out = tmp_path / "d"
+    (out / "per_session").mkdir(parents=True)
+    (out / "per_session" / "conv1.rttm").write_text("SPEAKER conv1 1 0.0 3.0 <NA> <NA> planted <NA> <NA>\n")
+    assert diarize_sessions(manifest, diarizer, out) == {"conv1": [Turn(0.4, 2.1, "spk7")]}
+    [kept] = [p for p in (out / "per_session").glob("conv1.*.rttm")]
+    # a file keyed by this session and diarizer is reused ...
+    kept.write_text("SPEAKER conv1 1 0.0 1.0 <NA> <NA> again <NA> <NA>\n")
+    assert diarize_sessions(manifest, diarizer, out) == {"conv1": [Turn(0.0, 1.0, "again")]}
+    # ... but not once the session is another recording (same ID, other audio)
+    _session(tmp_path, [(0.5, 2.0, "A", "hi")], duration=4.0).to_file(manifest)
+    assert diarize_sessions(manifest, diarizer, out) == {"conv1": [Turn(0.4, 2.1, "spk7")]}
+    # nor a file that names another session
+    [kept] = [p for p in (out / "per_session").glob("conv1.*.rttm") if p.read_text().count("spk7")]
+    kept.write_text("SPEAKER conv9 1 0.0 1.0 <NA> <NA> other <NA> <NA>\n")
+    assert diarize_sessions(manifest, diarizer, out) == {"conv1": [Turn(0.4, 2.1, "spk7")]}
+
+
+def test_a_decode_is_reused_only_for_the_same_model_config_and_segments(tmp_path, monkeypatch):
+    from reliability_table import check
+
+    import ilt.asr.decode
+    from ilt.testing.dummies import tiny_whisper_dir
+    from ilt.track2.transcribe import DECODE_FINGERPRINT
+
+    model_a = tiny_whisper_dir(tmp_path / "A", layers=1, seed=0)
+    model_b = tiny_whisper_dir(tmp_path / "B", layers=1, seed=1)
+    manifest = tmp_path / "sessions.jsonl.gz"
+    _session(tmp_path, [(0.2, 1.4, "A", "hello there"), (1.6, 2.9, "B", "general kenobi")],
+             duration=3.0).to_file(manifest)
+    real = ilt.asr.decode.decode_files
+    decoded = []
+    monkeypatch.setattr(ilt.asr.decode, "decode_files", lambda *a, **k: decoded.append(Path(a[0]).name)
+                        or real(*a, **k))
+
+    def run(model, *options):
+        args = ["transcribe-sessions", "--model", str(model), "--sessions", str(manifest), "--oracle",
+                "--out", str(tmp_path / "out"), "-o", "max_new_tokens=2", "-o", "beam_size.default=1",
+                "-o", "fallback_temperatures=[]", *options]
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, res.output
+
+    run(model_a)
+    run(model_a)  # the same: reused
+    run(model_b)  # another model, same IDs: decoded again
+    run(model_b, "-o", "max_new_tokens=3")  # another config: decoded again
+    fingerprint = json.loads((tmp_path / "out" / DECODE_FINGERPRINT).read_text())
+    check("bad input", "transcribe-sessions rerun with another model or decoding config (same segment IDs)",
+          "decoded again: decode/ is reused only under the same fingerprint (model weights, adapter, config, "
+          "segments)", f"decodes per run: {decoded} (runs: A, A, B, B with max_new_tokens=3)",
+          decoded == ["A", "B", "B"] and set(fingerprint) == {"model", "adapter", "decode_config", "segments"})
+
+
+@pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng and sox")
+def test_the_offline_diarizer_reads_a_long_session_block_by_block(tmp_path, monkeypatch):
+    import ilt.data.audio
+    import ilt.plugins.diarizers as diarizers
+    from ilt.track2.transcribe import _der_components
+
+    sessions = _two_voice_conversation(tmp_path)
+    [session] = sessions
+    monkeypatch.setattr(ilt.data.audio, "LONG_AUDIO_SECONDS", 3.0)  # 3 s blocks stand in for 10 minutes
+    monkeypatch.setattr(diarizers, "_session_audio", lambda s: pytest.fail("the whole session was loaded"))
+    reads = []
+    real = ilt.data.audio.load_window
+    monkeypatch.setattr(ilt.data.audio, "load_window", lambda *a: reads.append(a[3]) or real(*a))
+    turns = create("diarizer", "offline", num_speakers=2, vad="webrtc").diarize(session)
+    hyp = [{"session_id": session.id, "speaker": t.speaker, "start_time": t.start, "end_time": t.end} for t in turns]
+    c = _der_components(reference_segments(sessions), hyp, collar=0.0)[session.id]
+    der = 100 * (c["confusion"] + c["missed detection"] + c["false alarm"]) / c["total"]
+    print(f"offline diarizer, {session.duration:.1f} s read in 3 s blocks: DER {der:.2f}%")
+    assert {t.speaker for t in turns} == {"spk0", "spk1"} and der < 10.0
+    assert reads and max(reads) <= 3.0 + 1.5  # a block, plus one embedding window of the next
+
+
+def test_pyannote_reads_a_long_whole_file_session_itself(tmp_path, monkeypatch):
+    import ilt.data.audio
+    import ilt.plugins.diarizers as diarizers
+
+    [session] = _session(tmp_path, [], duration=3.0)
+    monkeypatch.setattr(ilt.data.audio, "LONG_AUDIO_SECONDS", 2.0)
+    seen = {}
+    diarizer = object.__new__(diarizers.PyannoteDiarizer)
+    diarizer.options = {}
+
+    def pipeline(audio, **options):
+        seen.update(audio)
+        from pyannote.core import Annotation
+        return Annotation()
+
+    diarizer.pipeline = pipeline
+    assert diarizer.diarize(session) == []
+    assert seen == {"uri": "conv1", "audio": str(tmp_path / "conv1.wav")}  # no waveform in memory

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -41,6 +41,49 @@ def _session_audio(session: Any) -> np.ndarray:
     if isinstance(audio, AudioProblem):
         raise IltInputError(f"session {session.id!r}: {audio.reason}" + (f" ({audio.detail})" if audio.detail else ""))
     return np.asarray(audio, dtype=np.float32).reshape(-1)
+
+
+def _is_long(session: Any) -> bool:
+    from ilt.data.audio import LONG_AUDIO_SECONDS
+
+    return float(session.duration) > LONG_AUDIO_SECONDS
+
+
+def _session_blocks(session: Any, margin: float = 0.0) -> Iterator[tuple[float, np.ndarray]]:
+    """A long session's audio as ``(offset, samples)`` blocks of
+    :data:`ilt.data.audio.LONG_AUDIO_SECONDS` (plus ``margin`` seconds of the
+    next block), read one at a time: memory holds one block, whatever the
+    session's length. Unreadable or non-finite audio is an error naming it."""
+    from ilt.data.audio import (
+        LONG_AUDIO_SECONDS,
+        check_audio,
+        error_detail,
+        load_window,
+    )
+
+    duration, offset = float(session.duration), 0.0
+    while offset < duration:
+        try:
+            audio = load_window(session, SAMPLING_RATE, offset, LONG_AUDIO_SECONDS + margin)
+        except IltInputError:
+            raise
+        except Exception as exc:  # unreadable: name the session, as _session_audio does
+            raise IltInputError(f"session {session.id!r}: unreadable audio ({error_detail(exc)})") from None
+        problem = check_audio(audio, SAMPLING_RATE)
+        if problem is not None:
+            raise IltInputError(f"session {session.id!r}: {problem} at {offset:.0f} s")
+        yield offset, audio
+        offset += LONG_AUDIO_SECONDS
+
+
+def _whole_file(session: Any) -> str | None:
+    """The audio file of a session that is one whole single-file recording (pyannote reads it in windows itself)."""
+    recording = getattr(session, "recording", None)
+    sources = getattr(recording, "sources", None) or []
+    if (len(sources) != 1 or sources[0].type != "file" or float(session.start) != 0.0
+            or abs(float(session.duration) - float(recording.duration)) > 1e-3):
+        return None
+    return str(sources[0].source)
 
 
 # --------------------------------------------------------------------------- rttm
@@ -142,9 +185,16 @@ class PyannoteDiarizer:
     def diarize(self, session: Any) -> list[Turn]:
         import torch
 
-        audio = _session_audio(session)
-        output = self.pipeline({"waveform": torch.from_numpy(audio)[None], "sample_rate": SAMPLING_RATE},
-                               **self.options)
+        from ilt.data.audio import check_sources
+
+        path = _whole_file(session) if _is_long(session) else None
+        if path is not None:  # a long recording: pyannote crops the windows it needs from the file
+            check_sources(session)
+            output = self.pipeline({"uri": session.id, "audio": path}, **self.options)
+        else:
+            audio = _session_audio(session)
+            output = self.pipeline({"waveform": torch.from_numpy(audio)[None], "sample_rate": SAMPLING_RATE},
+                                   **self.options)
         annotation = getattr(output, "speaker_diarization", output)  # pyannote.audio 4 wraps it
         turns = [Turn(segment.start, segment.end, str(label))
                  for segment, _, label in annotation.itertracks(yield_label=True) if segment.end > segment.start]
@@ -309,13 +359,11 @@ class OfflineDiarizer:
         _voice_encoder(device)  # fail now, not after the first session, when resemblyzer is missing
 
     def speech_regions(self, audio: np.ndarray) -> list[tuple[float, float]]:
-        if self.vad == "webrtc":
-            speech = webrtc_vad(audio, SAMPLING_RATE, aggressiveness=self.vad_aggressiveness)
-        else:
-            speech = energy_vad(audio, SAMPLING_RATE, threshold_db=self.energy_db)
-        return _regions(speech, 0.03, self.min_speech, self.min_silence)
+        return _regions(self.speech_frames(audio), 0.03, self.min_speech, self.min_silence)
 
     def diarize(self, session: Any) -> list[Turn]:
+        if _is_long(session):
+            return self.diarize_long(session)
         audio = _session_audio(session)
         regions = self.speech_regions(audio)
         if not regions:
@@ -324,6 +372,41 @@ class OfflineDiarizer:
         embeddings = window_embeddings(audio, [(s, e) for _, s, e in windows], self.device)
         labels = cluster(embeddings, self.num_speakers, self.threshold)
         return turns_from_windows(regions, windows, labels)
+
+    def diarize_long(self, session: Any) -> list[Turn]:
+        """:meth:`diarize` of a session over :data:`ilt.data.audio.LONG_AUDIO_SECONDS`,
+        read block by block (voice activity per block, then each block's
+        embedding windows from that block again): memory holds one block of
+        audio and one block's windows, not the recording. The energy VAD's
+        threshold and resemblyzer's volume normalisation are per block."""
+        from ilt.data.audio import LONG_AUDIO_SECONDS
+
+        frame = 0.03
+        decisions, per_block = [], int(round(LONG_AUDIO_SECONDS / frame))
+        for offset, audio in _session_blocks(session):
+            speech = self.speech_frames(audio)
+            if offset + LONG_AUDIO_SECONDS < float(session.duration):  # a full block: exactly its frames
+                speech = np.pad(speech, (0, max(0, per_block - len(speech))))[:per_block]
+            decisions.append(speech)
+        regions = _regions(np.concatenate(decisions) if decisions else np.zeros(0, bool), frame,
+                           self.min_speech, self.min_silence)
+        if not regions:
+            return []
+        windows = _windows(regions, self.window, self.hop)
+        embeddings = np.zeros((len(windows), 256), dtype=np.float32)
+        for offset, audio in _session_blocks(session, margin=self.window):
+            own = [i for i, (_, start, _end) in enumerate(windows) if offset <= start < offset + LONG_AUDIO_SECONDS]
+            if own:
+                embeddings[own] = window_embeddings(audio, [(windows[i][1] - offset, windows[i][2] - offset)
+                                                            for i in own], self.device)
+        labels = cluster(embeddings, self.num_speakers, self.threshold)
+        return turns_from_windows(regions, windows, labels)
+
+    def speech_frames(self, audio: np.ndarray) -> np.ndarray:
+        """Per-frame (30 ms) speech decisions of ``audio`` (the configured VAD)."""
+        if self.vad == "webrtc":
+            return webrtc_vad(audio, SAMPLING_RATE, aggressiveness=self.vad_aggressiveness)
+        return energy_vad(audio, SAMPLING_RATE, threshold_db=self.energy_db)
 
 
 @hookimpl

@@ -22,15 +22,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ilt.components import Diarizer, Turn
-from ilt.core.files import log, read_json, write_json_atomic, write_text_atomic
-from ilt.core.runtime import Skips
+from ilt.core.files import (
+    log,
+    read_json,
+    safe_name,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
+from ilt.core.runtime import Skips, process_state
 from ilt.data.text import tokens_for_scoring, unit_of
 from ilt.errors import IltInputError
 from ilt.track2.formats import (
@@ -45,6 +51,8 @@ from ilt.track2.formats import (
 
 #: The challenge's tcpWER collar (seconds).
 COLLAR = 5.0
+#: The fingerprint of the decode in ``decode/`` (:func:`decode_fingerprint`), beside it.
+DECODE_FINGERPRINT = "decode.fingerprint.json"
 #: Longest speaker segment decoded as one piece (Whisper's window).
 MAX_SECONDS = 30.0
 
@@ -57,6 +65,8 @@ def load_sessions(path: str | Path) -> Any:
     ids = [cut.id for cut in sessions]
     if not ids:
         raise IltInputError(f"{path}: no session in this manifest")
+    for session_id in ids:  # a session ID names its per_session/ file: never a path
+        safe_name(session_id, "session ID", path)
     if len(set(ids)) != len(ids):
         raise IltInputError(f"{path}: session IDs repeat; a session manifest has one cut per recording")
     return sessions
@@ -87,13 +97,25 @@ def _clean_turns(turns: Any, session: Any, name: str) -> list[Turn]:
     return sorted(out, key=lambda t: (t.start, t.end, t.speaker))
 
 
+def session_fingerprint(session: Any, spec: Mapping[str, Any]) -> str:
+    """16 hex digits of the sha256 of a session cut (recording, sources,
+    times) and the diarizer spec that made its turns: the key of its
+    ``per_session/`` file, so turns of another recording or diarizer are never reused."""
+    import hashlib
+
+    made_of = json.dumps({"session": session.to_dict(), "diarizer": spec}, sort_keys=True, default=str)
+    return hashlib.sha256(made_of.encode("utf-8")).hexdigest()[:16]
+
+
 def diarize_sessions(sessions_path: str | Path, diarizer: Any, out_dir: str | Path) -> dict[str, list[Turn]]:
     """Diarize every session with the diarizer ``diarizer`` (a name or
     :class:`ilt.config.ComponentSpec`); write ``out_dir/diarization.rttm``.
 
-    Each session's turns go to ``out_dir/per_session/<id>.rttm`` as soon as it
-    is done; a re-run with the same diarizer and options reuses them (another
-    diarizer, or other options, starts over).
+    Each session's turns go to ``out_dir/per_session/<id>.<fingerprint>.rttm``
+    as soon as it is done; a re-run reuses a file only when its name carries
+    the fingerprint of the same session (its cut: recording, sources, times)
+    and the same diarizer and options (:func:`session_fingerprint`), and it
+    names no other session. Another diarizer, or other options, starts over.
     """
     from tqdm import tqdm
 
@@ -112,9 +134,10 @@ def diarize_sessions(sessions_path: str | Path, diarizer: Any, out_dir: str | Pa
     write_json_atomic(out_dir / "diarizer.json", spec)
     result: dict[str, list[Turn]] = {}
     for session in tqdm(sessions, desc="diarize", unit="session"):
-        done = cache / f"{session.id}.rttm"
-        if done.is_file():
-            result[session.id] = read_rttm(done).get(session.id, [])
+        done = cache / f"{session.id}.{session_fingerprint(session, spec)}.rttm"
+        kept = read_rttm(done) if done.is_file() else None
+        if kept is not None and set(kept) <= {session.id}:
+            result[session.id] = kept.get(session.id, [])
             continue
         result[session.id] = _clean_turns(model.diarize(session), session, spec["name"])
         write_text_atomic(done, turns_to_rttm({session.id: result[session.id]}))
@@ -141,10 +164,13 @@ def segment_id(session: str, speaker: str, start: float, end: float) -> str:
 
 
 def speaker_segments(sessions: Iterable[Any], turns: Mapping[str, Sequence[Turn]],
-                     max_seconds: float = MAX_SECONDS) -> Any:
+                     max_seconds: float = MAX_SECONDS, where: str = "<turns>") -> Any:
     """One cut per turn (pieces of at most ``max_seconds``), in session and time
     order, each with one supervision: the session's language and accent, the
-    speaker label, and ``custom`` ``{"session", "speaker", "accent"}``."""
+    speaker label, and ``custom`` ``{"session", "speaker", "accent"}``.
+
+    :raises IltInputError: a speaker label (from ``where``, the RTTM) that
+        could not be part of a cut ID (:func:`ilt.core.files.safe_name`)."""
     from lhotse import CutSet, SupervisionSegment
     from lhotse.cut import MonoCut
 
@@ -153,6 +179,7 @@ def speaker_segments(sessions: Iterable[Any], turns: Mapping[str, Sequence[Turn]
         language = session_language(session)
         accent = next(((s.custom or {}).get("accent") for s in session.supervisions if s.custom), None)
         for turn in turns.get(session.id, []):
+            safe_name(turn.speaker, "speaker label", where)  # part of the segment (cut) IDs
             for start, end in split_evenly_times(turn.start, min(turn.end, session.duration), max_seconds):
                 cut_id = segment_id(session.id, turn.speaker, start, end)
                 if end <= start or cut_id in seen:
@@ -177,6 +204,23 @@ def hypothesis_segments(segments: Any, texts: Mapping[str, str]) -> list[dict[st
                     "start_time": round(cut.start, 3), "end_time": round(cut.end, 3),
                     "words": " ".join(texts.get(cut.id, "").split()), "language": sup.language})
     return out
+
+
+def decode_fingerprint(model_dir: str | Path, adapter: str | Path | None, config: Any,
+                       segments: Path) -> dict[str, Any] | None:
+    """What a decode of ``segments`` is made of: the sha256 of the model's
+    weights files, of the adapter's, the decoding config's hash and the
+    segments manifest's sha256; ``None`` (never reused) when the model
+    directory holds no safetensors to hash."""
+    from ilt.config import DecodeConfig, config_hash
+    from ilt.models.adapter import resolve_adapter_dir
+    from ilt.models.lineage import weights_sha256
+
+    model = weights_sha256(model_dir) if Path(model_dir).is_dir() else None
+    if model is None:
+        return None
+    return {"model": model, "adapter": None if adapter is None else weights_sha256(resolve_adapter_dir(adapter)),
+            "decode_config": config_hash(config or DecodeConfig()), "segments": sha256_file(segments)[:16]}
 
 
 def _decoded(out_dir: Path, ids: set[str]) -> dict[str, str] | None:
@@ -206,7 +250,9 @@ def transcribe_sessions(model_dir: str | Path, sessions_path: str | Path, rttm: 
     sessions' own reference turns, oracle segments) of the sessions with the model; write
     ``segments.jsonl.gz`` (the cuts decoded), ``decode/`` (``ilt decode``'s
     outputs), ``hyp.seglst.json`` and ``hyp.stm`` under ``out_dir``. A finished
-    decode of the same segments is reused. Returns the hypothesis segments."""
+    decode is reused only when its fingerprint (:func:`decode_fingerprint`:
+    model weights, adapter, decoding config, segments) is this run's.
+    Returns the hypothesis segments."""
     from ilt.asr.decode import decode_files
     from ilt.data.manifests import save_manifest
 
@@ -221,18 +267,31 @@ def transcribe_sessions(model_dir: str | Path, sessions_path: str | Path, rttm: 
     if missing:
         log.warning("transcribe-sessions: %d session(s) have no turn in %s (e.g. %s): empty hypotheses",
                     len(missing), where, ", ".join(missing[:3]))
-    segments = speaker_segments(sessions, turns, max_seconds)
-    save_manifest(segments, out_dir / "segments.jsonl.gz")
-    texts = _decoded(out_dir / "decode", {cut.id for cut in segments})
+    segments = speaker_segments(sessions, turns, max_seconds, where)
+    state = process_state()  # under accelerate launch: the main process writes, every process decodes its shard
+    if state.is_main_process:
+        save_manifest(segments, out_dir / "segments.jsonl.gz")
+    state.wait_for_everyone()
+    fingerprint = decode_fingerprint(model_dir, adapter, config, out_dir / "segments.jsonl.gz")
+    texts = None
+    if fingerprint is not None and read_json(out_dir / DECODE_FINGERPRINT) == fingerprint:
+        texts = _decoded(out_dir / "decode", {cut.id for cut in segments})
+    state.wait_for_everyone()  # every process has chosen (reuse or decode) before the fingerprint goes
     if texts is None:
+        if state.is_main_process:
+            (out_dir / DECODE_FINGERPRINT).unlink(missing_ok=True)
         records = decode_files(model_dir, out_dir / "segments.jsonl.gz", out_dir / "decode", config, adapter=adapter)
         texts = {r["id"]: r["text"] for r in records}
+        if fingerprint is not None and state.is_main_process:
+            write_json_atomic(out_dir / DECODE_FINGERPRINT, fingerprint)
     else:
-        log.info("transcribe-sessions: reusing the decode in %s", out_dir / "decode")
+        log.info("transcribe-sessions: reusing the decode in %s (same model, adapter, config and segments)",
+                 out_dir / "decode")
     hyps = hypothesis_segments(segments, texts)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if state.is_main_process:
         write_seglst(hyps, out_dir / "hyp.seglst.json")
         write_stm(hyps, out_dir / "hyp.stm")
+    state.wait_for_everyone()
     log.info("transcribe-sessions: %d segment(s) of %d session(s) -> %s", len(hyps), len(sessions),
              out_dir / "hyp.seglst.json")
     return hyps
