@@ -91,7 +91,14 @@ session_sets=      # stage 7: "NAME=SESSIONS ...": session manifests (ilt prepar
 diarizer='{name: offline, num_speakers: 2}'  # stage 7: a diarizer of `ilt plugins`, with options
 track2_models=all  # stage 7: all (M0..Mn), ends (M0 and Mn) or last (Mn)
 track2_turns=oracle,diarized  # stage 7: the reference turns, the diarizer's, or both
-ngpu=1             # > 1: rounds and decoding run under accelerate launch
+ngpu=              # processes per machine for the rounds and decoding (accelerate launch); empty:
+                   # one, or the --accelerate-config's num_processes
+accelerate_config= # an Accelerate config file (conf/accelerate/): its distributed type (DDP, FSDP,
+                   # DeepSpeed), processes and machines; default for --ngpu N: DDP
+num_machines=      # several machines: passed to accelerate launch as they are (empty: the config's)
+machine_rank=      #   this machine's rank (0: the one that also runs the one-process steps)
+main_process_ip=   #   machine 0's address
+main_process_port= #   a free port there
 force=false        # true: redo finished steps (and reuse nothing)
 
 . "$ILT_ROOT/tools/parse_options.sh"
@@ -127,13 +134,36 @@ ilt_stage() { python -m ilt.cli.recipe_commands "$@"; }
 todo() { [ "$(ilt_stage check "$exp_dir" "$1" --force "$force")" != done ]; }  # todo KEY: must it run?
 done_() { ilt_stage done "$exp_dir" "$1" > /dev/null; }
 
-if [ "$ngpu" -gt 1 ]; then
-  # --multi_gpu: one process per device (on a CPU-only machine, gloo processes; `--cpu
-  # --num_processes N` would start a single process)
-  ilt_run=(accelerate launch --multi_gpu --num_processes "$ngpu" -m ilt.cli.main)
-else
-  ilt_run=(ilt)
+# The multi-process steps (rounds, decoding) run as "${ilt_run[@]}": `ilt`, or `accelerate launch
+# ... -m ilt.cli.main` with the config file and multi-node options as given (ilt/core/launch.py;
+# the distributed type is the config's, never forced here).
+ilt_run=(ilt); ilt_machines=1
+if [ -n "$ngpu$accelerate_config$num_machines$machine_rank$main_process_ip$main_process_port" ]; then
+  launcher=$(python -m ilt.core.launch --ngpu "$ngpu" --accelerate-config "$accelerate_config" \
+    --num-machines "$num_machines" --machine-rank "$machine_rank" --main-process-ip "$main_process_ip" \
+    --main-process-port "$main_process_port") || die "see the line above"
+  eval "$launcher"  # ilt_run=(...) ilt_machines=N, shell-quoted by ilt.core.launch
+  log "multi-process steps run as: ${ilt_run[*]}"
 fi
+# Machine 0 alone runs the one-process steps; another machine joins the launched ones, then
+# waits for machine 0 to finish what its main process writes after them (merge, scores).
+main_machine() { [ "${machine_rank:-0}" -eq 0 ]; }
+started=$(date +%s)
+on_main() {  # on_main KEY: 0 on machine 0, which runs the one-process step KEY; elsewhere 1, once it is done
+  main_machine && return 0
+  log "$1: machine 0 runs it; waiting for $exp_dir/.done/$1"
+  until [ -f "$exp_dir/.done/$1" ] && { [ "$force" != true ] || [ "$(stat -c %Y "$exp_dir/.done/$1")" -ge "$started" ]; }
+  do sleep 10; done
+  return 1
+}
+launched() {  # launched KEY ARGS...: "${ilt_run[@]}" ARGS, then KEY done (on machine 0)
+  local key=$1 since; shift
+  since=$(date +%s)
+  "${ilt_run[@]}" "$@"
+  if main_machine; then done_ "$key"; return; fi
+  log "$key: waiting for machine 0 to finish it ($exp_dir/.done/$key)"
+  until [ -f "$exp_dir/.done/$key" ] && [ "$(stat -c %Y "$exp_dir/.done/$key")" -ge "$since" ]; do sleep 10; done
+}
 
 index_of() {  # index_of ROUND -> i (its model is M<i>), 0 when not in --rounds
   local i=0 r
@@ -179,11 +209,10 @@ evaluate() {  # evaluate i: decode M<i> on every test set, score those with refe
       need "$model/config.json" "run stage $(stage_of "${chain[$((i - 1))]}") first"
     fi
     need "$cuts" "prepare the $name manifest first (the corpus recipe's data stage)"
-    unlink_ "$out"
-    "${ilt_run[@]}" evaluate --model "$model" --cuts "$cuts" --decode-config "$conf_dir/decode.yaml" --out "$out" \
-      --group-by "$group_by" "${detect[@]}"
+    if main_machine; then unlink_ "$out"; fi
+    launched "decode.$key.$name" evaluate --model "$model" --cuts "$cuts" --decode-config "$conf_dir/decode.yaml" \
+      --out "$out" --group-by "$group_by" "${detect[@]}"
     [ -f "$out/scores.json" ] || log "M$i/$name: $cuts has no reference text: not scored; submission: $out/text"
-    done_ "decode.$key.$name"
     evaluated+="$key.$name "
    done
   done
@@ -221,9 +250,8 @@ run_round() {  # run_round STAGE ROUND
     need "$train_cuts" "prepare the train manifest first (the corpus recipe's data stage)"
     args+=(--train "$train_cuts")
   fi
-  unlink_ "$exp_dir/$round" "$exp_dir/M$i"
-  "${ilt_run[@]}" "${args[@]}"
-  done_ "$key"
+  if main_machine; then unlink_ "$exp_dir/$round" "$exp_dir/M$i"; fi
+  launched "$key" "${args[@]}"
 }
 
 # Stage 2's knowledge sets live in $knowledge_dir, shared by experiments: their markers too
@@ -361,6 +389,7 @@ pseudo_labels() {  # the models of the chain before Fix vote labels for --unlabe
   key=pseudo.$(key_of $((i - 1)))
   todo "$key" || { log "Stage 5: pseudo-labels done already ($out)"; return; }
   reuse "$key" pseudo && return
+  on_main "$key" || return 0
   need "$unlabeled_cuts" "prepare the unlabeled manifest first (the corpus recipe's data stage)"
   for ((j = 0; j < i; j++)); do
     need "$(model_dir $j)/config.json" "run the rounds before Fix first"
@@ -382,7 +411,9 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   evaluate 0
 fi
 
-if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ] && ! main_machine; then
+  log "Stage 2: machine 0 builds the knowledge sets (run stage 2 there before the rounds): skipped"
+elif [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   log "Stage 2: prepare the extra corpora of the knowledge tasks: ${extra_corpora:-none}"
   for spec in $extra_corpora; do
     IFS=: read -r name dir opts <<< "$spec"
@@ -418,6 +449,7 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
     evaluate $i
     [ $i -eq 0 ] || models+=",M$i"
   done
+  main_machine || test_sets=  # reports and cards: machine 0's
   for spec in $test_sets; do
     name=${spec%%=*}
     if [ -f "$exp_dir/decode/M0/$name/scores.json" ]; then
@@ -433,10 +465,13 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   done
   # each trained model's Hugging Face card (README.md) gets its error rates from the reports
   for ((i = 1; i <= ${#chain[@]}; i++)); do
+    main_machine || break
     [ -L "$exp_dir/M$i" ] || ilt card "$exp_dir/M$i"
   done
 fi
-if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ] && ! main_machine; then
+  log "Stage 7: machine 0 runs Track 2 (one process): skipped"
+elif [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   log "Stage 7: Track 2 (diarize, transcribe whole sessions, tcpWER) on: ${session_sets:-no session set}"
   case $track2_models in all|ends|last) ;; *) die "--track2-models $track2_models: all, ends or last" ;; esac
   for seg in ${track2_turns//,/ }; do
