@@ -98,7 +98,7 @@ def test_ilt_augment_tts_writes_audio_and_cuts_resumes_and_counts_skips(tmp_path
     assert len(redone) == 2 and len(load_cuts(out / "cuts.jsonl.gz")) == 6
     # other inputs into the same directory: refused unless --force
     res = CliRunner().invoke(cli, args[:-4] + ["--chunk-size", "3", "--per-sentence", "2"])
-    assert res.exit_code == 1 and "--force" in res.output
+    assert res.exit_code == 1 and "--overwrite" in res.output
 
     # --languages: only the English sentences are spoken (the paper's TTS is for English accents)
     only = tmp_path / "tts_en"
@@ -209,9 +209,11 @@ def test_sparktts_loads_the_repository_module_and_calls_inference(tmp_path, monk
         sample_rate = 16000
 
         def __init__(self, model_dir, device):
+            assert sys.path[0] == str((tmp_path / "repo").resolve())  # its own modules import while it builds
             _Recorder.calls.append(("init", str(model_dir), device))
 
         def inference(self, text, prompt_speech_path, prompt_text, **kwargs):
+            assert sys.path[0] == str((tmp_path / "repo").resolve())
             assert sf.info(str(prompt_speech_path)).samplerate == 16000
             _Recorder.calls.append(("inference", text, prompt_text, sorted(kwargs)))
             return _Recorder.tone(16000)
@@ -225,11 +227,58 @@ def test_sparktts_loads_the_repository_module_and_calls_inference(tmp_path, monk
     (tmp_path / "repo").mkdir()
     (tmp_path / "ckpt").mkdir()
     monkeypatch.setattr(sys, "path", list(sys.path))
+    before = list(sys.path)
     _Recorder.calls = []
     engine = create("augmenter", "sparktts", repo_dir=str(tmp_path / "repo"), model_dir=str(tmp_path / "ckpt"))
-    assert str((tmp_path / "repo").resolve()) in sys.path
+    assert sys.path == before  # the repository is on sys.path only while it imports, builds and runs
     cuts = list(engine.augment(_prompts(tmp_path), [AugmentTarget("s1", "hello again", prompt_id="p-b")],
                                tmp_path / "out"))
+    assert sys.path == before
     assert [c.id for c in cuts] == ["s1"] and cuts[0].duration == pytest.approx(1.0)
     assert _Recorder.calls == [("init", str(tmp_path / "ckpt"), "cpu"),
                                ("inference", "hello again", "see you tomorrow", ["temperature", "top_k", "top_p"])]
+
+
+# --------------------------------------------------------------------------- untrusted prompts (docs/security.md)
+
+BAD_IDS = ["../x", "/abs/x", "a\x00b", "a\nb", "x" * 300]
+
+
+@pytest.mark.parametrize("prompt_id", BAD_IDS)
+def test_a_prompt_id_that_is_a_path_is_refused(tmp_path, prompt_id):
+    import gzip
+
+    from reliability_table import check
+
+    from ilt.errors import IltInputError
+    from ilt.plugins.augmenters import prompt_wav
+
+    [cut] = list(_prompts(tmp_path))[:1]
+    data = cut.to_dict()
+    data["id"] = prompt_id
+    prompts = tmp_path / "evil_prompts.jsonl.gz"
+    prompts.write_bytes(gzip.compress((json.dumps(data) + "\n").encode()))
+    texts = _write(tmp_path / "t.txt", "en\thello there\n")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    res = CliRunner().invoke(cli, ["augment", "tts", "--prompts", str(prompts), "--texts", texts, "--augmenter",
+                                   "espeak", "--out", str(tmp_path / "o")])
+    shown = prompt_id[:12] + ("…" if len(prompt_id) > 12 else "")
+    check("bad input", f"prompt ID {shown!r} (augment tts: <id>.prompt.wav)", "exit 1, one Error: line naming the "
+          "prompt manifest and the ID; nothing written", f"exit {res.exit_code}: "
+          f"{res.output.strip().replace(str(tmp_path), '…')[:160]}",
+          res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and "prompt ID" in res.output
+          and "cannot be part of a file name" in res.output
+          and sorted(p.name for p in tmp_path.rglob("*")) == before)
+    # the engines' own helper refuses it too, before reading any audio
+    with pytest.raises(IltInputError, match="prompt ID"):
+        prompt_wav(type("Cut", (), {"id": prompt_id})(), tmp_path)
+
+
+def test_a_long_prompt_is_left_out_without_reading_it(tmp_path, monkeypatch):
+    import ilt.data.audio
+    from ilt.plugins.augmenters import MAX_PROMPT_SECONDS, _LeftOut, prompt_wav
+
+    [long] = make_cuts(tmp_path / "long", [{"id": "p-long", "text": "hello", "duration": MAX_PROMPT_SECONDS + 5}])
+    monkeypatch.setattr(ilt.data.audio, "load_mono", lambda *a: pytest.fail("the long prompt was read"))
+    with pytest.raises(_LeftOut, match="p-long: audio too long"):
+        prompt_wav(long, tmp_path)

@@ -36,7 +36,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ilt.components import AugmentTarget
-from ilt.core.files import read_json, write_json_atomic, write_text_atomic
+from ilt.core.files import (
+    read_json,
+    safe_name,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from ilt.core.runtime import Skips
 from ilt.errors import IltInputError
 
@@ -57,12 +63,15 @@ NOT_PRODUCED = "not produced by the augmenter"
 NOT_ASKED = "sentence in a language not asked for (--languages)"
 
 
-def usable_prompts(prompts: Any, skips: Skips) -> dict[str, list[Any]]:
-    """The prompt cuts by language, those without a transcript or a language skipped (counted)."""
+def usable_prompts(prompts: Any, skips: Skips, where: str | Path | None = None) -> dict[str, list[Any]]:
+    """The prompt cuts by language, those without a transcript or a language
+    skipped (counted). A prompt ID that could not name a file (its audio is
+    written as ``<id>.prompt.wav``) is an error naming ``where`` (:func:`ilt.core.files.safe_name`)."""
     from ilt.data.languages import base_language
 
     by_language: dict[str, list[Any]] = {}
     for cut in prompts:
+        safe_name(cut.id, "prompt ID", where)
         sup = cut.supervisions[0] if cut.supervisions else None
         if sup is None or not (sup.text or "").strip():
             skips.skip(NO_TRANSCRIPT, cut.id)
@@ -99,11 +108,15 @@ def plan_targets(sentences: Sequence[Any], by_language: dict[str, list[Any]], sk
     return targets
 
 
-def _plan_record(augmenter: Any, targets: Sequence[AugmentTarget], chunk_size: int) -> dict[str, Any]:
+def _plan_record(augmenter: Any, targets: Sequence[AugmentTarget], chunk_size: int,
+                 prompts_path: str | Path) -> dict[str, Any]:
+    """What the set is made of (its fingerprint): the augmenter, the targets
+    (texts, languages, prompt IDs) and the prompt manifest's bytes."""
     blob = json.dumps([[t.id, t.text, t.language, t.prompt_id] for t in targets], ensure_ascii=False)
     spec = augmenter.to_yaml() if hasattr(augmenter, "to_yaml") else str(augmenter)
     return {"augmenter": spec, "targets": len(targets), "chunk_size": chunk_size,
-            "targets_sha256": hashlib.sha256(blob.encode("utf-8")).hexdigest()}
+            "targets_sha256": hashlib.sha256(blob.encode("utf-8")).hexdigest(),
+            "prompts_sha256": sha256_file(prompts_path)}
 
 
 def _start(out_dir: Path, plan: dict[str, Any], force: bool) -> bool:
@@ -174,6 +187,8 @@ def synthesize(augmenter: Any, prompts_path: str | Path, texts_path: str | Path,
     if per_sentence < 1 or chunk_size < 1:
         raise IltInputError(f"--per-sentence {per_sentence}, --chunk-size {chunk_size}: both must be at least 1")
     out_dir, name = Path(out_dir), str(augmenter)
+    if prefix is not None:
+        safe_name(prefix, "cut ID prefix", "--prefix")  # it starts every new cut's ID and wav file name
     sentences = read_sentences(texts_path, language)  # an empty file is an error naming it
     prompts = load_cuts(prompts_path)
     skips = Skips("augment tts")
@@ -185,14 +200,14 @@ def synthesize(augmenter: Any, prompts_path: str | Path, texts_path: str | Path,
             if base_language(sentence.language) not in wanted:
                 skips.skip(NOT_ASKED, sentence.where, f"language {sentence.language!r}")
         sentences = [s for s in sentences if base_language(s.language) in wanted]
-    by_language = usable_prompts(prompts, skips)
+    by_language = usable_prompts(prompts, skips, prompts_path)
     if not by_language:
         raise IltInputError(f"{prompts_path}: no usable prompt cut ({len(prompts)} cut(s), none with a transcript "
                             f"and a language)")
     targets = plan_targets(sentences, by_language, skips, per_sentence=per_sentence, seed=seed,
                            prefix=prefix or name)
     engine = create("augmenter", augmenter)  # an unknown name or bad option fails before any work
-    plan = _plan_record(augmenter, targets, chunk_size)
+    plan = _plan_record(augmenter, targets, chunk_size, prompts_path)
     if _start(out_dir, plan, force):
         summary = read_json(out_dir / SUMMARY_JSON)
         log.info("augment tts: %s is finished already (%s produced)", out_dir, summary.get("produced"))

@@ -28,7 +28,8 @@ in the voice of a prompt recording.
     Spark-TTS (``cli/SparkTTS.py`` of the SparkAudio/Spark-TTS repository,
     ``SparkTTS(model_dir, device).inference(text, prompt_speech_path,
     prompt_text)``), which is not on PyPI: options ``repo_dir`` (a clone of
-    the repository, put on ``sys.path``) and ``model_dir`` (a local
+    the repository, first on ``sys.path`` only while its modules import,
+    build and run) and ``model_dir`` (a local
     ``Spark-TTS-0.5B`` checkpoint).
 
 Every augmenter writes 16 kHz mono 16-bit wav files (``sampling_rate``),
@@ -48,6 +49,7 @@ on a GPU machine with a matching torch/torchaudio pair).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import io
@@ -57,12 +59,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from ilt.components import PROMPT_ID, AugmentTarget
 from ilt.config import ConfigError
+from ilt.core.files import safe_name
 from ilt.hookspecs import hookimpl
 
 log = logging.getLogger("ilt.plugins.augmenters")
@@ -146,7 +149,7 @@ def run_targets(name: str, prompts: Any, targets: Sequence[AugmentTarget], out_d
         if target.prompt_id is not None and prompt is None:
             log.warning("%s: %s left out: prompt cut %r is not among the prompts", name, target.id, target.prompt_id)
             continue
-        path = out_dir / f"{target.id}.wav"
+        path = out_dir / f"{safe_name(target.id, 'target ID', name)}.wav"
         try:
             info = produce(target, prompt, path)
         except _LeftOut as exc:
@@ -165,14 +168,25 @@ class _LeftOut(Exception):
     """A target this augmenter cannot produce (counted by the caller, not fatal)."""
 
 
+#: The longest prompt a voice-cloning engine is given (seconds): F5-TTS and
+#: Spark-TTS clone from a few seconds of one speaker; a longer prompt cut is
+#: left out without reading its audio (a recording of hours would otherwise be
+#: loaded whole, and its transcript would not match a clipped prompt).
+MAX_PROMPT_SECONDS = 30.0
+
+
 def prompt_wav(prompt: Any, directory: Path, rate: int = 16000) -> Path:
-    """The prompt cut's audio as a wav file (engines take a path), or :class:`_LeftOut`."""
+    """The prompt cut's audio as a wav file (engines take a path), or
+    :class:`_LeftOut` (unusable audio, or longer than :data:`MAX_PROMPT_SECONDS`:
+    not read at all). ``directory`` is this run's own temporary directory, and
+    the prompt ID names the file only after :func:`ilt.core.files.safe_name`."""
     from ilt.data.audio import AudioProblem, load_checked
 
-    audio = load_checked(prompt, rate, reject_silent=True)
+    name = safe_name(prompt.id, "prompt ID")
+    audio = load_checked(prompt, rate, reject_silent=True, max_samples=int(MAX_PROMPT_SECONDS * rate))
     if isinstance(audio, AudioProblem):
         raise _LeftOut(f"prompt {prompt.id}: {audio}")
-    path = directory / f"{prompt.id}.prompt.wav"
+    path = directory / f"{name}.prompt.wav"
     if not path.is_file():
         write_wav(path, audio, rate)
     return path
@@ -296,6 +310,19 @@ def missing_paths(name: str, required: dict[str, tuple[str, str]], kinds: dict[s
                           f"{list(required)[0]}: PATH, ...}}'")
 
 
+@contextlib.contextmanager
+def on_sys_path(directory: str) -> Iterator[None]:
+    """``directory`` first on ``sys.path`` within the block only: a TTS
+    repository's modules import as its own scripts expect, and ``sys.path``
+    is as it was afterwards (no module of that folder shadows another later)."""
+    before = list(sys.path)
+    sys.path.insert(0, directory)
+    try:
+        yield
+    finally:
+        sys.path[:] = before
+
+
 def import_engine(name: str, module: str, attribute: str, hint: str) -> Any:
     try:
         return getattr(importlib.import_module(module), attribute)
@@ -376,11 +403,10 @@ class SparkTTSAugmenter(_VoiceCloning):
             "repo_dir": (repo_dir, "a clone of github.com/SparkAudio/Spark-TTS, whose cli/SparkTTS.py is imported"),
             "model_dir": (model_dir, "a local Spark-TTS-0.5B checkpoint directory (config.yaml, LLM/, BiCodec/)"),
         }, {"repo_dir": "dir", "model_dir": "dir"})
-        repo = str(Path(repo_dir).resolve())
-        if repo not in sys.path:
-            sys.path.insert(0, repo)
-        self.engine_cls = import_engine("sparktts", module, "SparkTTS",
-                                        f"install the requirements of {repo_dir} (requirements.txt)")
+        self.repo = str(Path(repo_dir).resolve())
+        with on_sys_path(self.repo):
+            self.engine_cls = import_engine("sparktts", module, "SparkTTS",
+                                            f"install the requirements of {repo_dir} (requirements.txt)")
         self.model_dir, self.device = str(model_dir), device
         self.sample_args = dict(temperature=temperature, top_k=top_k, top_p=top_p)
         self.sampling_rate, self.seed = sampling_rate, seed
@@ -388,7 +414,8 @@ class SparkTTSAugmenter(_VoiceCloning):
 
     def engine(self) -> Any:
         if self._engine is None:
-            self._engine = self.engine_cls(Path(self.model_dir), self.device)
+            with on_sys_path(self.repo):  # its modules may import more of the repository when built
+                self._engine = self.engine_cls(Path(self.model_dir), self.device)
         return self._engine
 
     def _produce(self, target: AugmentTarget, prompt: Any, path: Path, prompt_dir: Path) -> dict[str, Any]:
@@ -397,7 +424,9 @@ class SparkTTSAugmenter(_VoiceCloning):
         ref_text, ref_file = prompt_text(prompt), prompt_wav(prompt, prompt_dir)
         engine = self.engine()
         _seed_torch(target_seed(self.seed, target.id))
-        wav = engine.inference(target.text, prompt_speech_path=ref_file, prompt_text=ref_text, **self.sample_args)
+        with on_sys_path(self.repo):
+            wav = engine.inference(target.text, prompt_speech_path=ref_file, prompt_text=ref_text,
+                                   **self.sample_args)
         wav = wav.detach().cpu().numpy() if hasattr(wav, "detach") else np.asarray(wav)
         rate = int(getattr(engine, "sample_rate", self.DEFAULT_RATE))
         write_wav(path, resample(wav.reshape(-1), rate, self.sampling_rate), self.sampling_rate)
