@@ -288,3 +288,61 @@ def test_bad_input_is_one_line(base_dir, manifests, random_experts, tmp_path):
     (broken / EXPERTS_JSON).write_text(json.dumps(index))  # its adapters are not there
     with pytest.raises(IltInputError, match=r"languages.de.adapter: .* holds no adapter_config.json"):
         load_experts(broken)
+
+
+# --------------------------------------------------------------------------- untrusted language codes (docs/security.md)
+
+BAD_CODES = ["../x", "/abs/x", "a\x00b", "a\nb", "x" * 300]
+
+
+@pytest.mark.parametrize("code", BAD_CODES)
+def test_a_language_code_that_is_a_path_never_names_a_directory(base_dir, tmp_path, code):
+    """``languages: null``: the codes come from the cuts; one that is a path is
+    refused before anything is written (``replace_dir`` of ``<out>/<lang>/best``
+    could otherwise replace a directory outside ``--out``)."""
+    from reliability_table import check
+
+    from ilt.data.manifests import save_manifest
+    from ilt.testing import make_cuts
+
+    (tmp_path / "victim" / "best").mkdir(parents=True)  # what ../victim/best would have replaced
+    spec = [{"id": f"c{i}", "text": "hello", "language": "en"} for i in range(2)]
+    train = save_manifest(make_cuts(tmp_path / "cuts", spec), tmp_path / "train.jsonl.gz")
+    from ilt.data.manifests import load_cuts
+
+    cuts = list(load_cuts(train))
+    for cut in cuts:
+        cut.supervisions[0].language = code
+    from lhotse import CutSet
+
+    evil = tmp_path / "evil.jsonl.gz"
+    CutSet.from_cuts(cuts).to_file(evil)
+    out = tmp_path / "run" / "experts"
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(IltInputError) as err:
+        train_experts(_experts_config(), base_dir, out, train_cuts=[(evil, 1.0)])
+    message = str(err.value)
+    shown = code[:12] + ("…" if len(code) > 12 else "")
+    check("bad input", f"language code {shown!r} from the cuts (experts train, languages: null)", "error: one "
+          "line naming the manifest and the code; nothing written", f"[in-process train_experts] "
+          f"{message.replace(str(tmp_path), '…')[:160]}",
+          "\n" not in message and "language code" in message and "cannot be part of a file name" in message
+          and str(evil) in message and sorted(str(p) for p in tmp_path.rglob("*")) == before)
+
+
+def test_an_experts_index_cannot_point_outside_its_directory(random_experts, tmp_path):
+    import shutil
+
+    experts = tmp_path / "experts"
+    shutil.copytree(random_experts, experts)
+    index = json.loads((experts / EXPERTS_JSON).read_text())
+    shutil.copytree(random_experts / "de", tmp_path / "elsewhere")
+    index["languages"]["de"]["adapter"] = "../elsewhere/best"
+    (experts / EXPERTS_JSON).write_text(json.dumps(index))
+    with pytest.raises(IltInputError, match=r"languages\.de\.adapter: '\.\./elsewhere/best' is not inside"):
+        load_experts(experts)
+    index["languages"]["de"]["adapter"] = "de/best"
+    index["languages"]["../de"] = index["languages"].pop("fr")
+    (experts / EXPERTS_JSON).write_text(json.dumps(index))
+    with pytest.raises(IltInputError, match=r"language code '\.\./de' cannot be part of a file name"):
+        load_experts(experts)

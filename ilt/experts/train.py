@@ -57,7 +57,13 @@ from ilt.config import (
     dump_yaml,
     to_dict,
 )
-from ilt.core.files import log, read_json, write_json_atomic, write_text_atomic
+from ilt.core.files import (
+    log,
+    read_json,
+    safe_name,
+    write_json_atomic,
+    write_text_atomic,
+)
 from ilt.core.runtime import process_state
 from ilt.errors import IltInputError
 from ilt.models import lid
@@ -107,10 +113,13 @@ def load_experts(experts_dir: str | Path) -> tuple[Path, dict[str, Path]]:
         raise _index_error(path, "languages", "no finished expert yet")
     adapters = {}
     for language, entry in entries.items():
+        safe_name(language, "language code", f"{path}: languages")
         relative = entry.get("adapter") if isinstance(entry, dict) else None
         if not isinstance(relative, str) or not relative:
             raise _index_error(path, f"languages.{language}.adapter", "missing")
         adapter = experts_dir / relative
+        if not adapter.resolve().is_relative_to(experts_dir.resolve()) or Path(relative).is_absolute():
+            raise _index_error(path, f"languages.{language}.adapter", f"{relative!r} is not inside {experts_dir}")
         if not (adapter / ADAPTER_CONFIG).is_file():
             raise _index_error(path, f"languages.{language}.adapter", f"{adapter} holds no {ADAPTER_CONFIG}")
         adapters[str(language)] = adapter
@@ -207,6 +216,7 @@ def plan_languages(section: ExpertsSection, counts: Counter, where: str, sources
         log.info("experts: %d training cut(s) without a language: no expert trains on them", counts[None])
     if section.languages is not None:
         for i, language in enumerate(section.languages):
+            safe_name(language, "language code", f"{where}: experts.languages[{i}]")
             n = found.get(language, 0)
             if n == 0:
                 raise IltInputError(f"{where}: experts.languages[{i}]: {language!r} has no cuts in the training "
@@ -216,6 +226,8 @@ def plan_languages(section: ExpertsSection, counts: Counter, where: str, sources
                                     f"than experts.min_cuts ({section.min_cuts}); lower min_cuts or remove it")
         return list(section.languages)
     chosen = sorted(lang for lang, n in found.items() if n >= section.min_cuts)
+    for language in chosen:  # each names out_dir/<lang>/ and dev/<lang>.jsonl.gz: never a path
+        safe_name(language, "language code", names)
     left = {lang: n for lang, n in sorted(found.items()) if n < section.min_cuts}
     if left:
         log.info("experts: languages with fewer than %d training cut(s) get no expert: %s", section.min_cuts,
