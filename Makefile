@@ -31,7 +31,7 @@ sysdeps:
 	@bash tools/install_sysdeps.sh
 
 test: install sysdeps
-	$(BIN)/ilt config check $(wildcard egs/*/conf/*.yaml egs/*/conf_*/*.yaml)
+	$(BIN)/ilt config check $(wildcard egs/*/conf/*.yaml egs/*/conf/*/*.yaml egs/*/conf_*/*.yaml)
 	@# two workers (2 cores), one test file each at a time, one torch thread each: most tests are
 	@# single-threaded Python and subprocess start-up; a file's module fixtures stay in one worker
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests

@@ -195,7 +195,12 @@ class TrainSection:
 
 @dataclass
 class SelectSection:
+    """How the best adapter is chosen: the metric, and the dev decoding that scores it."""
+
     metric: Literal["dev_wer", "dev_loss"] = "dev_wer"
+    decode: Union[DecodeConfig, None] = _field(
+        None, help="the dev decoding's options (conf/decode.yaml's keys; its backbone is the round's); "
+                   "null: greedy. ilt train --decode-config replaces it")
 
 
 @dataclass
@@ -211,6 +216,8 @@ class RoundConfig:
 
     def __post_init__(self) -> None:
         self.backbone = ComponentSpec.from_yaml(self.backbone, "backbone")
+        if self.select.decode is not None:  # the dev decoding runs the round's own backbone
+            self.select.decode.backbone = self.backbone
 
 
 @dataclass

@@ -469,9 +469,11 @@ def _check_finite(accelerator: Any, losses: Sequence[tuple[Any, list[str]]], ste
 
 
 def _dev_decode_config(config: RoundConfig, decode_config: DecodeConfig | None) -> DecodeConfig:
-    """The dev decode's configuration (greedy by default); a decoding-only option
+    """The dev decode's configuration: ``decode_config`` (``--decode-config``), else
+    the round's ``select.decode``, else greedy; a decoding-only option
     (``quantize: int8``) is refused before training starts, not at the first dev check."""
-    decode_config = decode_config or DecodeConfig(backbone=config.backbone, beam_size={"default": 1})
+    decode_config = (decode_config or config.select.decode
+                     or DecodeConfig(backbone=config.backbone, beam_size={"default": 1}))
     if decode_config.quantize != "none":
         raise IltInputError(f"--decode-config: quantize: {decode_config.quantize} is for decoding only (ilt decode); "
                             f"set quantize: none in the dev decode configuration")
