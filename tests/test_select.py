@@ -145,3 +145,55 @@ def test_resemblyzer_batches_like_its_own_encoder_and_separates_voices(tmp_path)
     assert np.allclose(batched, one_by_one, atol=1e-5)
     scores = selector.scores(pool + other, reference)
     assert scores["same-000"] > scores["other-000"]
+
+
+# --------------------------------------------------------------------------- the embedding cache's key (docs/security.md)
+
+
+def _copy_wavlm(src, dst, seed=None):
+    """A copy of ``src`` under another name; with ``seed``, other random weights of the same shape."""
+    import shutil
+
+    import torch
+    from transformers import WavLMForXVector
+
+    shutil.copytree(src, dst)
+    if seed is not None:
+        model = WavLMForXVector.from_pretrained(dst)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.normal_(0.0, 0.5)
+        model.save_pretrained(dst)
+    return dst
+
+
+def test_the_embedding_cache_is_keyed_by_the_weights_not_the_folder(tmp_path, tiny_wavlm):
+    from reliability_table import check
+
+    same = create("selector", "wavlm", model_dir=str(_copy_wavlm(tiny_wavlm, tmp_path / "copy" / "wavlm")))
+    first = create("selector", "wavlm", model_dir=str(tiny_wavlm))
+    other = create("selector", "wavlm", model_dir=str(_copy_wavlm(tiny_wavlm, tmp_path / "other" / "wavlm", 1)))
+    assert same.identity() == first.identity()  # one model, two folders: one cache
+    check("bad input", "two WavLM models in folders of the same name (speaker selection's embedding cache)",
+          "two caches: the key is the sha256 of the safetensors weights and config", f"identities: "
+          f"{first.identity()!r} vs {other.identity()!r}", first.identity() != other.identity()
+          and first.identity().split()[1] not in (None, "None"))
+
+
+def test_a_bin_only_wavlm_is_refused(tmp_path, tiny_wavlm):
+    import torch
+    from reliability_table import check
+
+    model_dir = _copy_wavlm(tiny_wavlm, tmp_path / "bin")
+    weights = next(model_dir.glob("*.safetensors"))
+    from safetensors.torch import load_file
+
+    torch.save(load_file(weights), model_dir / "pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(IltInputError) as err:
+        create("selector", "wavlm", model_dir=str(model_dir))
+    check("bad input", "WavLM directory with pytorch_model.bin only (a pickle, no weight hash)", "error: one line: "
+          "no safetensors, how to convert; nothing unpickled", f"[in-process create] "
+          f"{str(err.value).replace(str(tmp_path), '…')[:150]}",
+          "\n" not in str(err.value) and "no *.safetensors" in str(err.value))

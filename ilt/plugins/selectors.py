@@ -29,7 +29,8 @@ speech", as is unreadable audio; skips are counted, never fatal.
 
 Embeddings are cached in ``cache_dir`` (when given; ``ilt select`` gives
 ``--cache-dir``): one ``.npz`` per selector and model identity (resemblyzer's
-version and weights hash; the WavLM weights' sha256), keyed by cut ID and
+version and weights hash; the sha256 of WavLM's safetensors weights and config,
+a ``.bin``-only WavLM being refused), keyed by cut ID and
 checked against the cut's recording, start, duration and channel, so a changed
 cut is embedded again. The cache is saved every few batches: a killed run
 resumes with what it had embedded.
@@ -322,17 +323,25 @@ class WavLMSelector(SpeakerSimilarity):
             raise IltInputError(f"selector wavlm: model_dir {model_dir or '(not given)'!r} is not a local model "
                                 f"directory with config.json; give a WavLMForXVector directory (e.g. a copy of "
                                 f"microsoft/wavlm-base-plus-sv): --selector '{{name: wavlm, model_dir: DIR}}'")
+        if not list(Path(model_dir).glob("*.safetensors")):
+            raise IltInputError(
+                f"selector wavlm: {model_dir} holds no *.safetensors weights (a pytorch_model.bin is a pickle, which "
+                f"can run code when loaded, and gives no weight hash for the embedding cache); save the model "
+                f"once with save_pretrained(DIR, safe_serialization=True) where you trust it, and give that DIR")
         from transformers import AutoFeatureExtractor, WavLMForXVector
 
         self.model_dir, self.device = Path(model_dir), device
-        self.extractor = AutoFeatureExtractor.from_pretrained(model_dir)
-        self.model = WavLMForXVector.from_pretrained(model_dir).to(device).eval()
+        self.extractor = AutoFeatureExtractor.from_pretrained(model_dir, local_files_only=True)
+        self.model = WavLMForXVector.from_pretrained(model_dir, use_safetensors=True,
+                                                     local_files_only=True).to(device).eval()
 
     def identity(self) -> str:
-        from ilt.models.lineage import model_identity
+        """The sha256 of the weights files (and of ``config.json``): two
+        models never share an embedding cache, whatever their folders' names."""
+        from ilt.core.files import sha256_file
+        from ilt.models.lineage import weights_sha256
 
-        ident = model_identity(self.model_dir)
-        return f"wavlm {ident.get('name')} {ident.get('sha256')}"
+        return f"wavlm {weights_sha256(self.model_dir)} {sha256_file(self.model_dir / 'config.json')[:12]}"
 
     def embed_batch(self, audios: Sequence[np.ndarray]) -> np.ndarray:
         import torch
