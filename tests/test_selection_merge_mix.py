@@ -410,10 +410,17 @@ def test_has_text_keep_and_languages():
     assert not mix_mod._keep(_cut("a", language="fr"), frozenset({"en"}))
 
 
-def test_open_source_filters_counts_and_skips(tmp_path, caplog):
-    path = _manifest(tmp_path / "a.jsonl.gz", [
-        _cut("e1", 1.5), _cut("e2", 2.25, language="EN"), _cut("blank", 9.0, text=" "),
-        _cut("two", 9.0, n_sups=2), _cut("f1", 9.0, language="fr"), _cut("f2", 9.0, language="de")])
+@pytest.mark.parametrize("sidecar", [False, True])  # one counting pass, or the counts save_manifest wrote
+def test_open_source_filters_counts_and_skips(tmp_path, caplog, sidecar):
+    from lhotse import CutSet
+
+    from ilt.data.manifests import save_manifest, stats_path
+
+    cuts = [_cut("e1", 1.5), _cut("e2", 2.25, language="EN"), _cut("blank", 9.0, text=" "),
+            _cut("two", 9.0, n_sups=2), _cut("f1", 9.0, language="fr"), _cut("f2", 9.0, language="de")]
+    path = (str(save_manifest(CutSet.from_cuts(cuts), tmp_path / "a.jsonl.gz")) if sidecar
+            else _manifest(tmp_path / "a.jsonl.gz", cuts))
+    assert stats_path(path).is_file() == sidecar
     skips = Skips("train")
     with caplog.at_level(logging.INFO, logger="ilt"):
         cuts, n, seconds = mix_mod.open_source(DataSource(cuts=path, languages=["En"]), skips)

@@ -233,16 +233,40 @@ def shar_dir(spec: str | Path) -> Path | None:
     return None
 
 
+class NamedReadErrors:
+    """A lazy iterable over ``cuts`` whose read errors (a truncated gzip, a bad
+    line met half-way through) are an :class:`IltInputError` naming ``where``."""
+
+    def __init__(self, cuts: Iterable[Any], where: str) -> None:
+        self.cuts, self.where = cuts, where
+
+    def __iter__(self) -> Any:
+        items = iter(self.cuts)
+        while True:
+            try:
+                cut = next(items)
+            except StopIteration:
+                return
+            except IltInputError:
+                raise
+            except Exception as exc:
+                raise IltInputError(f"{self.where}: cannot read cut manifest: {type(exc).__name__}: {exc}") from None
+            yield cut
+
+
 def open_cuts_lazy(spec: str | Path) -> CutSet:
     """A lazy ``CutSet`` of a training source: a ``.jsonl(.gz)`` manifest
-    (``load_manifest_lazy``) or a Lhotse Shar directory (``CutSet.from_shar``,
-    audio read from its tar files as cuts are drawn). Nothing is read yet."""
+    (``load_manifest_lazy``, which reads its first line to learn its type) or
+    a Lhotse Shar directory (``CutSet.from_shar``, audio read from its tar
+    files as cuts are drawn); read errors name ``spec``."""
     from lhotse import load_manifest_lazy
 
     directory = shar_dir(spec)
-    if directory is not None:
-        return CutSet.from_shar(in_dir=directory)
-    return load_manifest_lazy(spec)
+    try:
+        cuts = CutSet.from_shar(in_dir=directory) if directory is not None else load_manifest_lazy(spec)
+    except Exception as exc:
+        raise IltInputError(f"{spec}: cannot read cut manifest: {type(exc).__name__}: {exc}") from None
+    return CutSet(NamedReadErrors(cuts, str(spec)))
 
 
 def count_source(spec: str | Path) -> dict[str, Any]:
@@ -262,7 +286,8 @@ def count_source(spec: str | Path) -> dict[str, Any]:
         for cut in _counted(cuts, stats):
             if stats["duplicate_id"] is not None:
                 break
-            check_sources(cut, spec)
+            if directory is None:  # a Shar cut's audio comes from its tar file as it is read (type 'memory')
+                check_sources(cut, spec)
     except IltInputError:
         raise
     except Exception as exc:  # corrupt gzip, bad JSON, not a cut manifest
