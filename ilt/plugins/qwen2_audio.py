@@ -50,6 +50,7 @@ from ilt.models.base import (
 )
 from ilt.models.encoder_length import (
     AUDIO_LENGTH,
+    DEFAULT_PAD_MULTIPLE,
     PADDED,
     check_options,
     input_mode,
@@ -304,7 +305,7 @@ class Qwen2AudioBackbone(HFBackbone):
         """``padded`` or ``audio_length`` (see :mod:`ilt.models.encoder_length`)."""
         return input_mode(self.model.model.audio_tower)
 
-    def use_audio_length(self, pad_multiple: int = 100) -> "Qwen2AudioBackbone":
+    def use_audio_length(self, pad_multiple: int = DEFAULT_PAD_MULTIPLE) -> "Qwen2AudioBackbone":
         """Run this model's audio tower on each batch's own length (padded to
         a multiple of ``pad_multiple`` frames) instead of 30 s; the feature
         mask and the prompt's audio tokens follow the real length, as in the
@@ -488,7 +489,7 @@ class Qwen2AudioTextTokenizer:
 
 def load_qwen2_audio(model_dir: str | Path, *, dtype: Any = None, device: Any = None,
                      tokenizer_only: bool = False, input_mode: str = PADDED,
-                     pad_multiple: int = 100) -> Qwen2AudioBackbone | Qwen2AudioTextTokenizer:
+                     pad_multiple: int = DEFAULT_PAD_MULTIPLE) -> Qwen2AudioBackbone | Qwen2AudioTextTokenizer:
     """The registered factory: :meth:`Qwen2AudioBackbone.from_pretrained`; with
     ``tokenizer_only``, a :class:`Qwen2AudioTextTokenizer` (no weights read).
 
@@ -496,7 +497,8 @@ def load_qwen2_audio(model_dir: str | Path, *, dtype: Any = None, device: Any = 
         ``audio_length`` (the audio tower runs on each batch's own length,
         see :mod:`ilt.models.encoder_length`).
     :param pad_multiple: with ``audio_length``, batches are padded to their
-        longest cut rounded up to this many mel frames (100 = 1 s; even).
+        longest cut rounded up to this many mel frames (100 = 1 s; even;
+        default 500, see :data:`ilt.models.encoder_length.DEFAULT_PAD_MULTIPLE`).
     """
     check_options({"input_mode": input_mode, "pad_multiple": pad_multiple})
     if tokenizer_only:

@@ -32,6 +32,7 @@ from ilt.models.base import (
 )
 from ilt.models.encoder_length import (
     AUDIO_LENGTH,
+    DEFAULT_PAD_MULTIPLE,
     PADDED,
     check_options,
     input_mode,
@@ -136,7 +137,7 @@ class WhisperBackbone(HFBackbone):
         """``padded`` or ``audio_length`` (see :mod:`ilt.models.encoder_length`)."""
         return input_mode(self.model.model.encoder)
 
-    def use_audio_length(self, pad_multiple: int = 100) -> "WhisperBackbone":
+    def use_audio_length(self, pad_multiple: int = DEFAULT_PAD_MULTIPLE) -> "WhisperBackbone":
         """Run this model's encoder on each batch's own length (padded to a
         multiple of ``pad_multiple`` frames) instead of 30 s; returns ``self``."""
         use_audio_length(self.model.model.encoder)
@@ -311,6 +312,14 @@ class WhisperBackbone(HFBackbone):
         base, runner = _unwrap(model), _generating(model)
         shared = (self.share_cross_attention and gen_config.num_beams > 1
                   and base.config._attn_implementation == "sdpa")
+        if not shared and self.input_mode == AUDIO_LENGTH:
+            # Whisper's generate zero-pads input_features to 30 s before the
+            # encoder (``_get_input_segment``): hand it the encoder's output instead
+            from transformers.modeling_outputs import BaseModelOutput
+
+            hidden = base.model.encoder(features).last_hidden_state
+            return runner.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                                   generation_config=gen_config, logits_processor=processors, **whisper_options)
         if not shared:
             return runner.generate(input_features=features, generation_config=gen_config,
                                    logits_processor=processors, **whisper_options)
@@ -370,7 +379,7 @@ class WhisperBackbone(HFBackbone):
 
 def load_whisper(model_dir: str | Path, *, dtype: Any = None, device: Any = None,
                  tokenizer_only: bool = False, input_mode: str = PADDED,
-                 pad_multiple: int = 100) -> WhisperBackbone | WhisperTextTokenizer:
+                 pad_multiple: int = DEFAULT_PAD_MULTIPLE) -> WhisperBackbone | WhisperTextTokenizer:
     """The registered factory: :meth:`WhisperBackbone.from_pretrained`; with
     ``tokenizer_only``, a :class:`WhisperTextTokenizer` (no weights read).
 
@@ -379,7 +388,8 @@ def load_whisper(model_dir: str | Path, *, dtype: Any = None, device: Any = None
         :mod:`ilt.models.encoder_length`; YAML: ``backbone: {name: whisper,
         input_mode: audio_length}``).
     :param pad_multiple: with ``audio_length``, batches are padded to their
-        longest cut rounded up to this many mel frames (100 = 1 s; even).
+        longest cut rounded up to this many mel frames (100 = 1 s; even;
+        default 500, see :data:`ilt.models.encoder_length.DEFAULT_PAD_MULTIPLE`).
     """
     validate_whisper_options({"input_mode": input_mode, "pad_multiple": pad_multiple})
     if tokenizer_only:
