@@ -593,6 +593,7 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
     """
 
     from ilt.core.registry import create
+    from ilt.models.lineage import warn_on_input_mode
     from ilt.data.manifests import load_cuts
 
     config = config or DecodeConfig()
@@ -606,6 +607,7 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
         log.warning("decode: precision %s on a CPU: decoding in fp32 instead", precision)
         precision = "fp32"
     backbone = create("backbone", config.backbone, Path(model_dir), dtype=precision, device=device)
+    warn_on_input_mode(model_dir, adapter, backbone)  # trained in one input mode, decoded in the other
     model = backbone.model
     if config.quantize != "none":
         count = quantize_for_decoding(model, config.quantize_scope)
