@@ -593,8 +593,8 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
     """
 
     from ilt.core.registry import create
-    from ilt.models.lineage import warn_on_input_mode
     from ilt.data.manifests import load_cuts
+    from ilt.models.lineage import warn_on_input_mode
 
     config = config or DecodeConfig()
     cuts = list(load_cuts(cuts_path))  # errors name the manifest
