@@ -102,6 +102,11 @@ def test_duration_buckets_respect_max_duration(data):
     batches = [batch for _, batch in zip(range(40), sampler)]
     assert all(sum(c.duration for c in batch) <= 4.0 + 1e-9 for batch in batches)
     assert max(len(batch) for batch in batches) >= 3  # batches are filled by seconds, not one cut each
+    capped = _train(max_duration=4.0, max_cuts=2, num_buckets=3)
+    assert mix_mod.bucket_count(capped, mix) == 3  # 2 cuts a batch: 16 // 4 = 4 buckets, at most 3
+    batches = [batch for _, batch in zip(range(40), mix_mod.make_sampler(mix, capped))]
+    assert max(len(batch) for batch in batches) == 2
+    assert all(sum(c.duration for c in batch) <= 4.0 + 1e-9 for batch in batches)
 
 
 def _dry_run(mix, train):
@@ -233,3 +238,21 @@ def test_a_shar_directory_is_a_training_source(base_dir, data, tmp_path):
     assert result.steps == 1 and (tmp_path / "out" / "final" / "adapter_model.safetensors").is_file()
     log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["epoch_cuts"] == 6 and log[1]["loss"] is not None and math.isfinite(log[1]["loss"])
+
+
+# --------------------------------------------------------------------------- shipped configurations
+
+
+def test_mlc_slm_rounds_batch_by_seconds_and_the_mini_recipe_by_cuts():
+    from pathlib import Path
+
+    from ilt.config import ExpertsConfig, load_with_overrides
+
+    root = Path(__file__).resolve().parent.parent / "egs"
+    for name in ("focus", "feedback", "fix", "distill", "experts"):
+        cls = ExpertsConfig if name == "experts" else RoundConfig
+        mlc, mini = (load_with_overrides(root / recipe / "conf" / f"{name}.yaml", cls) for recipe in ("mlc_slm", "mini"))
+        assert mlc.train.max_duration and mlc.train.max_cuts and 4 <= mlc.train.num_workers <= 8, name
+        # never more cuts than the micro-batch the memory plan is made for
+        assert mlc.train.max_cuts <= mlc.train.micro_batch, name
+        assert mini.train.max_duration is None and mini.train.num_workers == 0, name

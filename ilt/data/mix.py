@@ -23,7 +23,8 @@ A source is a ``.jsonl(.gz)`` cut manifest, read lazily
 or a directory holding ``cuts.000000.jsonl.gz``...; ``CutSet.from_shar``).
 
 Batches are formed by Lhotse's ``DynamicBucketingSampler``: ``max_duration``
-seconds per micro-batch, or ``micro_batch`` cuts when no duration is set. A
+seconds per micro-batch (at most ``max_cuts`` cuts, when set), or
+``micro_batch`` cuts when no duration is set. A
 small training set gets fewer duration buckets than ``num_buckets``, so that
 each can fill two micro-batches, and one bucket means Lhotse's
 ``DynamicCutSampler``.
@@ -184,6 +185,8 @@ def bucket_count(train: TrainSection, mix: Mix) -> int:
     if train.max_duration:
         mean_seconds = mix.epoch_seconds / max(1, mix.epoch_cuts)
         cuts_per_batch = max(1.0, train.max_duration / mean_seconds) if mean_seconds > 0 else 1.0
+        if getattr(train, "max_cuts", None):
+            cuts_per_batch = min(cuts_per_batch, float(train.max_cuts))
     else:
         cuts_per_batch = float(train.micro_batch)
     fits = int(buffer_cuts(mix.epoch_cuts) // (BATCHES_PER_BUCKET * cuts_per_batch))
@@ -195,7 +198,8 @@ def make_sampler(mix: Mix, train: TrainSection, world_size: int = 1, rank: int =
     data fill a single bucket), for one of ``world_size`` processes."""
     from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 
-    common = dict(max_duration=train.max_duration, max_cuts=None if train.max_duration else train.micro_batch,
+    max_cuts = train.max_cuts if train.max_duration else train.micro_batch
+    common = dict(max_duration=train.max_duration, max_cuts=max_cuts,
                   shuffle=True, drop_last=False, seed=train.seed, world_size=world_size, rank=rank)
     buckets = bucket_count(train, mix)
     if buckets < 2:
