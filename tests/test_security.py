@@ -383,3 +383,51 @@ def test_a_local_looking_model_path_is_never_fetched(tmp_path, monkeypatch):
           "directory, write hf:exp/M0 for the hub; no hub call", f"[in-process resolve_model] {err.value}; "
           f"hub calls: {len(calls)}", str(err.value) == "exp/M0: no such local directory exp/M0; to download from "
           "the Hugging Face Hub write hf:exp/M0" and not calls)
+
+
+# --------------------------------------------------------------------------- resume: same base model and data
+
+
+def test_resume_onto_another_base_model_or_changed_data_stops_naming_what_changed(tiny_run, tmp_path):
+    import shutil
+
+    from ilt.data.manifests import save_manifest
+    from ilt.testing.dummies import make_cuts, tiny_whisper_dir
+    from ilt.training.checkpoint import RUN_INPUTS
+    from ilt.training.loop import train_round
+
+    base_dir, train_cuts = tiny_run
+    cuts = tmp_path / "train.jsonl.gz"
+    shutil.copy(train_cuts, cuts)
+    out = tmp_path / "run"
+    config = _config(max_steps=2, save_every=1, warmup_steps=1)
+
+    def killed(step, record):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # killed after its first checkpoint
+        train_round(config, base_dir, out, train_cuts=[(cuts, 1.0)], on_step=killed)
+    assert json.loads((out / RUN_INPUTS).read_text())["base_model"]["sha256"]
+
+    other_base = tiny_whisper_dir(tmp_path / "M0", seed=7)  # same folder name, other weights
+    with pytest.raises(IltInputError) as err:
+        train_round(config, other_base, out, train_cuts=[(cuts, 1.0)])
+    message = str(err.value)
+    check("bad input", "resume onto another base model (same config, checkpoints in --out)", "error: one line "
+          "naming the base model's old and new weight hash; nothing trained",
+          f"[in-process train_round] {message.replace(str(tmp_path), '…')[:170]}",
+          message.startswith(f"{out}: holds checkpoints trained on other inputs: base model M0 (sha256 ")
+          and "\n" not in message and [p.name for p in (out / "checkpoints").iterdir()] == ["step-1"])
+
+    save_manifest(make_cuts(tmp_path / "other", [{"id": f"t{i}", "text": "other words", "duration": 1.5}
+                                                 for i in range(4)]), cuts)  # same path, other cuts
+    with pytest.raises(IltInputError) as err:
+        train_round(config, base_dir, out, train_cuts=[(cuts, 1.0)])
+    message = str(err.value)
+    check("bad input", "resume with a training manifest changed in place (same path)", "error: one line naming "
+          "the manifest and its old and new sha256", f"[in-process train_round] "
+          f"{message.replace(str(tmp_path), '…')[:170]}",
+          f"train manifest {cuts} sha256" in message and "base model" not in message and "\n" not in message)
+    shutil.copy(train_cuts, cuts)  # the same inputs again: resumes
+    assert train_round(config, base_dir, out, train_cuts=[(cuts, 1.0)]).resumed_from == out / "checkpoints" / "step-1"

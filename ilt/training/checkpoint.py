@@ -76,6 +76,67 @@ def remove_partial_writes(out_dir: str | Path) -> list[Path]:
     return stale
 
 
+#: What a run's checkpoints were trained from (:func:`check_run_inputs`), in ``out_dir``.
+RUN_INPUTS = "run_inputs.json"
+
+
+def run_inputs(model_dir: str | Path, manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The base model's identity (name and weights sha256, see
+    :func:`ilt.models.lineage.model_identity`) and each manifest's role, path and sha256."""
+    from ilt.models.lineage import model_identity
+
+    identity = model_identity(model_dir)
+    return {"base_model": {"name": identity.get("name"), "sha256": identity.get("sha256")},
+            "manifests": [{"role": m.get("role"), "cuts": m.get("cuts"), "sha256": m.get("sha256")}
+                          for m in manifests]}
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two :func:`run_inputs`, in words."""
+    changed = []
+    before, now = old.get("base_model") or {}, new["base_model"]
+    if before.get("sha256") != now["sha256"] or (now["sha256"] is None and before.get("name") != now["name"]):
+        changed.append(f"base model {before.get('name')} (sha256 {before.get('sha256')}) is now {now['name']} "
+                       f"(sha256 {now['sha256']})")
+    old_manifests = {(m.get("role"), m.get("cuts")): m.get("sha256") for m in old.get("manifests") or []}
+    new_manifests = {(m["role"], m["cuts"]): m["sha256"] for m in new["manifests"]}
+    for key in sorted(set(old_manifests) | set(new_manifests), key=str):
+        if old_manifests.get(key, "absent") != new_manifests.get(key, "absent"):
+            changed.append(f"{key[0]} manifest {key[1]} sha256 {str(old_manifests.get(key, 'absent'))[:12]} is now "
+                           f"{str(new_manifests.get(key, 'absent'))[:12]}")
+    return changed
+
+
+def check_run_inputs(out_dir: str | Path, model_dir: str | Path, manifests: list[dict[str, Any]],
+                     is_main: bool) -> None:
+    """Resume only onto the same base model and data: when ``out_dir`` holds
+    checkpoints, the base model's weight hash and every manifest's sha256 must
+    be those recorded in ``run_inputs.json`` when they were trained (the
+    config is compared by ``round.yaml``); else one line names what changed.
+    A fresh run (no checkpoint) records them (main process).
+
+    :raises IltInputError: ``"OUT: holds checkpoints trained on other inputs:
+        base model ... is now ...; ..."``.
+    """
+    from ilt.core.files import read_json, write_json_atomic
+
+    out_dir = Path(out_dir)
+    new = run_inputs(model_dir, manifests)
+    old = read_json(out_dir / RUN_INPUTS) if list_checkpoints(out_dir) else None
+    if isinstance(old, dict):
+        changed = _changes(old, new)
+        if changed:
+            raise IltInputError(f"{out_dir}: holds checkpoints trained on other inputs: {'; '.join(changed)}; "
+                                f"resume with the same model and data, or use another output directory (or "
+                                f"remove {out_dir / CHECKPOINTS} to start again)")
+        return
+    if old is None and list_checkpoints(out_dir):
+        log.warning("%s: checkpoints of an older ilt version, without %s: the base model and data they were "
+                    "trained on cannot be compared", out_dir, RUN_INPUTS)
+    if is_main:
+        write_json_atomic(out_dir / RUN_INPUTS, new)
+
+
 class TrainState:
     """Counters saved in every checkpoint (with Accelerate's own state)."""
 

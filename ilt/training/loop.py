@@ -87,6 +87,7 @@ from ilt.models.adapter import (
 from ilt.training.checkpoint import (
     Checkpointer,
     TrainState,
+    check_run_inputs,
     list_checkpoints,
     remove_partial_writes,
 )
@@ -526,6 +527,7 @@ def train_round(
     decode_config = _dev_decode_config(config, decode_config)
     state = process_state()  # `accelerate launch --cpu`, and torchrun on a machine without CUDA
     manifests = _prepare_out_dir(config, out_dir, dev_cuts, command, state.is_main_process)
+    check_run_inputs(out_dir, model_dir, manifests, state.is_main_process)  # resume: same base model and data
     state.wait_for_everyone()
     mixed = resolve_precision(train.precision, state.device.type, force_precision)
     accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=train.grad_accum,
