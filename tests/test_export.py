@@ -139,3 +139,37 @@ def test_stop_rules_match_ilt_generation():
         assert loop_end(seq, min_tokens) == expected
     assert stop_where_rules_would([1, 2, 3, 4, 5], 3, None) == [1, 2, 3]
     assert stop_where_rules_would([9, 5, 5, 5, 5, 5, 6], 10, 4) == [9, 5, 5, 5, 5]
+
+
+def test_ct2_decodes_on_the_audio_length_as_ilt_decode_does(model_dir, exported, cuts, tmp_path, caplog):
+    """CTranslate2 takes features shorter than the window (issue 26): its
+    greedy text on them equals ``ilt decode``'s with ``input_mode:
+    audio_length``, and differs from the padded decode (the input changed).
+    The export records the model's input mode and warns about
+    faster-whisper's 30 s padding for a model trained on the audio length."""
+    import logging
+    import shutil
+
+    short = create("backbone", "whisper", model_dir, input_mode="audio_length", pad_multiple=10)
+    runner = Ct2Whisper(exported, input_mode="audio_length", pad_multiple=10)
+    assert json.loads((exported / "export.json").read_text())["input_mode"] == "padded"
+    assert Ct2Whisper(exported).input_mode == "padded"
+    audios = [cut.load_audio()[0] for cut in cuts]
+    assert runner.features(audios[:2])["input_features"].shape[-1] == 100  # 1.0 s: 100 of the window's 200
+    config = DecodeConfig(beam_size={"default": 1}, max_new_tokens=20, batch_size=2, fallback_temperatures=[],
+                          loop_tokens=6)
+    ours = [r["text"] for r in decode_cuts(short, None, cuts, config, progress=False)]
+    theirs = [r["text"] for r in decode_cuts(runner, None, cuts, config, progress=False)]
+    padded = [r["text"] for r in decode_cuts(Ct2Whisper(exported), None, cuts, config, progress=False)]
+    assert theirs == ours and theirs != padded
+    with pytest.raises(IltInputError, match="input_mode 'short'"):
+        Ct2Whisper(exported, input_mode="short")
+
+    trained = tmp_path / "M2"
+    shutil.copytree(model_dir, trained)
+    (trained / "lineage.json").write_text(json.dumps({"backbone": {"name": "whisper", "input_mode": "audio_length"},
+                                                      "input_mode": "audio_length"}))
+    with caplog.at_level(logging.WARNING, logger="ilt"):
+        out = export_ct2(trained, tmp_path / "M2-ct2", quantization="float32")
+    assert json.loads((out / "export.json").read_text())["input_mode"] == "audio_length"
+    assert Ct2Whisper(out).input_mode == "audio_length" and "faster-whisper's transcribe pads" in caplog.text

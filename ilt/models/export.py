@@ -17,6 +17,16 @@ directory with CTranslate2's own Transformers converter. The glue here:
 files as ``ilt decode``), for round trips and benchmarks. CTranslate2 halves
 its ``max_length`` for Whisper (``whisper.cc``: ``decoding_options.max_length
 = options.max_length / 2``), so ``max_new_tokens`` is passed doubled.
+
+Input mode (:mod:`ilt.models.encoder_length`): CTranslate2's Whisper (4.8.5)
+takes features shorter than 30 s (a multiple of 2 frames, at most 3000) and
+runs its encoder on them, adding the first positional embeddings, exactly as
+``input_mode: audio_length`` does (its encoder output equals ours within
+6e-5, and its greedy text equals ``ilt decode``'s). faster-whisper's
+``transcribe`` always pads to 30 s (``pad_or_trim``), so a model trained on
+the audio's length is decoded there padded: the export records the model's
+input mode in ``export.json`` and says so in one line; :class:`Ct2Whisper`
+decodes in the recorded mode unless told otherwise.
 """
 
 from __future__ import annotations
@@ -37,7 +47,8 @@ from ilt.models.convert import (
     load_tokenizer_file,
     special_token_ids,
 )
-from ilt.models.lineage import LINEAGE_JSON, model_identity
+from ilt.models.encoder_length import AUDIO_LENGTH, DEFAULT_PAD_MULTIPLE, INPUT_MODES
+from ilt.models.lineage import LINEAGE_JSON, model_identity, trained_input_mode
 from ilt.models.modelcard import write_card
 from ilt.models.whisper_io import WhisperCollator, check_whisper_dir
 
@@ -118,11 +129,16 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, *, quantization: str 
             "source": identity,
             "multilingual": multilingual,
             "max_target_positions": int(config.get("max_target_positions") or DEFAULT_MAX_TARGET_POSITIONS),
+            "input_mode": trained_input_mode(model_dir)[0],
             "ctranslate2_version": ctranslate2.__version__,
             "ilt_version": __version__,
             "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         del loaded
+        if info["input_mode"] == AUDIO_LENGTH:
+            log.warning("%s was trained with input_mode audio_length: CTranslate2 takes shorter features "
+                        "(ilt.models.export.Ct2Whisper decodes so), but faster-whisper's transcribe pads every "
+                        "input to 30 s, which this model was not trained on", model_dir)
         write_json_atomic(tmp / EXPORT_JSON, info)
         if (model_dir / LINEAGE_JSON).is_file():
             shutil.copyfile(model_dir / LINEAGE_JSON, tmp / LINEAGE_JSON)
@@ -178,7 +194,8 @@ class Ct2Whisper:
     name = "ct2-whisper"
 
     def __init__(self, ct2_dir: str | Path, *, device: str = "cpu", compute_type: str = "default",
-                 inter_threads: int = 1, intra_threads: int = 0) -> None:
+                 inter_threads: int = 1, intra_threads: int = 0, input_mode: str | None = None,
+                 pad_multiple: int = DEFAULT_PAD_MULTIPLE) -> None:
         ctranslate2 = _require_ctranslate2()
         from transformers import WhisperFeatureExtractor
 
@@ -200,6 +217,12 @@ class Ct2Whisper:
             max_target_positions=int(info.get("max_target_positions") or DEFAULT_MAX_TARGET_POSITIONS))
         self.sampling_rate: int = self.collator.sampling_rate
         self.max_input_seconds: float = self.collator.max_input_seconds
+        #: ``padded`` or ``audio_length``: given, else what ``export.json`` recorded
+        self.input_mode = str(input_mode or info.get("input_mode") or "padded")
+        if self.input_mode not in INPUT_MODES:
+            raise IltInputError(f"input_mode {self.input_mode!r}: use one of {', '.join(INPUT_MODES)}")
+        if self.input_mode == AUDIO_LENGTH:  # CTranslate2's encoder takes the shorter features as they are
+            self.collator.pad_multiple = int(pad_multiple)
 
     def features(self, audios: Sequence[np.ndarray]) -> dict[str, Any]:
         """Log-mel features, as the Hugging Face backbone computes them."""
