@@ -195,3 +195,39 @@ def test_history_merge_treats_a_model_without_embeddings_as_zero(model_dirs, lid
     _, enc_avg, dec_avg = lid.read(averaged / lid.LID_FILE)
     torch.testing.assert_close(enc_avg, 0.5 * enc_plain)
     torch.testing.assert_close(dec_avg, 0.5 * dec_plain)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_the_encoder_hook_works_on_the_audio_length(name, model_dirs, data, tmp_path):
+    """With ``input_mode: audio_length`` (issue 26) the encoder's output is
+    shorter than the window, and the language vector is still added to every
+    frame of it; a round with LID trains on the short inputs, and an
+    unknown language is detected and decoded on them."""
+    import numpy as np
+
+    from ilt.core.registry import create
+
+    backbone = create("backbone", name, model_dirs[name], input_mode="audio_length", pad_multiple=20)
+    embeddings = lid.attach(backbone)
+    with torch.no_grad():
+        embeddings.encoder.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+    encoder = backbone.lid_modules()[0]
+    rng = np.random.default_rng(0)
+    inputs = backbone.features([0.1 * rng.standard_normal(8000 + 4000 * i).astype(np.float32) for i in range(2)])
+    assert inputs["input_features"].shape[-1] == 80  # 0.75 s -> 75 frames -> 80, of the window's 200
+    with torch.no_grad():
+        plain = encoder(inputs["input_features"]).last_hidden_state
+        with lid.applied(backbone.model, ["en", "fr"]):
+            shifted = encoder(inputs["input_features"]).last_hidden_state
+    assert plain.shape[1] == {"whisper": 40, "qwen2_audio": 20}[name]  # conv stride 2 (and Qwen's pooling)
+    rows = lid.language_ids(["en", "fr"])
+    torch.testing.assert_close(shifted - plain, embeddings.encoder[rows].unsqueeze(1).expand_as(plain))
+    hyps = backbone.generate(backbone.model, inputs, language=None, max_new_tokens=3)
+    assert len(hyps) == 2
+    config = from_dict(RoundConfig, {
+        "name": "focus", "backbone": {"name": name, "input_mode": "audio_length", "pad_multiple": 20},
+        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+        "train": {"lr": 0.05, "micro_batch": 4, "num_buckets": 1, "precision": "fp32", "max_steps": 1,
+                  "lid_embeddings": True}})
+    train_round(config, model_dirs[name], tmp_path / "run", train_cuts=[(data["train"], 1.0)])
+    assert (tmp_path / "run" / "best" / "lid_embeddings.safetensors").is_file()
