@@ -227,8 +227,10 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.monotonic()
 [(_, chunks, duration)] = decoder.load_batch([cut])
 texts = decoder.decode(list(chunks[:windows]), "en")
+detected = decoder.detect_languages([cut])  # language ID: the first window only
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"duration": duration, "chunks": len(chunks), "decoded": len(texts), "seconds":
+print(json.dumps({"duration": duration, "chunks": len(chunks), "decoded": len(texts), "detected": len(detected),
+                  "seconds":
                   time.monotonic() - started, "rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024,
                   "flac_mb": audio.stat().st_size / 1e6}))
 '''
@@ -237,7 +239,8 @@ print(json.dumps({"duration": duration, "chunks": len(chunks), "decoded": len(te
 def test_a_two_hour_recording_decodes_in_bounded_memory(tmp_path):
     """A 2-hour 16 kHz FLAC: read window by window for decoding (all 240
     windows read once to check them, then the first windows decoded by a tiny
-    random Whisper, greedy, 3 tokens); the process's peak resident memory is
+    random Whisper, greedy, 3 tokens, and its language detected from its first
+    window); the process's peak resident memory is
     measured and must stay far below what loading the recording whole as
     float32 takes (2 h x 16 kHz x 4 bytes = 460.8 MB)."""
     import json
@@ -253,5 +256,17 @@ def test_a_two_hour_recording_decodes_in_bounded_memory(tmp_path):
     print(f"\n2-hour FLAC ({got['flac_mb']:.1f} MB): {got['chunks']} windows, {got['decoded']} decoded in "
           f"{got['seconds']:.1f} s; peak RSS {got['peak_rss_mb']:.0f} MB (before loading {got['rss_before_mb']:.0f} "
           f"MB); whole-file float32 would be {whole_mb:.0f} MB")
-    assert got["chunks"] == 240 and got["decoded"] == 4 and abs(got["duration"] - 7200) < 1
+    assert got["chunks"] == 240 and got["decoded"] == 4 and got["detected"] == 1 and abs(got["duration"] - 7200) < 1
     assert got["peak_rss_mb"] - got["rss_before_mb"] < 150, got
+
+
+def test_language_id_reads_only_the_first_window_of_a_long_cut(tmp_path, monkeypatch):
+    import ilt.data.audio
+    from ilt.data.audio import load_checked_head, window_bounds
+
+    cut = cut_of(tmp_path / "long.wav", tone(7.0))
+    assert load_checked_head(cut, SR, 2.0).size == 7 * SR  # up to LONG_AUDIO_SECONDS: the whole cut, as before
+    monkeypatch.setattr(ilt.data.audio, "LONG_AUDIO_SECONDS", 3.0)
+    head = load_checked_head(cut, SR, 2.0)
+    assert head.size == round(window_bounds(7.0, 2.0)[0][1] * SR) == 28000
+    np.testing.assert_allclose(head, tone(7.0)[:28000], atol=1e-4)

@@ -48,6 +48,7 @@ __all__ = [
     "check_sources",
     "error_detail",
     "load_checked",
+    "load_checked_head",
     "load_mono",
     "load_window",
     "load_windows_checked",
@@ -299,3 +300,15 @@ def load_windows_checked(cut: Any, sampling_rate: int,
     if samples == 0:
         return AudioProblem(EMPTY)
     return [w for w in windows if w.size], samples / sampling_rate
+
+
+def load_checked_head(cut: Any, sampling_rate: int, window_seconds: float) -> np.ndarray | AudioProblem:
+    """:func:`load_checked` of what language identification looks at: the whole
+    cut up to :data:`LONG_AUDIO_SECONDS`; of a longer cut only its first window
+    (``window_bounds(duration, window_seconds)[0]``, the first chunk decoding
+    would make), read alone from the file."""
+    if float(cut.duration) <= LONG_AUDIO_SECONDS:
+        return load_checked(cut, sampling_rate)
+    check_sources(cut)
+    _, duration = window_bounds(float(cut.duration), window_seconds)[0]
+    return load_checked(cut.truncate(offset=0.0, duration=duration, preserve_id=True), sampling_rate)

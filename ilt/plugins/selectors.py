@@ -173,11 +173,11 @@ class SpeakerSimilarity(abc.ABC):
         return self._cache
 
     def _embed_batch_of_cuts(self, batch: Sequence[Any], cache: EmbeddingCache, skips: Skips) -> None:
-        from ilt.data.audio import AudioProblem, load_checked
+        from ilt.data.audio import LONG_AUDIO_SECONDS, AudioProblem, load_checked
 
         ready, audios = [], []
-        for cut in batch:
-            audio = load_checked(cut, SAMPLING_RATE)
+        for cut in batch:  # a cut over LONG_AUDIO_SECONDS is a counted skip, never loaded (not one speaker's turn)
+            audio = load_checked(cut, SAMPLING_RATE, max_samples=int(LONG_AUDIO_SECONDS * SAMPLING_RATE))
             if isinstance(audio, AudioProblem):
                 skips.skip(audio.reason, cut.id, audio.detail)  # not cached: the file may be fixed
                 continue
