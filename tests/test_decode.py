@@ -328,3 +328,26 @@ def test_decoder_with_mixed_languages_batches_by_beam_size(tmp_path):
     assert [r["id"] for r in records] == ["en", "ja", "fr", "none"]
     assert [(c["language"], c["num_beams"]) for c in backbone.calls] == [("ja", 1), (["en", "fr"], 4), (None, 4)]
     assert decoder.stats.cuts == 4 and decoder.skips.report() == {}
+
+
+def test_max_batch_seconds_bounds_each_batch_padded_audio(tmp_path):
+    """``max_batch_seconds``: a batch's cut count times its longest cut stays under
+    the bound (a longer cut alone); ``batch_size`` still caps the count; null
+    batches by count as before."""
+    from ilt.asr.decode import Decoder
+
+    durations = [0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 7.0]
+    cuts = make_cuts(tmp_path, [{"id": f"c{i}", "duration": d} for i, d in enumerate(durations)])
+    bounded = Decoder(FakeBackbone(), None, DecodeConfig(batch_size=3, max_batch_seconds=4.0)).plan(cuts)
+    [groups] = bounded
+    assert [[c.id for c in batch] for batch in groups] == [["c0", "c1", "c2"], ["c3", "c4"], ["c5"], ["c6"], ["c7"]]
+    for batch in groups:
+        assert len(batch) == 1 or len(batch) * max(c.duration for c in batch) <= 4.0
+    by_count = Decoder(FakeBackbone(), None, DecodeConfig(batch_size=3)).plan(cuts)
+    assert [[c.id for c in b] for b in by_count[0]] == [["c0", "c1", "c2"], ["c3", "c4", "c5"], ["c6", "c7"]]
+    backbone = FakeBackbone()
+    records = decode_cuts(backbone, None, cuts, DecodeConfig(batch_size=3, max_batch_seconds=4.0,
+                                                             compression_ratio_threshold=None), progress=False)
+    assert [len(call["lengths"]) for call in backbone.calls] == [3, 2, 1, 1, 1]
+    assert [r["id"] for r in records] == [c.id for c in cuts]
+    assert load_decode(None).max_batch_seconds is None  # the default: batches count cuts

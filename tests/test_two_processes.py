@@ -56,12 +56,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[object], timeout: float = 240) -> subprocess.CompletedProcess:
-    """``accelerate launch --multi_gpu --num_processes 2 ilt ARGS`` on the CPU."""
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+def launch_command(args: list[object], processes: int = 2) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of ``accelerate launch --multi_gpu
+    --num_processes N ilt ARGS`` on the CPU (for :func:`launch`, or a Popen to kill)."""
+    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            "--no_python", str(ILT), *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return cmd, env
+
+
+def launch(args: list[object], timeout: float = 240) -> subprocess.CompletedProcess:
+    """``accelerate launch --multi_gpu --num_processes 2 ilt ARGS`` on the CPU."""
+    cmd, env = launch_command(args)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 

@@ -4,7 +4,12 @@
   decoded with that language forced and the beam size
   ``DecodeConfig.beam_for(language)``.
 * Within a group, cuts are sorted by duration and decoded ``batch_size`` at a
-  time, so a batch holds audio of similar length.
+  time, so a batch holds audio of similar length; with ``max_batch_seconds``,
+  a batch also holds at most that much padded audio (:func:`bounded_batches`).
+* :func:`decode_files` shards the cuts over the processes of ``accelerate
+  launch`` (or torchrun), reading the manifest as a stream, and resumes a
+  killed run from a journal of finished cuts that every process reads,
+  whatever number of processes wrote it (:func:`decode_journal`).
 * Audio longer than the window (``chunk_seconds``, at most the backbone's
   ``max_input_seconds``) is split evenly into ``ceil(duration / window)``
   chunks; their hypotheses are joined with a space (without one for languages
@@ -45,7 +50,7 @@ import numpy as np
 from ilt.config import DecodeConfig, dump_yaml
 from ilt.core.files import log, write_json_atomic, write_text_atomic
 from ilt.core.runtime import Skips, process_state
-from ilt.data.audio import AudioProblem, load_checked, load_checked_head
+from ilt.data.audio import AudioProblem, load_checked
 from ilt.data.languages import NO_SPACE_LANGUAGES
 from ilt.errors import IltInputError
 
@@ -122,6 +127,29 @@ def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[start:start + size]
 
 
+def bounded_batches(cuts: Sequence[Any], size: int, max_seconds: float | None = None) -> list[list[Any]]:
+    """``cuts`` (sorted by duration) in order, cut into batches of at most
+    ``size`` cuts and, unless ``max_seconds`` is ``None``, at most
+    ``max_seconds`` of padded audio: the batch's cut count times its longest
+    cut's duration (each row of a batch is padded to the longest). A cut
+    longer than ``max_seconds`` alone makes a batch of one."""
+    if max_seconds is None:
+        return [list(batch) for batch in _batches(cuts, size)]
+    out: list[list[Any]] = []
+    batch: list[Any] = []
+    longest = 0.0
+    for cut in cuts:
+        grown = max(longest, float(cut.duration))
+        if batch and (len(batch) >= size or (len(batch) + 1) * grown > max_seconds):
+            out.append(batch)
+            batch, grown = [], float(cut.duration)
+        batch.append(cut)
+        longest = grown
+    if batch:
+        out.append(batch)
+    return out
+
+
 class UnsupportedLanguage(IltInputError):
     """The backbone refused a batch's language (:meth:`Decoder.decode_batch`): the
     batch's cuts are counted skips already, and :meth:`Decoder.decode_batches`
@@ -187,12 +215,14 @@ class Decoder:
 
     def plan(self, cuts: Iterable[Any]) -> list[list[list[Any]]]:
         """The batches of ``cuts``, by group (in :meth:`group_key` order): each
-        group sorted by duration (then ID) and split into ``batch_size`` cuts."""
+        group sorted by duration (then ID) and split into batches of at most
+        ``batch_size`` cuts and, with ``max_batch_seconds``, at most that much
+        padded audio (see :func:`bounded_batches`)."""
         groups: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
         for cut in cuts:
             groups[self.group_key(cut)].append(cut)
-        return [[list(batch) for batch in _batches(sorted(groups[key], key=lambda c: (c.duration, c.id)),
-                                                   self.config.batch_size)]
+        return [bounded_batches(sorted(groups[key], key=lambda c: (c.duration, c.id)), self.config.batch_size,
+                                self.config.max_batch_seconds)
                 for key in sorted(groups)]
 
     def detect_languages(self, cuts: Sequence[Any]) -> dict[str, str | None]:
@@ -219,7 +249,7 @@ class Decoder:
                           unit="batch", disable=None):
             audios = []
             for cut in batch:
-                audio = load_checked_head(cut, rate, self.window)  # a long cut: its first window only
+                audio = load_checked(cut, rate)
                 if isinstance(audio, AudioProblem):  # decoding counts it as a skip
                     continue
                 audios.append((cut.id, split_evenly(audio, rate, self.window)[0]))
@@ -402,6 +432,9 @@ class Decoder:
             records.extend(self.records([item], texts[pos:pos + n], rows[pos],
                                         None if own is None or None in own else own))
             pos += n
+        if self.languages is not None:  # language: detect (kept in the journal with the record)
+            for record, (cut, _, _) in zip(records, loaded):
+                record["given_language"] = cut_language(cut)
         return records
 
     def _score_rows(self, chunks: Sequence[np.ndarray], texts: Sequence[str],
@@ -438,7 +471,7 @@ class Decoder:
             model.eval()
         start = time.perf_counter()
         records, done = self._resume(journal)
-        bar = tqdm(total=len(cut_list), initial=len(done), desc=desc, unit="cut", disable=None if progress else True)
+        bar = tqdm(total=len(cut_list), initial=sum(c.id in done for c in cut_list), desc=desc, unit="cut", disable=None if progress else True)
         try:
             # finished cuts are whole batches at the start of a group: the rest batch as before
             for group in self.plan(c for c in cut_list if c.id not in done):
@@ -452,7 +485,7 @@ class Decoder:
         stats = self.stats
         stats.seconds, stats.cuts, stats.skips = time.perf_counter() - start, len(records), self.skips.report()
         order = {cut.id: n for n, cut in enumerate(cut_list)}
-        records.sort(key=lambda r: order[r["id"]])
+        records.sort(key=lambda r: order.get(r["id"], -1))  # a journal's records of other shards first
         _log_summary(stats, self.config)
         return records
 
@@ -507,18 +540,25 @@ def decode_cuts(backbone: Any, model: Any, cuts: Iterable[Any], config: DecodeCo
     ``hyps.jsonl``, ``hyp.trn`` (``text (id)`` lines), ``decode_config.yaml``
     and ``decode_stats.json`` there, each atomically. With ``journal`` (an
     :class:`ilt.core.journal.Journal`), each finished batch is kept there and the
-    batches a killed run finished are not decoded again.
+    batches a killed run finished are not decoded again (a journal's records
+    of cuts not in ``cuts`` come first).
     """
+    records, stats = _decode_shard(backbone, model, list(cuts), config, progress, scores, journal)
+    if out_dir is not None:
+        write_outputs(records, out_dir, config, stats)
+    return records
+
+
+def _decode_shard(backbone: Any, model: Any, cut_list: list[Any], config: DecodeConfig, progress: bool,
+                  scores: bool, journal: Any) -> tuple[list[dict[str, Any]], DecodeStats]:
+    """:func:`decode_cuts` without writing: the records and the decoder's stats."""
     decoder = Decoder(backbone, model, config, scores=scores)
     _check_quantized(config, decoder.stats.numerics)
-    cut_list = list(cuts)
     if config.language == "detect":
         decoder.languages = decoder.detect_languages(cut_list)
     records = decoder.decode_batches(cut_list, journal=journal, progress=progress)
     _keep_given_languages(records, cut_list, decoder.languages)
-    if out_dir is not None:
-        write_outputs(records, out_dir, config, decoder.stats)
-    return records
+    return records, decoder.stats
 
 
 def _keep_given_languages(records: list[dict[str, Any]], cuts: Sequence[Any],
@@ -526,8 +566,9 @@ def _keep_given_languages(records: list[dict[str, Any]], cuts: Sequence[Any],
     """Under ``language: detect``, each record keeps its cut's own language as ``given_language``."""
     if detected is not None:
         given = {cut.id: cut_language(cut) for cut in cuts}
-        for record in records:
-            record["given_language"] = given[record["id"]]
+        for record in records:  # a journal's records of other shards have theirs already
+            if record["id"] in given:
+                record["given_language"] = given[record["id"]]
 
 
 def _log_summary(stats: DecodeStats, config: DecodeConfig) -> None:
@@ -557,18 +598,46 @@ def write_outputs(records: Sequence[dict[str, Any]], out_dir: str | Path, config
 
 
 def gather_in_order(records: list[dict[str, Any]], cuts: Sequence[Any], out_dir: str | Path,
-                    config: DecodeConfig, state: Any) -> list[dict[str, Any]]:
-    """Under several processes: every process's records, in the order of ``cuts``; the main
-    process writes the outputs, and every process waits for it."""
+                    config: DecodeConfig, state: Any, stats: DecodeStats | None = None) -> list[dict[str, Any]]:
+    """Under several processes: every process's records, in the order of ``cuts``
+    (cuts or their IDs: the IDs are all it needs); the main process writes the
+    outputs (with ``stats``, every process's counters added up, see
+    :func:`merge_stats`), and every process waits for it."""
     from accelerate.utils import gather_object
 
     records = gather_object(records)
-    order = {cut.id: n for n, cut in enumerate(cuts)}
+    every_stats = gather_object([stats]) if stats is not None else []
+    if state.num_processes == 1:  # gather_object gives one process's own list back
+        records = list(records)
+    order = {(cut if isinstance(cut, str) else cut.id): n for n, cut in enumerate(cuts)}
     records.sort(key=lambda r: order[r["id"]])
     if state.is_main_process:
-        write_outputs(records, out_dir, config)
+        write_outputs(records, out_dir, config, merge_stats(every_stats) if every_stats else None)
     state.wait_for_everyone()
     return records
+
+
+def merge_stats(parts: Sequence[DecodeStats]) -> DecodeStats:
+    """The stats of several processes' shards as one: counts and seconds of
+    audio added up, skips added up by reason, ``seconds`` the slowest
+    process's, language detection added up; ``numerics`` the first's."""
+    if len(parts) == 1:
+        return parts[0]
+    out = DecodeStats(numerics=parts[0].numerics)
+    for part in parts:
+        for name in ("cuts", "chunks", "audio_seconds", "fallback_chunks", "fallback_decodes", "still_looping"):
+            setattr(out, name, getattr(out, name) + getattr(part, name))
+        out.seconds = max(out.seconds, part.seconds)
+        for reason, n in (part.skips or {}).items():
+            out.skips[reason] = out.skips.get(reason, 0) + n
+        if part.language_detection:
+            found = out.language_detection or {"cuts": 0, "confused": 0, "confusions": {}}
+            found["cuts"] += part.language_detection["cuts"]
+            found["confused"] += part.language_detection["confused"]
+            for pair, n in part.language_detection["confusions"].items():
+                found["confusions"][pair] = found["confusions"].get(pair, 0) + n
+            out.language_detection = found
+    return out
 
 
 def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Path,
@@ -585,19 +654,24 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
 
     Under ``accelerate launch`` (or torchrun) every process decodes its own
     shard of the cuts on its own device; the main process gathers the
-    records and writes the outputs. ``device`` defaults to Accelerate's
+    records and writes the outputs (``decode_stats.json``: every shard's
+    counts added up). The manifest is read as a stream
+    (:func:`ilt.data.cut_stream.shard_of`): a process holds its shard's cuts
+    and every cut's ID, never the whole manifest.
+
+    A killed run resumes from the journal of finished cuts (:func:`decode_journal`),
+    shared by all processes: a rerun with another number of processes decodes
+    only the cuts that no process finished, sharded anew.
+
+    ``device`` defaults to Accelerate's
     choice (the process's GPU, else the CPU); bf16/fp16 on a CPU falls back
     to fp32 with a warning. ``config.quantize: int8`` quantizes the loaded
     model's Linear layers (:func:`quantize_for_decoding`); it is refused, before
     the model loads, on a GPU and with an ``adapter``.
     """
-
     from ilt.core.registry import create
-    from ilt.data.manifests import load_cuts
-    from ilt.models.lineage import warn_on_input_mode
 
     config = config or DecodeConfig()
-    cuts = list(load_cuts(cuts_path))  # errors name the manifest
     state = process_state()  # under torchrun on CPU too: each process decodes its shard only
     device = state.device if device is None else device
     precision = config.precision
@@ -606,8 +680,8 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
     if on_cpu and precision != "fp32":
         log.warning("decode: precision %s on a CPU: decoding in fp32 instead", precision)
         precision = "fp32"
+    journal, ids, shard = _plan_shard(model_dir, adapter, cuts_path, out_dir, config, scores, state)
     backbone = create("backbone", config.backbone, Path(model_dir), dtype=precision, device=device)
-    warn_on_input_mode(model_dir, adapter, backbone)  # trained in one input mode, decoded in the other
     model = backbone.model
     if config.quantize != "none":
         count = quantize_for_decoding(model, config.quantize_scope)
@@ -617,15 +691,32 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
 
         model = load_adapter(backbone, adapter)
         model.eval()
-    shard = cuts[state.process_index::state.num_processes]
-    journal = _journal(model_dir, adapter, cuts_path, out_dir, config, scores, state)
-    records = decode_cuts(backbone, model, shard, config,
-                          out_dir if state.num_processes == 1 else None,
-                          progress=progress and state.is_local_main_process, scores=scores, journal=journal)
-    if state.num_processes > 1:
-        records = gather_in_order(records, cuts, out_dir, config, state)
-    journal.remove()  # the outputs are complete
+    records, stats = _decode_shard(backbone, model, shard, config, progress and state.is_local_main_process,
+                                   scores, journal)
+    records = gather_in_order(records, ids, out_dir, config, state, stats)
+    if state.is_main_process:
+        journal.remove()  # the outputs are complete
+    state.wait_for_everyone()
     return records
+
+
+def _plan_shard(model_dir: str | Path, adapter: str | Path | None, cuts_path: str | Path, out_dir: str | Path,
+                config: DecodeConfig, scores: bool, state: Any) -> tuple[Any, list[str], list[Any]]:
+    """The journal (every process's file read), every cut's ID and this
+    process's shard of the cuts no journal file holds. All processes read the
+    journal before any writes to it, so they agree on what is left."""
+    from ilt.data.cut_stream import shard_of
+
+    journal = decode_journal(model_dir, adapter, cuts_path, out_dir, config, scores, state.process_index,
+                             adopt=state.is_main_process)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        journal.drop_stale(state.num_processes)
+    ids, shard = shard_of(cuts_path, state.process_index, state.num_processes, journal.done)
+    if journal.done:
+        log.info("decode: %d of %d cut(s) finished already; %d left for this process", len(journal.done),
+                 len(ids), len(shard))
+    return journal, ids, shard
 
 
 def _check_quantize_applies(config: DecodeConfig, device: Any, on_cpu: bool, adapter: Any) -> None:
@@ -734,10 +825,15 @@ def _check_quantized(config: DecodeConfig, numerics: dict[str, Any] | None) -> N
                             f"and this model is not quantized (training's dev decoding?): set quantize: none")
 
 
-def _journal(model_dir: str | Path, adapter: str | Path | None, cuts_path: str | Path, out_dir: str | Path,
-             config: DecodeConfig, scores: bool, state: Any) -> Any:
-    """The resume journal of one process's shard (see :mod:`ilt.core.journal`), loaded:
-    keyed by the model's and adapter's weights, the cuts, the config and the shard."""
+def decode_journal(model_dir: str | Path, adapter: str | Path | None, cuts_path: str | Path,
+                   out_dir: str | Path, config: DecodeConfig, scores: bool, rank: int = 0, *,
+                   adopt: bool = True) -> Any:
+    """The resume journal of a decoding into ``out_dir`` (see :mod:`ilt.core.journal`),
+    loaded: keyed by the model's and adapter's weights, the cuts, the config
+    and ``scores``, not by the process: process ``rank`` appends to
+    ``.decode.journal.jsonl`` (rank 0) or ``.decode.journal.<rank>.jsonl``, and
+    reads every process's file. ``adopt``: take the finished records (the
+    main process), else only their IDs."""
     from ilt.config import config_hash
     from ilt.core.files import sha256_file
     from ilt.core.journal import Journal
@@ -746,9 +842,9 @@ def _journal(model_dir: str | Path, adapter: str | Path | None, cuts_path: str |
 
     key = {"model": model_identity(model_dir).get("sha256"), "cuts": sha256_file(cuts_path)[:16],
            "adapter": sha256_file(resolve_adapter_dir(adapter) / ADAPTER_WEIGHTS)[:16] if adapter else None,
-           "config": config_hash(config), "scores": scores, "shard": [state.process_index, state.num_processes]}
-    name = ".decode.journal.jsonl" if state.num_processes == 1 else f".decode.journal.{state.process_index}.jsonl"
-    return Journal(Path(out_dir) / name, key).load()
+           "config": config_hash(config), "scores": scores}
+    name = ".decode.journal.jsonl" if rank == 0 else f".decode.journal.{rank}.jsonl"
+    return Journal(Path(out_dir) / name, key, shared=True, adopt=adopt).load()
 
 
 def write_submission(records: Iterable[dict[str, Any]], path: str | Path) -> Path:

@@ -10,13 +10,20 @@ A model is a full model directory, or an adapter directory (a round's
 ``best/``, or a training checkpoint ``checkpoints/step-N``) put on top of
 ``base`` unmerged, so checkpoints of several optimisation steps can vote.
 
+Under ``accelerate launch`` (or torchrun), every process decodes its shard of
+the pool for each model in turn; the main process gathers each pass, votes
+and writes everything. A killed pass resumes from its journal of finished
+cuts, with any number of processes (:func:`ilt.asr.decode.decode_files`).
+
 Outputs in ``out_dir``::
 
-    hyps/<model>/        each model's decoding (hyps.jsonl with scores); a
-                         finished model has hyps/<model>/.done, naming the
-                         model, the cuts and the decoding config, and is not
-                         decoded again on a rerun (a failed run resumes at
-                         the first unfinished model)
+    hyps/<model>/        each model's pass over the pool (hyps.jsonl with
+                         scores); a finished pass has hyps/<model>/.done, the
+                         fingerprint of the model's weights, the adapter's,
+                         the cuts and the decoding config, and is reused on a
+                         rerun with the same fingerprint, decoded again with
+                         another (a failed run resumes at the first
+                         unfinished model, from its journal)
     cuts.jsonl.gz        the kept cuts; each supervision's ``custom`` holds
                          ``pseudo_label``: voter, agreement, each model's
                          hypothesis and confidence
@@ -32,7 +39,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from ilt.components import Hypothesis
 from ilt.config import ComponentSpec, DecodeConfig, config_hash
@@ -109,9 +116,19 @@ def _fingerprint(model: VotingModel, cuts_path: Path, config: DecodeConfig) -> d
 
 def decode_all(models: Sequence[VotingModel], cuts_path: Path, out_dir: Path,
                config: DecodeConfig) -> dict[str, dict[str, dict[str, Any]]]:
-    """Each model's records by cut ID, decoding only what is not cached."""
-    from ilt.asr.decode import decode_files
+    """Each model's records by cut ID, decoding only what is not cached.
 
+    Each model's pass over the pool is kept in ``hyps/<model>/`` with its
+    fingerprint (model weights, adapter weights, manifest, decoding config) in
+    ``.done``: a rerun whose fingerprint matches reads it back, one whose
+    fingerprint differs decodes again. Under ``accelerate launch`` every
+    process decodes its shard of each model's pass (:func:`ilt.asr.decode.decode_files`),
+    the main process writes; only the main process reads the passes back
+    (the others get ``{}``)."""
+    from ilt.asr.decode import decode_files
+    from ilt.core.runtime import process_state
+
+    state = process_state()
     found: dict[str, dict[str, dict[str, Any]]] = {}
     for i, model in enumerate(models, 1):
         where = out_dir / "hyps" / model.name
@@ -121,9 +138,12 @@ def decode_all(models: Sequence[VotingModel], cuts_path: Path, out_dir: Path,
         else:
             log.info("pseudo-label: model %d/%d %s: decoding %s", i, len(models), model.name, cuts_path)
             decode_files(model.model_dir, cuts_path, where, config, adapter=model.adapter, scores=True)
-            write_json_atomic(where / DONE, fingerprint)
-        lines = (where / "hyps.jsonl").read_text(encoding="utf-8").splitlines()
-        found[model.name] = {r["id"]: r for r in map(json.loads, lines)}
+            if state.is_main_process:
+                write_json_atomic(where / DONE, fingerprint)
+            state.wait_for_everyone()  # every process sees the pass as done before the next check
+        if state.is_main_process:
+            lines = (where / "hyps.jsonl").read_text(encoding="utf-8").splitlines()
+            found[model.name] = {r["id"]: r for r in map(json.loads, lines)}
     return found
 
 
@@ -152,11 +172,17 @@ def vote_cuts(cuts: Any, records: dict[str, dict[str, dict[str, Any]]], voter: A
     :raises PluginError: ``voter.vote`` raised; the message names the voter
         and its package (user-input errors pass through).
     """
+    return list(iter_votes(cuts, records, voter, voter_name, min_agreement, skips, votes))
+
+
+def iter_votes(cuts: Iterable[Any], records: dict[str, dict[str, dict[str, Any]]], voter: Any, voter_name: str,
+               min_agreement: float, skips: Skips, votes: list[dict[str, Any]] | None = None) -> Iterator[Any]:
+    """:func:`vote_cuts` as a stream: each kept cut as soon as it is voted
+    (``cuts`` may be a lazy manifest: one cut is held at a time)."""
     from tqdm import tqdm
 
     from ilt.core.registry import component_errors
 
-    kept = []
     for cut in tqdm(cuts, desc="vote", unit="cut", disable=None):
         language = cut.supervisions[0].language if cut.supervisions else None
         got = {name: by_id.get(cut.id) for name, by_id in records.items()}
@@ -178,10 +204,9 @@ def vote_cuts(cuts: Any, records: dict[str, dict[str, dict[str, Any]]], voter: A
         if reason == LOW_AGREEMENT:
             skips.skip(LOW_AGREEMENT, cut.id, f"{vote.agreement:.3f} < {min_agreement}")
             continue
-        kept.append(_label(cut, vote.text, {
+        yield _label(cut, vote.text, {
             "voter": voter_name, "agreement": round(vote.agreement, 6),
-            "hypotheses": {h.model: h.text for h in hyps}, "scores": {h.model: h.score for h in hyps}}))
-    return kept
+            "hypotheses": {h.model: h.text for h in hyps}, "scores": {h.model: h.score for h in hyps}})
 
 
 def pseudo_label(models: Sequence[VotingModel], cuts_path: str | Path, out_dir: str | Path, *,
@@ -189,29 +214,55 @@ def pseudo_label(models: Sequence[VotingModel], cuts_path: str | Path, out_dir: 
                  decode_config: DecodeConfig | None = None) -> dict[str, Any]:
     """Decode ``cuts_path`` with every model, vote, write ``cuts.jsonl.gz``; return the summary.
 
+    Under ``accelerate launch`` (or torchrun) every process decodes its shard
+    of each model's pass (:func:`decode_all`); the main process alone votes
+    and writes, the others wait for it and return the summary it wrote. The
+    manifest is read as a stream (the kept cuts are written as they are voted).
+
     :param voter: a registered voter's name or :class:`ilt.config.ComponentSpec`.
     :param min_agreement: cuts whose agreement is below it are left out (counted).
     """
     from lhotse import CutSet
 
     from ilt.core.registry import create
-    from ilt.data.manifests import load_cuts, save_manifest
+    from ilt.core.runtime import process_state
+    from ilt.data.cut_stream import stream_cuts
+    from ilt.data.manifests import save_manifest
 
     if not 0.0 <= min_agreement <= 1.0:
         raise IltInputError(f"--min-agreement {min_agreement}: expected a number in [0, 1]")
     cuts_path, out_dir = Path(cuts_path), Path(out_dir)
-    cuts = load_cuts(cuts_path)
+    for _ in stream_cuts(cuts_path):  # a bad manifest fails before any model loads
+        pass
     voting = create("voter", voter)  # an unknown voter fails before any decoding
     spec = ComponentSpec.from_yaml(voter, "--voter")
     voter_name, voter_options = spec.name, dict(spec.options)
     records = decode_all(models, cuts_path, out_dir, decode_config or DecodeConfig())
+    state = process_state()
+    if not state.is_main_process:  # the main process votes and writes
+        state.wait_for_everyone()
+        return read_json(out_dir / "summary.json")
     skips = Skips("pseudo-label")
     votes: list[dict[str, Any]] = []
-    kept = vote_cuts(cuts, records, voting, voter_name, min_agreement, skips, votes)
-    save_manifest(CutSet.from_cuts(kept), out_dir / "cuts.jsonl.gz")
+    counted = _Counted(stream_cuts(cuts_path, check=False))
+    kept = _Counted(iter_votes(counted, records, voting, voter_name, min_agreement, skips, votes))
+    save_manifest(CutSet(kept), out_dir / "cuts.jsonl.gz")  # CutSet over a generator: written as a stream
     write_text_atomic(out_dir / "votes.jsonl", "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in votes))
-    summary = {"cuts": len(cuts), "kept": len(kept), "left_out": skips.report(), "voter": voter_name,
+    summary = {"cuts": counted.n, "kept": kept.n, "left_out": skips.report(), "voter": voter_name,
                "voter_options": voter_options, "min_agreement": min_agreement, "models": [m.name for m in models]}
     write_json_atomic(out_dir / "summary.json", summary)
-    log.info("pseudo-label: %d of %d cut(s) kept -> %s", len(kept), len(cuts), out_dir / "cuts.jsonl.gz")
+    log.info("pseudo-label: %d of %d cut(s) kept -> %s", kept.n, counted.n, out_dir / "cuts.jsonl.gz")
+    state.wait_for_everyone()
     return summary
+
+
+class _Counted:
+    """An iterable that counts the items it has given (``n``)."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self.items, self.n = items, 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.items:
+            self.n += 1
+            yield item

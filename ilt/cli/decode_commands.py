@@ -116,6 +116,8 @@ def pseudo_label_cmd(model_paths, base, cuts_path, voter, min_agreement, out_dir
                            min_agreement=min_agreement,
                            decode_config=load_config(decode_config, DecodeConfig, overrides))
     save_command(out_dir)
+    if not is_main_process():  # under accelerate launch every process returns the summary: say it once
+        return
     left = ", ".join(f"{n} {reason}" for reason, n in summary["left_out"].items()) or "none left out"
     click.echo(f"pseudo-labelled {summary['kept']} of {summary['cuts']} cut(s) ({left}) -> "
                f"{Path(out_dir) / 'cuts.jsonl.gz'}")

@@ -601,10 +601,12 @@ def decode_expert_files(experts_dir: str | Path, cuts_path: str | Path, out_dir:
 
     Under ``accelerate launch`` each process decodes its shard and the main
     process writes the gathered records (as :func:`ilt.asr.decode.decode_files`).
+    The manifest is read as a stream (:func:`ilt.data.cut_stream.shard_of`):
+    a process holds its shard's cuts and every cut's ID only.
     """
 
     from ilt.core.registry import create
-    from ilt.data.manifests import load_cuts
+    from ilt.data.cut_stream import shard_of
 
     config = config or DecodeConfig()
     if config.quantize != "none":
@@ -614,15 +616,15 @@ def decode_expert_files(experts_dir: str | Path, cuts_path: str | Path, out_dir:
     if model_dir is None and not base.is_dir():
         raise IltInputError(f"{Path(experts_dir) / EXPERTS_JSON}: base_model: {base} is not a directory here; "
                             f"pass the base model with --model DIR")
-    cuts = list(load_cuts(cuts_path))
     state = process_state()
+    # one streamed pass: every cut's ID (for the order) and this process's shard only
+    ids, shard = shard_of(cuts_path, state.process_index, state.num_processes)
     device = state.device if device is None else device
     precision = config.precision
     if getattr(device, "type", str(device)).startswith("cpu") and precision != "fp32":
         log.warning("decode: precision %s on a CPU: decoding in fp32 instead", precision)
         precision = "fp32"
     backbone = create("backbone", config.backbone, Path(model_dir or base), dtype=precision, device=device)
-    shard = cuts[state.process_index::state.num_processes]
     routes, detection = route_cuts(backbone, backbone.model, shard, config, set(adapters))
     summary = routing_summary(routes, batching)
     _log_routing(summary)
@@ -632,7 +634,7 @@ def decode_expert_files(experts_dir: str | Path, cuts_path: str | Path, out_dir:
                                   progress=progress and state.is_local_main_process, scores=scores,
                                   detection=detection)
     if state.num_processes > 1:
-        records = gather_in_order(records, cuts, out_dir, config, state)
+        records = gather_in_order(records, ids, out_dir, config, state)
     return records
 
 

@@ -144,16 +144,17 @@ def select_cuts(selector: Any, reference_path: str | Path, candidates_path: str 
     """
     from lhotse import CutSet
 
-    from ilt.data.manifests import load_cuts, save_manifest
+    from ilt.data.cut_stream import lazy_cuts
+    from ilt.data.manifests import save_manifest
 
     out_dir = Path(out_dir)
-    reference, pool = load_cuts(reference_path), load_cuts(candidates_path)
-    if len(reference) == 0 or len(pool) == 0:
-        empty = reference_path if len(reference) == 0 else candidates_path
+    (reference, n_reference), (pool, n_pool) = lazy_cuts(reference_path), lazy_cuts(candidates_path)
+    if n_reference == 0 or n_pool == 0:
+        empty = reference_path if n_reference == 0 else candidates_path
         raise IltInputError(f"{empty}: no cuts")
     engine = _build_selector(selector, cache_dir)
     skips = Skips("select")
-    summary: dict[str, Any] = {"selector": str(selector), "reference": len(reference), "candidates": len(pool)}
+    summary: dict[str, Any] = {"selector": str(selector), "reference": n_reference, "candidates": n_pool}
     if isinstance(engine, ScoringSelector):
         threshold = 0.85 if threshold is None else threshold
         scores = engine.scores(pool, reference, skips)
@@ -175,5 +176,5 @@ def select_cuts(selector: Any, reference_path: str | Path, candidates_path: str 
     save_manifest(CutSet.from_cuts(kept), out_dir / CUTS)
     summary.update(kept=len(kept), kept_hours=round(sum(c.duration for c in kept) / 3600, 4), skipped=skips.report())
     write_json_atomic(out_dir / SUMMARY_JSON, summary)
-    log.info("select: %d of %d candidate(s) kept -> %s", len(kept), len(pool), out_dir / CUTS)
+    log.info("select: %d of %d candidate(s) kept -> %s", len(kept), n_pool, out_dir / CUTS)
     return summary

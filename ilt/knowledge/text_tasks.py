@@ -41,11 +41,11 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from ilt.config import ComponentSpec, DecodeConfig, config_hash
 from ilt.core.files import read_json, sha256_file, write_json_atomic, write_text_atomic
-from ilt.core.runtime import Skips
+from ilt.core.runtime import Skips, process_state
 from ilt.data.languages import validate_language
 from ilt.errors import IltInputError
 
@@ -423,9 +423,12 @@ def _decode_cached(model_dir: Path, cuts_path: Path, out_dir: Path, config: Deco
                    "decode_config": config_hash(config)}
     if read_json(out_dir / DONE) == fingerprint:
         log.info("hard-cases: %s decoded already (%s)", cuts_path, out_dir)
-    else:
+    else:  # under accelerate launch every process decodes its shard, the main one writes
+        state = process_state()
         decode_files(model_dir, cuts_path, out_dir, config)
-        write_json_atomic(out_dir / DONE, fingerprint)
+        if state.is_main_process:
+            write_json_atomic(out_dir / DONE, fingerprint)
+        state.wait_for_everyone()
     lines = (out_dir / "hyps.jsonl").read_text(encoding="utf-8").splitlines()
     return {r["id"]: r for r in map(json.loads, lines)}
 
@@ -484,7 +487,8 @@ def hard_cases(model_dir: str | Path, cuts_path: str | Path, stats_path: str | P
     from lhotse import CutSet
 
     from ilt.asr.score import reference_of
-    from ilt.data.manifests import load_cuts, save_manifest
+    from ilt.data.cut_stream import stream_cuts
+    from ilt.data.manifests import save_manifest
 
     if not max_error_rate >= 0:
         raise IltInputError(f"--max-error-rate {max_error_rate}: expected a number >= 0")
@@ -493,7 +497,7 @@ def hard_cases(model_dir: str | Path, cuts_path: str | Path, stats_path: str | P
     config = decode_config or DecodeConfig()
     stats = TokenStats.load(stats_path)
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    cuts = load_cuts(cuts_path)
+    cuts = _Counted(stream_cuts(cuts_path))  # a stream: only the candidates are held
     tokenizer = load_text_tokenizer(model_dir, config.backbone)
     skips = Skips("hard-cases")
     found = hard_case_candidates(cuts, stats, tokenizer, skips)
@@ -504,8 +508,14 @@ def hard_cases(model_dir: str | Path, cuts_path: str | Path, stats_path: str | P
     if len(candidates) < len(found):
         log.info("hard-cases: decoding %d of the %d cut(s) with high-frequency tokens (--max-candidates)",
                  len(candidates), len(found))
-    save_manifest(CutSet.from_cuts(candidates), out_dir / CANDIDATES)
+    state = process_state()  # under accelerate launch: every process decodes its shard, the main one writes
+    if state.is_main_process:
+        save_manifest(CutSet.from_cuts(candidates), out_dir / CANDIDATES)
+    state.wait_for_everyone()
     records = _decode_cached(model_dir, out_dir / CANDIDATES, out_dir / "decode", config) if candidates else {}
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return read_json(out_dir / SUMMARY_JSON)
     kept = keep_hard(candidates, records, max_error_rate, skips)
     save_manifest(CutSet.from_cuts(kept), out_dir / HARD_CUTS)
     per_language: dict[str, dict[str, int]] = {}
@@ -513,12 +523,25 @@ def hard_cases(model_dir: str | Path, cuts_path: str | Path, stats_path: str | P
         for cut in group:
             row = per_language.setdefault(str(reference_of(cut)[0]).lower(), {"candidates": 0, "kept": 0})
             row[key] += 1
-    summary = {"cuts": len(cuts), "candidates": len(found), "sampled": len(candidates), "decoded": len(records),
+    summary = {"cuts": cuts.n, "candidates": len(found), "sampled": len(candidates), "decoded": len(records),
                "kept": len(kept), "max_candidates": max_candidates,
                "skipped": skips.report(), "per_language": dict(sorted(per_language.items())),
                "max_error_rate": max_error_rate, "high_threshold": stats.high, "model": str(model_dir),
                "cuts_path": str(cuts_path), "stats": str(stats_path)}
     write_json_atomic(out_dir / SUMMARY_JSON, summary)
     log.info("hard-cases: %d of %d cut(s) hold high-frequency tokens, %d decoded; %d above error rate %g -> %s",
-             len(found), len(cuts), len(records), len(kept), max_error_rate, out_dir / HARD_CUTS)
+             len(found), cuts.n, len(records), len(kept), max_error_rate, out_dir / HARD_CUTS)
+    state.wait_for_everyone()
     return summary
+
+
+class _Counted:
+    """An iterable over ``items`` (once) that counts what it has given (``n``)."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self.items, self.n = items, 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.items:
+            self.n += 1
+            yield item
