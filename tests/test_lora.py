@@ -224,3 +224,37 @@ def test_merge_needs_the_round_config(base_dir, manifest, tmp_path):
         merge_adapter(base_dir, adapter, tmp_path / "M1")
     with pytest.raises(IltInputError, match="not an adapter directory"):
         merge_adapter(base_dir, tmp_path, tmp_path / "M1")
+
+
+def test_bf16_base_merges_layer_by_layer_as_a_whole_fp32_merge_would(base_dir, manifest, tmp_path):
+    """A bf16 base: the merge loads it in bf16 and merges one layer at a time in
+    fp32; the saved weights equal, bitwise, a whole-model fp32 merge cast to bf16
+    at the end (the way every merge ran before); ``precision="fp32"`` saves fp32."""
+    from peft import PeftModel
+
+    bf16_dir = tmp_path / "M0bf16"
+    create("backbone", "whisper", base_dir, dtype=torch.bfloat16).save(
+        create("backbone", "whisper", base_dir, dtype=torch.bfloat16).model, bf16_dir)
+    config = _config("feedback", manifest, target_modules="wide")
+    adapter = tmp_path / "wide"
+    _trained_adapter(base_dir, adapter, config, seed=2, wer=10.0)
+
+    merged = _weights(merge_adapter(bf16_dir, adapter, tmp_path / "M1"))
+    whole = PeftModel.from_pretrained(create("backbone", "whisper", bf16_dir, dtype=torch.float32).model,
+                                      str(adapter)).merge_and_unload(safe_merge=True).to(torch.bfloat16)
+    reference = whole.state_dict()
+    assert merged and all(v.dtype == torch.bfloat16 for v in merged.values())
+    for key, value in merged.items():
+        assert torch.equal(value, reference[key]), key
+    base = _weights(bf16_dir)
+    changed = [k for k in merged if not torch.equal(merged[k], base[k])]
+    assert any("fc1" in k for k in changed) and any("q_proj" in k for k in changed)
+
+    fp32 = _weights(merge_adapter(bf16_dir, adapter, tmp_path / "M1fp32", precision="fp32"))
+    assert all(v.dtype == torch.float32 for v in fp32.values())
+    exact = PeftModel.from_pretrained(create("backbone", "whisper", bf16_dir, dtype=torch.float32).model,
+                                      str(adapter)).merge_and_unload(safe_merge=True).state_dict()
+    for key, value in fp32.items():
+        torch.testing.assert_close(value, exact[key], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="merge precision"):
+        merge_adapter(bf16_dir, adapter, tmp_path / "bad", precision="fp16")

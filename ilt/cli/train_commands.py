@@ -82,13 +82,13 @@ def history_weights(history: tuple[str, ...], weights: tuple[str, ...]) -> list[
     return phi
 
 
-def run_merge(model_dir, adapter_dir, out_dir, history, weights, overwrite) -> Path:
+def run_merge(model_dir, adapter_dir, out_dir, history, weights, overwrite, precision="stored") -> Path:
     """Merge ``adapter_dir`` into ``model_dir`` (and the history models) into ``out_dir``."""
     from ilt.training.lora import merge_adapter
 
     phi = history_weights(history, weights)
     out = merge_adapter(model_dir, adapter_dir, out_dir, history=list(history) or None, weights=phi,
-                        overwrite=overwrite)
+                        overwrite=overwrite, precision=precision)
     save_command(out)
     click.echo(f"merged {adapter_dir} into {model_dir} -> {out}")
     return out
@@ -109,10 +109,12 @@ def train(**options):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="The merged full model: weights, lineage.json, model card, command.txt.")
 @history_options
+@click.option("--precision", type=click.Choice(["stored", "fp32"]), default="stored", show_default=True,
+              help="stored: merge layer by layer in fp32, save in the base's dtype; fp32: load, merge and save fp32.")
 @overwrite_option()
-def merge(model_dir, adapter_dir, out_dir, history, weights, overwrite):
+def merge(model_dir, adapter_dir, out_dir, history, weights, precision, overwrite):
     """Merge a LoRA into its base and write a full model plus lineage.json."""
-    run_merge(model_dir, adapter_dir, out_dir, history, weights, overwrite)
+    run_merge(model_dir, adapter_dir, out_dir, history, weights, overwrite, precision)
 
 
 @click.command("round")

@@ -16,6 +16,20 @@ History merge (the paper's Eq. 3, ``M_t = φ_t M_{t-1} + … + φ_{t-n+1} M_{t-n
     model: it is already inside the new one (``0.8 (M_{t-1} + ΔM) + 0.2
     M_{t-1}`` would only shrink ΔM), and naming it is refused.
 
+Memory and precision of the merge
+    The base is loaded in its stored dtype (bf16 for a 7B model: 2 bytes a
+    parameter) and the LoRA is merged one layer at a time
+    (:func:`merge_lora_layers`): each layer's update ``(alpha/r) B A`` and
+    ``W + update`` are computed in fp32 and rounded once to the stored dtype,
+    so no fp32 copy of the whole model is ever held (a 7B bf16 model with a
+    rank-512 LoRA needs about 16 GB of weights, 3.3 GB of LoRA and one fp32
+    layer). The result is the same as merging a whole fp32 copy and casting
+    it at the end. ``precision="fp32"`` loads the base in fp32 and saves the
+    merged model in fp32 (nothing of the update is lost to the final cast;
+    twice the memory and disk). A history merge averages whole models and
+    loads them in fp32, as before. How much of the update the bf16 cast loses:
+    ``bench/merge_precision.py``.
+
 A merged model directory holds the backbone's full model (safetensors), its
 processor, ``lineage.json`` (see :mod:`ilt.models.lineage`) and a model card
 ``README.md`` (see :mod:`ilt.models.modelcard`).
@@ -121,6 +135,42 @@ def weighted_average(own: dict[str, Any], others: Sequence[dict[str, Any]], weig
     return {k: v.to(own[k].dtype) for k, v in acc.items()}
 
 
+def merge_lora_layers(peft_model: Any) -> Any:
+    """Merge the active LoRA of ``peft_model`` into its base weights one layer
+    at a time and return the base model without PEFT's layers.
+
+    Each layer's update is computed in fp32 (whatever the LoRA's dtype), added
+    to an fp32 view of that layer's weight, checked finite and rounded once
+    to the weight's own dtype: peak memory is the model plus one fp32 layer.
+    Layers PEFT merges in other ways (embeddings, convolutions) go through
+    PEFT's own ``merge(safe_merge=True)``.
+
+    :raises IltInputError: a merged weight that is not finite (the layer named).
+    """
+    import torch
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    with torch.no_grad():
+        for name, module in peft_model.named_modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            if not isinstance(module, LoraLinear):
+                module.merge(safe_merge=True)
+                continue
+            weight = module.get_base_layer().weight
+            for adapter in module.active_adapters:
+                if adapter not in module.lora_A:
+                    continue
+                merged = weight.detach().to(torch.float32) + module.get_delta_weight(adapter).to(torch.float32)
+                if not torch.isfinite(merged).all():
+                    raise IltInputError(f"merge: the merged weight of {name} is not finite (adapter {adapter!r}); "
+                                        f"the adapter is broken")
+                weight.copy_(merged)  # one rounding to the stored dtype
+                del merged
+    return peft_model.unload()
+
+
 def _history_average(backbone_spec: Any, merged: Any, history: Sequence[Path], weights: list[float]) -> None:
     """Set ``merged``'s floating-point weights to the Eq. 3 average, in place."""
     import torch
@@ -166,15 +216,16 @@ def merge_adapter(
     history: Sequence[str | Path] | None = None,
     weights: Sequence[float] | None = None,
     overwrite: bool = False,
+    precision: str = "stored",
 ) -> Path:
     """Merge the LoRA in ``adapter_dir`` into the model in ``model_dir``; write a
     full model, ``lineage.json`` (with the hours of each training manifest that
     can be read) and the model card ``README.md`` to ``out_dir`` atomically;
     return ``out_dir``.
 
-    The merge runs in fp32 on the CPU whatever precision the LoRA was trained
-    in (the weights are ``W + (alpha/r) B A``, exact up to fp32 rounding), and
-    the result is saved in the base's stored dtype.
+    The merge runs on the CPU layer by layer (see the module docstring): each
+    weight is ``W + (alpha/r) B A`` computed in fp32 and saved in the base's
+    stored dtype, or in fp32 with ``precision="fp32"``.
 
     :param adapter_dir: a round's ``best/`` or ``final/``, or a training
         checkpoint ``checkpoints/step-N``.
@@ -183,6 +234,8 @@ def merge_adapter(
     :param weights: ``w_0`` (the newly merged model) followed by one weight per
         ``history`` entry; non-negative, summing to 1.
     :param overwrite: replace an existing non-empty ``out_dir``.
+    :param precision: ``stored`` (save in the base's dtype) or ``fp32`` (load,
+        merge and save in fp32).
     :raises IltInputError: missing directories, an adapter without its round
         config, a history model of another architecture or equal to the base.
     :raises ValueError: bad weights.
@@ -201,13 +254,18 @@ def merge_adapter(
     adapter = adapter_provenance(adapter_dir)
     config = adapter["config"]
 
-    backbone = create("backbone", config.backbone, model_dir, dtype=torch.float32, device="cpu")
-    merged = load_adapter(backbone, adapter_dir).merge_and_unload(safe_merge=True)
+    if precision not in ("stored", "fp32"):
+        raise ValueError(f"merge precision {precision!r}: use 'stored' or 'fp32'")
+    stored = stored_dtype(model_dir) or torch.float32
+    # the base in its stored dtype (no whole fp32 copy), unless fp32 is asked for or a history
+    # merge averages whole models (in fp32, as it always has)
+    load_dtype = torch.float32 if precision == "fp32" or history else stored
+    backbone = create("backbone", config.backbone, model_dir, dtype=load_dtype, device="cpu")
+    merged = merge_lora_layers(load_adapter(backbone, adapter_dir))
     merged.eval()
     if history:
         _history_average(config.backbone, merged, history, phis)
-    stored = stored_dtype(model_dir)
-    if stored is not None and stored != torch.float32:  # merged in fp32, saved as the base was
+    if precision == "stored" and stored != load_dtype:  # merged in fp32, saved as the base was
         merged.to(stored)
 
     lineage = merge_lineage(
