@@ -346,3 +346,25 @@ def test_an_experts_index_cannot_point_outside_its_directory(random_experts, tmp
     (experts / EXPERTS_JSON).write_text(json.dumps(index))
     with pytest.raises(IltInputError, match=r"language code '\.\./de' cannot be part of a file name"):
         load_experts(experts)
+
+
+@pytest.mark.parametrize("beam", [1, 2])
+def test_mixed_batches_on_the_audio_length_match_each_expert_alone(base_dir, random_experts, manifests, beam):
+    """``input_mode: audio_length`` (issue 26): the encoder runs outside
+    ``generate`` there too, under each row's own adapter."""
+    from ilt.core.registry import create
+    from ilt.data.manifests import load_cuts
+
+    config = fast_decode(beam_size={"default": beam}, max_new_tokens=8, batch_size=4,
+                         backbone={"name": "whisper", "input_mode": "audio_length", "pad_multiple": 180})
+    cuts = list(load_cuts(manifests["mixed"]))
+    base, adapters = load_experts(random_experts)
+    backbone = create("backbone", config.backbone, base, dtype="fp32", device="cpu")
+    assert backbone.input_mode == "audio_length"
+    routes, _ = route_cuts(backbone, backbone.model, cuts, config, set(adapters))
+    model = load_expert_model(backbone, adapters)
+    by_id = {r["id"]: r for r in decode_with_experts(backbone, model, cuts, routes, config, batching="mixed",
+                                                     progress=False)}
+    for language in ("de", "fr"):
+        own = [c for c in cuts if c.supervisions[0].language == language]
+        assert {c.id: by_id[c.id]["text"] for c in own} == _decode_alone(base_dir, adapters[language], own, config)

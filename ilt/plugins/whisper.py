@@ -317,7 +317,10 @@ class WhisperBackbone(HFBackbone):
             # encoder (``_get_input_segment``): hand it the encoder's output instead
             from transformers.modeling_outputs import BaseModelOutput
 
-            hidden = base.model.encoder(features).last_hidden_state
+            from ilt.models.whisper_beam import adapters_per_row
+
+            with adapters_per_row(runner, whisper_options.get("adapter_names")):  # experts' mixed batches
+                hidden = base.model.encoder(features).last_hidden_state
             return runner.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
                                    generation_config=gen_config, logits_processor=processors, **whisper_options)
         if not shared:
