@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ilt-installed
 
-.PHONY: install sysdeps test demo bench reliability mutation clean-venv
+.PHONY: install sysdeps test test-distributed demo bench reliability mutation clean-venv
 
 install: $(STAMP)
 
@@ -35,6 +35,12 @@ test: install sysdeps
 	@# two workers (2 cores), one test file each at a time, one torch thread each: most tests are
 	@# single-threaded Python and subprocess start-up; a file's module fixtures stay in one worker
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
+
+# every test that launches several processes (gloo on CPU), the slow ones included: the recipe's
+# rounds on 2 processes with the FSDP config (docs/scale.md), training and decoding equivalence
+test-distributed: install
+	ILT_RELIABILITY=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m two_processes tests/test_recipe_template.py \
+	    tests/test_two_processes.py
 
 demo: install sysdeps
 	cd egs/mini && PATH=$(abspath $(BIN)):$$PATH bash run.sh

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
@@ -15,13 +16,39 @@ def process_state() -> Any:
     without CUDA, Accelerate's default state sees each process alone
     (``num_processes`` 1), so every process would do all the work (and write
     the same files): without CUDA, several processes are CPU processes (gloo).
+    So are those of a config with ``use_cpu: true`` (the recipe launches them
+    under ``ACCELERATE_USE_CPU``, :mod:`ilt.core.launch`). Under an FSDP config
+    on CPU processes, Accelerate (1.16) keeps ``MULTI_CPU`` and does not apply
+    its FSDP plugin: logged once, on the main process.
     """
     import torch
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available()))
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu)
+    version = launched_fsdp_version()
+    if cpu and several and version and state.is_main_process:
+        _warn_cpu_fsdp(version)
+    return state
+
+
+@functools.cache
+def _warn_cpu_fsdp(version: int) -> None:
+    log.warning("accelerate launch asked for FSDP %s (the config's distributed_type), but Accelerate runs CPU "
+                "processes as MULTI_CPU (gloo) and applies its FSDP plugin only to GPU processes", version)
+
+
+def launched_fsdp_version() -> int | None:
+    """The FSDP version ``accelerate launch`` set for this process (an FSDP config), or None.
+
+    Accelerate's torchrun launcher exports ``ACCELERATE_USE_FSDP=true`` and
+    ``FSDP_VERSION`` from an FSDP config (``conf/accelerate/fsdp2_*.yaml``).
+    """
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return None
+    return int(os.environ.get("FSDP_VERSION", "1"))
 
 
 def setup_logging(verbose: bool = False) -> None:
