@@ -263,10 +263,13 @@ def register_bench_backbone(name: str, cache_dir: Path) -> dict[str, type]:
 
     holder: dict[str, type] = {}
 
-    def factory(model_dir: Any, *, dtype: Any = None, device: Any = None) -> Any:
+    def factory(model_dir: Any, *, dtype: Any = None, device: Any = None, input_mode: str = "padded",
+                pad_multiple: int = 500) -> Any:
         if name == "large-v3" and device is None and torch.cuda.is_available():
             device = "cuda"  # Accelerate would move it there anyway; skip the slow CPU init
         backbone = load_backbone(name, cache_dir, dtype=dtype, device=device, counting=True)
+        if input_mode == "audio_length":  # the whisper backbone's option (ilt.models.encoder_length)
+            backbone.use_audio_length(pad_multiple)
         holder["cls"] = type(backbone)
         return backbone
 

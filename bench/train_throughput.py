@@ -10,7 +10,14 @@ first step warms up and ilt writes its final checkpoint inside step N), peak
 memory (GPU: ``max_memory_allocated``; CPU: peak RSS of the process) and the
 final loss of each, and ilt / reference.
 
+``--input-mode audio_length`` trains ilt's side with the Whisper encoder on
+each batch's own length (``backbone: {name: whisper, input_mode:
+audio_length}``); the reference stays padded to 30 s, as users run it. The
+loss "same definition" scores each side's adapter in the input mode it was
+trained in.
+
     .venv/bin/python bench/train_throughput.py                    # CPU: tiny.en, batch 8, 10 steps
+    .venv/bin/python bench/train_throughput.py --input-mode audio_length --repeats 3   # issue 26
     .venv/bin/python bench/train_throughput.py --model large-v3 --precision bf16 \\
         --r 512 --lora-scope wide --batch 16                      # GPU
 """
@@ -75,6 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cuts", type=int, default=32, help="distinct espeak-ng training utterances")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs per side, one process each, the sides taking turns (the median is reported)")
+    parser.add_argument("--input-mode", choices=("padded", "audio_length"), default="padded",
+                        help="ilt's input mode (the reference always pads to 30 s)")
+    parser.add_argument("--pad-multiple", type=int, default=500,
+                        help="with --input-mode audio_length: pad each batch to a multiple of this many frames")
     parser.add_argument("--force-precision", action="store_true",
                         help="keep bf16 on a CPU (ilt's force_precision; the reference gets bf16 too)")
     return parser.parse_args(argv)
@@ -114,7 +125,8 @@ def _round_config(args: argparse.Namespace, precision: str) -> Any:
 
     lora = _lora_kwargs(args)
     return from_dict(RoundConfig, {
-        "name": "bench", "backbone": BENCH_BACKBONE,
+        "name": "bench", "backbone": {"name": BENCH_BACKBONE, **({} if args.input_mode == "padded" else {
+            "input_mode": args.input_mode, "pad_multiple": args.pad_multiple})},
         "lora": {"r": lora["r"], "lora_alpha": lora["lora_alpha"], "lora_dropout": lora["lora_dropout"],
                  "target_modules": args.lora_scope},
         "train": {"max_steps": args.steps, "lr": args.lr, "warmup_steps": args.warmup,
@@ -128,12 +140,11 @@ def ilt_batch_order(args: argparse.Namespace, cuts_path: Path, precision: str) -
     sampler draws them (ilt's own data code, metadata only)."""
     from ilt.config import DataSource
     from ilt.core.runtime import Skips
-    from ilt.training.loop import _make_sampler, _training_stream
+    from ilt.data.mix import make_sampler, training_stream
 
     train = _round_config(args, precision).train
-    stream, epoch_cuts, epoch_seconds = _training_stream([DataSource(str(cuts_path), 1.0)], train.seed,
-                                                         Skips("bench"))
-    sampler = _make_sampler(stream, train, epoch_cuts, epoch_seconds, world_size=1, rank=0)
+    mix = training_stream([DataSource(str(cuts_path), 1.0)], train.seed, Skips("bench"))
+    sampler = make_sampler(mix, train, world_size=1, rank=0)
     order = []
     for _, batch in zip(range(args.steps), sampler):
         if len(batch) != args.batch:
@@ -169,14 +180,15 @@ def run_ilt(args: argparse.Namespace) -> dict[str, Any]:
     precision = effective_precision(args.precision, device, args.force_precision)
     cuts = bench_cuts(args.cuts, args.cache_dir)
     src = model_dir(args.model, args.cache_dir)
-    holder = register_bench_backbone(args.model, args.cache_dir)
+    register_bench_backbone(args.model, args.cache_dir)
     config = _round_config(args, precision)
     marks: list[dict[str, Any]] = []
 
     def on_step(step: int, rec: dict[str, Any]) -> None:
+        # every micro-batch holds --batch cuts (ilt_batch_order checks it); the loop collates in
+        # its loader with the backbone's model-free collator, so the backbone cannot count them
         sync(device)
-        marks.append({"step": step, "t": time.perf_counter(), "samples": holder["cls"].samples,
-                      "loss": rec["loss"]})
+        marks.append({"step": step, "t": time.perf_counter(), "samples": step * args.batch, "loss": rec["loss"]})
 
     work = Path(tempfile.mkdtemp(prefix="ilt-bench-train-"))
     try:
@@ -191,15 +203,17 @@ def run_ilt(args: argparse.Namespace) -> dict[str, Any]:
         from peft import PeftModel
 
         backbone = load_backbone(args.model, args.cache_dir, dtype=None, device=device)
+        if args.input_mode == "audio_length":
+            backbone.use_audio_length(args.pad_multiple)
         trained = PeftModel.from_pretrained(backbone.model, str(result.final_dir))
         same_loss = text_token_loss(backbone, trained, cuts, args.batch)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     losses = [m["loss"] for m in marks]
     return {"side": "ilt", "same_loss": same_loss, "precision": precision, "steps": result.steps, "wall_s": wall,
-            "samples": holder["cls"].samples, "first_loss": losses[0] if losses else None,
+            "samples": result.steps * args.batch, "first_loss": losses[0] if losses else None,
             "final_loss": losses[-1] if losses else None, "peak_memory": memory,
-            **_throughput(marks, getattr(holder["cls"], "first", None)), "info": device_info(device)}
+            **_throughput(marks, start), "info": device_info(device)}
 
 
 # --------------------------------------------------------------------------- the reference
@@ -383,7 +397,9 @@ def main() -> None:
     ilt, ref = median_run(runs["ilt"], "samples_per_s"), median_run(runs["reference"], "samples_per_s")
 
     precision = ilt["precision"]
-    settings = (f"model {args.model}, batch {args.batch}, {args.steps} steps, {precision}"
+    settings = (f"model {args.model}, ilt input_mode {args.input_mode}"
+                f"{f' (pad_multiple {args.pad_multiple})' if args.input_mode != 'padded' else ''}, "
+                f"batch {args.batch}, {args.steps} steps, {precision}"
                 f"{f' (asked {args.precision})' if precision != args.precision else ''}, "
                 f"LoRA {args.lora_scope} r {args.r} alpha {args.alpha:g} dropout {args.dropout:g}, lr {args.lr:g}, "
                 f"warm-up {args.warmup}, {args.cuts} espeak-ng cuts, seed {args.seed}, {args.repeats} run(s) per side")
