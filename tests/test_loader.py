@@ -73,6 +73,21 @@ def test_workers_give_the_same_batches_as_the_main_process(base_dir, data):
         assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
 
 
+def test_spawned_workers_give_the_same_batches(base_dir, data):
+    """Workers that receive the dataset pickled (spawn; forkserver likewise)."""
+    import torch
+
+    from ilt.training.loader import make_loader
+
+    backbone = _backbone(base_dir)
+    mix = _mix(data["many"])
+    runs = [[batch for _, batch in zip(range(2), make_loader(
+        backbone, mix, _train(micro_batch=3, num_workers=workers, max_steps=1, eval_every=1),
+        start_method=method).loader)] for workers, method in ((0, None), (1, "spawn"))]
+    assert [b.cut_ids for b in runs[0]] == [b.cut_ids for b in runs[1]]
+    assert all(torch.equal(a.tensors["input_features"], b.tensors["input_features"]) for a, b in zip(*runs))
+
+
 def test_the_collator_holds_no_model_and_pickles(base_dir, data):
     import torch
 

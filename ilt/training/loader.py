@@ -12,8 +12,10 @@ The collator holds no model (``backbone.collator``: Whisper's
 pickles and a worker does not hold a copy of the weights.
 
 Workers start with the platform's default method of ``multiprocessing``
-(``fork`` on Linux with Python up to 3.13); the dataset pickles, so
-``spawn`` and ``forkserver`` work too. Workers run torch with one thread each.
+(``fork`` on Linux with Python up to 3.13; forked after CUDA is initialised
+is safe, since workers never touch the GPU); the dataset pickles, so
+``spawn`` and ``forkserver`` (Python 3.14's default on Linux) work too
+(tested). Workers run torch with one thread each (torch sets it).
 """
 
 from __future__ import annotations
@@ -68,11 +70,13 @@ class Feed:
 
 
 def make_loader(backbone: Any, mix: Mix, train: TrainSection, num_processes: int = 1,
-                process_index: int = 0) -> Feed:
+                process_index: int = 0, *, start_method: str | None = None) -> Feed:
     """The training batches of one of ``num_processes`` processes: the
     sampler over ``mix``, a ``DataLoader`` with ``train.num_workers`` workers
     running the backbone's collator, and the epoch's length in optimiser
-    steps (:func:`ilt.data.mix.batches_per_epoch`)."""
+    steps (:func:`ilt.data.mix.batches_per_epoch`). ``start_method``
+    (``fork``, ``spawn``, ``forkserver``): how workers start; default the
+    platform's."""
     import torch
 
     sampler = make_sampler(mix, train, num_processes, process_index)
@@ -83,7 +87,8 @@ def make_loader(backbone: Any, mix: Mix, train: TrainSection, num_processes: int
     loader = torch.utils.data.DataLoader(
         CollateDataset(collator_of(backbone)), sampler=sampler, batch_size=None, collate_fn=_identity,
         num_workers=train.num_workers, generator=torch.Generator().manual_seed(train.seed),
-        persistent_workers=False)
+        persistent_workers=False,
+        multiprocessing_context=start_method if train.num_workers else None)
     return Feed(loader, sampler, steps_per_epoch)
 
 
