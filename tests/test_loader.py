@@ -166,7 +166,7 @@ def test_a_large_epoch_is_estimated_from_a_bounded_dry_run(data, monkeypatch, ca
 
 
 def test_save_manifest_writes_the_counts_and_training_reads_them(data, tmp_path, caplog):
-    from ilt.data.manifests import read_cut_stats, stats_path
+    from ilt.data.manifests import read_cut_stats, save_manifest, stats_path
 
     assert stats_path(data["many"]).name == "many.stats.json" and stats_path(data["many"]).is_file()
     stats = read_cut_stats(data["many"])
@@ -176,10 +176,18 @@ def test_save_manifest_writes_the_counts_and_training_reads_them(data, tmp_path,
         sidecar, raw = _mix(data["many"]), _mix(data["raw"])
     assert "raw.jsonl.gz: no raw.stats.json beside it" in caplog.text and "many.stats.json" not in caplog.text
     assert (sidecar.epoch_cuts, sidecar.epoch_seconds) == (raw.epoch_cuts, raw.epoch_seconds)
+    # weight_by: hours weighs each source by its counted cuts: the same stream from counts or from a pass
+    a_raw = tmp_path / "a.jsonl.gz"
+    data["cuts"].subset(first=5).to_file(a_raw)
+    a = save_manifest(data["cuts"].subset(first=5), tmp_path / "a_side.jsonl.gz")
+
+    def first_ids(paths):
+        mix = mix_mod.training_stream([DataSource(str(p), 1.0, weight_by="hours") for p in paths], 3, Skips("t"))
+        return [c.id for _, c in zip(range(60), mix.stream)]
+
+    assert first_ids([a, data["many"]]) == first_ids([a_raw, data["raw"]])
     # a manifest rewritten without its sidecar: the stale sidecar is not used
     changed = tmp_path / "c.jsonl.gz"
-    from ilt.data.manifests import save_manifest
-
     save_manifest(data["cuts"], changed)
     data["cuts"].subset(first=3).to_file(changed)
     assert read_cut_stats(changed) is None and _mix(changed).epoch_cuts == 3
