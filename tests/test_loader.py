@@ -252,6 +252,10 @@ def test_a_shar_directory_is_a_training_source(base_dir, data, tmp_path):
         assert mix.epoch_cuts == 6
         first = next(iter(mix.stream))
         assert first.recording.sources[0].type == "memory" and first.load_audio().size > 0
+    from ilt.cli.options import parse_sources
+
+    assert parse_sources([f"shar:{shar}:2", f"shar:{shar}", "a.jsonl.gz:0.5"]) == [
+        (f"shar:{shar}", 2.0), (f"shar:{shar}", 1.0), ("a.jsonl.gz", 0.5)]  # ilt train --train shar:DIR[:WEIGHT]
     with pytest.raises(IltInputError, match=r"nowhere: Lhotse Shar directory of a training source not found"):
         mix_mod.training_stream([DataSource(f"shar:{tmp_path / 'nowhere'}", 1.0)], 0, Skips("t"))
     config = from_dict(RoundConfig, {"name": "focus", "lora": {"r": 4},

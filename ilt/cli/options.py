@@ -203,7 +203,7 @@ def parse_sources(values: Sequence[str]) -> list[tuple[str, float]] | None:
     sources = []
     for value in values:
         path, sep, weight = value.rpartition(":")
-        if not sep or not path.endswith((".gz", ".jsonl")):
+        if not sep or not (path.endswith((".gz", ".jsonl")) or path.startswith("shar:")):  # shar:DIR[:WEIGHT]
             path, weight = value, ""
         try:
             sources.append((path, float(weight) if weight else 1.0))
