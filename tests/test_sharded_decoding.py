@@ -217,3 +217,94 @@ def test_decode_files_resumes_another_process_count(setup, tmp_path, monkeypatch
     assert (out / "hyps.jsonl").read_bytes() == (tmp_path / "ref" / "hyps.jsonl").read_bytes()
     assert json.loads((out / "decode_stats.json").read_text())["chunks"] == POOL
     assert not list(out.glob(".decode.journal*"))
+
+
+def test_each_pass_is_reused_while_its_fingerprint_holds(setup, tmp_path, monkeypatch):
+    """A rerun reads each model's kept pass back; another decoding config (a new
+    fingerprint) decodes every pass again."""
+    import shutil
+
+    import ilt.asr.decode
+    from ilt.asr.pseudo import pseudo_label, voting_models
+    from ilt.config import load_decode
+
+    out = tmp_path / "out"
+    shutil.copytree(setup["one"], out)
+    real, calls = ilt.asr.decode.decode_files, []
+
+    def counting(model_dir, *args, **kwargs):
+        calls.append(Path(model_dir).name)
+        return real(model_dir, *args, **kwargs)
+
+    monkeypatch.setattr(ilt.asr.decode, "decode_files", counting)
+    config = load_decode(setup["root"] / "decode.yaml")
+    models = voting_models(setup["models"])
+    pseudo_label(models, setup["pool"], out, voter="majority", decode_config=config)
+    assert calls == [] and _same_outputs(setup["one"], out) == []
+    config.max_new_tokens = 3
+    pseudo_label(models, setup["pool"], out, voter="majority", decode_config=config)
+    assert calls == ["A", "B"]
+    assert json.loads((out / "hyps" / "A" / ".done").read_text())["decode_config"] != json.loads(
+        (setup["one"] / "hyps" / "A" / ".done").read_text())["decode_config"]
+
+
+def _sessions(root: Path) -> tuple[Path, Path]:
+    """Two sessions of 4 s with two speakers each, and their turns as RTTM."""
+    import numpy as np
+    import soundfile as sf
+    from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+
+    from ilt.track2.formats import session_cuts
+
+    recordings, sups, rttm = [], [], []
+    for n, session in enumerate(("s1", "s2")):
+        wav = root / f"{session}.wav"
+        sf.write(wav, 0.01 * np.random.default_rng(n).standard_normal(4 * 16000).astype(np.float32), 16000)
+        recordings.append(Recording.from_file(wav, recording_id=session))
+        for k, (start, end, speaker) in enumerate([(0.2, 1.4, "A"), (1.6, 2.9, "B"), (3.0, 3.9, "A")]):
+            sups.append(SupervisionSegment(id=f"{session}-{k}", recording_id=session, start=start,
+                                           duration=end - start, speaker=speaker, text="hello there", language="en"))
+            rttm.append(f"SPEAKER {session} 1 {start} {end - start:.1f} <NA> <NA> {speaker} <NA> <NA>\n")
+    manifest = root / "sessions.jsonl.gz"
+    session_cuts(RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(sups)).to_file(manifest)
+    (root / "turns.rttm").write_text("".join(rttm))
+    return manifest, root / "turns.rttm"
+
+
+@pytest.mark.two_processes
+def test_hard_cases_and_transcribe_sessions_shard_like_one_process(setup, tmp_path):
+    """`ilt augment hard-cases` and `ilt transcribe-sessions` under 2 processes
+    write what one process writes (each decodes half; the main one writes)."""
+    from ilt.data.manifests import save_manifest
+    from ilt.knowledge.text_tasks import TokenStats
+    from ilt.testing.dummies import make_cuts
+
+    model, conf = setup["models"][0], setup["root"] / "decode.yaml"
+    train = save_manifest(make_cuts(tmp_path / "audio", [{"id": f"t{i}", "text": "the cat", "duration": 0.6 + 0.1 * i}
+                                                         for i in range(6)]), tmp_path / "train.jsonl.gz")
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps(TokenStats(20, 200, {"en": {" the": 201}}, {"en": 1}).to_json()))
+    sessions, rttm = _sessions(tmp_path)
+    commands = {
+        "hard": (["augment", "hard-cases", "--model", model, "--cuts", train, "--stats", stats,
+                  "--decode-config", conf], ["cuts.jsonl.gz", "candidates.jsonl.gz", "summary.json",
+                                             "decode/hyps.jsonl"]),
+        "sessions": (["transcribe-sessions", "--model", model, "--sessions", sessions, "--rttm", rttm,
+                      "--decode-config", conf], ["hyp.seglst.json", "hyp.stm", "decode/hyps.jsonl", "scores.json"]),
+    }
+    for name, (args, outputs) in commands.items():
+        one = subprocess.run([str(ILT), *map(str, args), "--out", str(tmp_path / f"{name}1")], capture_output=True,
+                             text=True, timeout=300)
+        assert one.returncode == 0, one.stderr[-3000:]
+        cmd, env = launch_command([*args, "--out", tmp_path / f"{name}2"])
+        two = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert two.returncode == 0 and "Traceback" not in two.stderr, two.stderr[-3000:]
+        shards = sorted(int(n) for n in re.findall(r"decode: (\d+) cut\(s\), ", two.stderr))
+        assert shards == [3, 3], (name, two.stderr[-3000:])  # 6 cuts or 6 speaker segments, half each
+        differ = [f for f in outputs if (tmp_path / f"{name}1" / f).read_bytes() != (tmp_path / f"{name}2" / f).read_bytes()]
+        if name == "sessions":  # scores.json names the files it scored, in each run's own --out: compare the scores
+            differ = [f for f in differ if f != "scores.json"]
+            rows = [json.loads((tmp_path / f"sessions{n}" / "scores.json").read_text())["rows"] for n in (1, 2)]
+            assert rows[0] == rows[1] and rows[0]
+        assert differ == [], name
+        assert two.stdout.count("\n") == one.stdout.count("\n")  # said once, by the main process

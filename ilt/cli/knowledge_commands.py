@@ -15,6 +15,7 @@ import click
 from ilt.cli.options import (
     MODEL,
     decode_config_option,
+    is_main_process,
     list_option,
     load_config,
     override_option,
@@ -113,6 +114,8 @@ def hard_cases_cmd(model_dir, cuts_path, stats_path, max_error_rate, max_candida
                          decode_config=load_config(decode_config, DecodeConfig, overrides),
                          max_candidates=max_candidates)
     save_command(out_dir)
+    if not is_main_process():  # under accelerate launch every process returns the summary: say it once
+        return
     skipped = ", ".join(f"{n} {reason}" for reason, n in summary["skipped"].items()) or "none skipped"
     sampled = f", {summary['decoded']} decoded" if summary["sampled"] < summary["candidates"] else ""
     click.echo(f"{summary['candidates']} of {summary['cuts']} cut(s) hold high-frequency tokens{sampled}; "
