@@ -134,7 +134,7 @@ def expand_env(value: str, key: str) -> str:
 class DataSource:
     """One entry of a knowledge task's data mix."""
 
-    cuts: str = _field(help="path of a Lhotse CutSet manifest (jsonl.gz)")
+    cuts: str = _field(help="path of a Lhotse CutSet manifest (jsonl.gz), or shar:DIR for a Lhotse Shar directory")
     weight: float = _field(1.0, min=0.0, help="sampling weight in CutSet.mux")
     languages: Union[list[str], None] = _field(
         None, help="keep only cuts in these ISO 639-1 languages (default: all)")
