@@ -54,8 +54,13 @@ SEGLST_KEYS = ("session_id", "speaker", "start_time", "end_time", "words")
 
 
 def session_paths(out_dir: str | Path, prefix: str, split: str) -> dict[str, Path]:
-    """The four files :func:`write_session_manifests` writes for one split."""
+    """The four files :func:`write_session_manifests` writes for one split
+    (``prefix`` and ``split`` checked by :func:`ilt.core.files.safe_name`)."""
+    from ilt.core.files import safe_name
+
     out_dir = Path(out_dir)
+    safe_name(prefix, "manifest name")
+    safe_name(split, "split name")
     return {
         "sessions": out_dir / f"{prefix}_sessions_{split}.jsonl.gz",
         "rttm": out_dir / f"{prefix}_ref_{split}.rttm",
