@@ -50,7 +50,7 @@ import numpy as np
 from ilt.config import DecodeConfig, dump_yaml
 from ilt.core.files import log, write_json_atomic, write_text_atomic
 from ilt.core.runtime import Skips, process_state
-from ilt.data.audio import AudioProblem, load_checked
+from ilt.data.audio import AudioProblem, load_checked, load_checked_head
 from ilt.data.languages import NO_SPACE_LANGUAGES
 from ilt.errors import IltInputError
 
@@ -249,7 +249,7 @@ class Decoder:
                           unit="batch", disable=None):
             audios = []
             for cut in batch:
-                audio = load_checked(cut, rate)
+                audio = load_checked_head(cut, rate, self.window)  # a long cut: its first window only
                 if isinstance(audio, AudioProblem):  # decoding counts it as a skip
                     continue
                 audios.append((cut.id, split_evenly(audio, rate, self.window)[0]))
