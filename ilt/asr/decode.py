@@ -473,7 +473,8 @@ class Decoder:
         records, done = self._resume(journal)
         bar = tqdm(total=len(cut_list), initial=sum(c.id in done for c in cut_list), desc=desc, unit="cut", disable=None if progress else True)
         try:
-            # finished cuts are whole batches at the start of a group: the rest batch as before
+            # one process's finished cuts are whole batches at the start of a group: the rest batch as
+            # before; after a change of process count the rest is planned anew (see decode_files)
             for group in self.plan(c for c in cut_list if c.id not in done):
                 self._decode_group(group, records, journal, bar)
         finally:
@@ -661,7 +662,12 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
 
     A killed run resumes from the journal of finished cuts (:func:`decode_journal`),
     shared by all processes: a rerun with another number of processes decodes
-    only the cuts that no process finished, sharded anew.
+    only the cuts that no process finished, sharded anew. Its batches then
+    differ from an uninterrupted run's, and so do the hypotheses wherever a
+    row depends on its batch-mates: a looping chunk's sampling fallback
+    (seeded per batch) and, with the Whisper backbone's ``input_mode:
+    audio_length``, the padding to the batch's longest cut. With batches of
+    one cut they are the same (``tests/test_sharded_decoding.py``).
 
     ``device`` defaults to Accelerate's
     choice (the process's GPU, else the CPU); bf16/fp16 on a CPU falls back
