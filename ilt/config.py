@@ -172,6 +172,9 @@ class TrainSection:
     micro_batch: int = _field(16, min=1, help="cuts per forward pass")
     max_duration: Union[float, None] = _field(
         None, min=0.0, help="seconds of audio per micro-batch (dynamic bucketing); overrides micro_batch")
+    max_cuts: Union[int, None] = _field(
+        None, min=1, help="with max_duration: at most this many cuts per micro-batch (a padded Whisper costs "
+                          "30 s per cut, however short); null: no limit")
     grad_accum: int = _field(1, min=1)
     max_grad_norm: float = _field(1.0, min=0.0)
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
@@ -180,7 +183,8 @@ class TrainSection:
     save_every: Union[int, None] = _field(None, min=1, help="optimiser steps between checkpoints; default eval_every")
     num_buckets: int = _field(10, min=1, help="duration buckets of the sampler; fewer when the data cannot fill each "
                               "with 2 full micro-batches; 1: no bucketing")
-    num_workers: int = _field(0, min=0)
+    num_workers: int = _field(0, min=0, help="data-loader worker processes that load audio and compute "
+                                         "features (ilt.training.loader); 0: the training process itself")
     gradient_checkpointing: Union[bool, Literal["auto"]] = _field(
         "auto", help="recompute activations in the backward pass; auto: on when the backbone has more than "
                      "300M parameters (ilt.training.sizing)")
