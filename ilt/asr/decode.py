@@ -676,6 +676,7 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
     the model loads, on a GPU and with an ``adapter``.
     """
     from ilt.core.registry import create
+    from ilt.models.lineage import warn_on_input_mode
 
     config = config or DecodeConfig()
     state = process_state()  # under torchrun on CPU too: each process decodes its shard only
@@ -688,6 +689,7 @@ def decode_files(model_dir: str | Path, cuts_path: str | Path, out_dir: str | Pa
         precision = "fp32"
     journal, ids, shard = _plan_shard(model_dir, adapter, cuts_path, out_dir, config, scores, state)
     backbone = create("backbone", config.backbone, Path(model_dir), dtype=precision, device=device)
+    warn_on_input_mode(model_dir, adapter, backbone)  # trained in one input mode, decoded in the other
     model = backbone.model
     if config.quantize != "none":
         count = quantize_for_decoding(model, config.quantize_scope)
