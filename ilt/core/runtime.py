@@ -57,6 +57,9 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
     )
+    # bitsandbytes (the [opt8bit] extra, imported by PEFT) warns on every import on a CPU machine that
+    # it cannot fetch an optional kernel from the hub: ilt never fetches it, the 8-bit optimiser works
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 class Skips:
