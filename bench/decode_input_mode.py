@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--utts", type=int, default=48, help="espeak-ng utterances to decode")
     parser.add_argument("--beam", type=int, default=1, help="beam size (1: greedy, as the issue's timing)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="token limit per utterance")
-    parser.add_argument("--pad-multiple", type=int, default=500,
+    parser.add_argument("--pad-multiple", type=int, default=1000,
                         help="audio_length: pad each batch to a multiple of this many mel frames")
     parser.add_argument("--fallback", action="store_true", help="keep ilt's temperature fallback (off by default)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (they take turns)")

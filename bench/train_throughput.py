@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="runs per side, one process each, the sides taking turns (the median is reported)")
     parser.add_argument("--input-mode", choices=("padded", "audio_length"), default="padded",
                         help="ilt's input mode (the reference always pads to 30 s)")
-    parser.add_argument("--pad-multiple", type=int, default=500,
+    parser.add_argument("--pad-multiple", type=int, default=1000,
                         help="with --input-mode audio_length: pad each batch to a multiple of this many frames")
     parser.add_argument("--force-precision", action="store_true",
                         help="keep bf16 on a CPU (ilt's force_precision; the reference gets bf16 too)")

@@ -16,7 +16,7 @@ computes (tested). On shorter inputs it changes what the model sees (no
 trailing padding to attend to); what that does to accuracy is measured, not
 assumed: the backbones keep 30 s padding by default until the mini tracks have measured both.
 A pretrained model needs some trailing silence to end its hypothesis, hence
-:data:`DEFAULT_PAD_MULTIPLE` (5 s) rather than 1 s.
+:data:`DEFAULT_PAD_MULTIPLE` (10 s) rather than 1 s.
 
 :func:`padded_frames` chooses how far a batch is padded: to its longest cut,
 rounded up to ``multiple`` frames (``100`` = 1 s), never past the window.
@@ -33,12 +33,13 @@ PADDED, AUDIO_LENGTH = "padded", "audio_length"
 INPUT_MODES = (PADDED, AUDIO_LENGTH)
 #: mel frames per second of audio (hop 160 at 16 kHz)
 FRAMES_PER_SECOND = 100
-#: Batches are padded to a multiple of 5 s by default. The pretrained tiny.en,
-#: greedy on 6 espeak sentences of 2.2-2.8 s (2026-12-06): padded 10.9% WER;
-#: on the audio's length padded to 1 s 65.5% (it loops: without trailing
-#: silence it does not end), to 5 s 12.7% at 4.7x the decoding speed, to
-#: 10 s and 15 s 12.7% too.
-DEFAULT_PAD_MULTIPLE = 500
+#: Batches are padded to a multiple of 10 s by default: a pretrained Whisper
+#: needs trailing silence to end its hypothesis. tiny.en, greedy (2026-12-06),
+#: on 6 espeak sentences of 2.2-2.8 s: padded 10.9% WER; on the audio's length
+#: padded to 1 s 65.5% (it loops), to 5 s 12.7%, to 10 s 12.7%; on 8 bench
+#: cuts (4 voices) of 2.4-2.9 s: padded 15.2%, to 5 s 57.6% (loops), to 10 s
+#: 15.2% at 2.5x the decoding speed, to 15 s 15.2%.
+DEFAULT_PAD_MULTIPLE = 1000
 _MARK = "_ilt_input_mode"
 
 

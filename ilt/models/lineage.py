@@ -182,7 +182,7 @@ def input_mode_warning(trained: tuple[str, str], decoding: str) -> str | None:
     other (``None`` when they agree). A warning, not a refusal: decoding
     still works, but the measured cost can be large (the pretrained tiny.en,
     greedy, 6 espeak sentences: padded 10.9% WER, on the audio's length 12.7%
-    padded to 5 s and 65.5% padded to 1 s)."""
+    padded to 10 s and 65.5% padded to 1 s)."""
     mode, source = trained
     if mode == decoding:
         return None

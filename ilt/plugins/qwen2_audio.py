@@ -498,7 +498,7 @@ def load_qwen2_audio(model_dir: str | Path, *, dtype: Any = None, device: Any = 
         see :mod:`ilt.models.encoder_length`).
     :param pad_multiple: with ``audio_length``, batches are padded to their
         longest cut rounded up to this many mel frames (100 = 1 s; even;
-        default 500, see :data:`ilt.models.encoder_length.DEFAULT_PAD_MULTIPLE`).
+        default 1000, see :data:`ilt.models.encoder_length.DEFAULT_PAD_MULTIPLE`).
     """
     check_options({"input_mode": input_mode, "pad_multiple": pad_multiple})
     if tokenizer_only:
