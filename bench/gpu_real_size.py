@@ -24,6 +24,16 @@ table to ``bench/RESULTS.md`` with the date and the device.
 
 ``--tiny`` builds the same two architectures at hidden size 32 and 2 layers
 and runs on the CPU in fp32: a check of the code path, not a measurement.
+
+``--input-modes padded,audio_length`` (issue 26) trains each model twice: with
+the encoder padded to 30 s (stock) and on the batch's own length
+(``input_mode: audio_length``, padded to ``--pad-multiple`` frames), and the
+table gives each one's mel frames, step time and peak memory. The large-v3
+comparison at the mini corpus's utterance length, in well under 8 minutes on
+one H100:
+
+    .venv/bin/python bench/gpu_real_size.py --out bench/out/input-mode --models whisper-large-v3 \
+        --input-modes padded,audio_length --seconds 3 --batch 8 --record
 """
 
 from __future__ import annotations
@@ -73,6 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="optimiser steps (the first is not timed)")
     parser.add_argument("--lid", action="store_true", help="also train the language-ID embeddings (ilt.models.lid)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--input-modes", default="padded",
+                        help="comma-separated: padded (30 s, stock), audio_length (issue 26); each model runs in each")
+    parser.add_argument("--pad-multiple", type=int, default=1000,
+                        help="audio_length: pad each batch to a multiple of this many mel frames (1000 = 10 s)")
     parser.add_argument("--tiny", action="store_true", help="tiny configs on the CPU: the code path only")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     return parser.parse_args(argv)
@@ -210,8 +224,10 @@ def train_steps(backbone: Any, model: Any, batch: Any, steps: int, device: str, 
     return times
 
 
-def run_model(name: str, args: argparse.Namespace, device: str, tmp: Path) -> dict[str, Any]:
-    """Build, attach the LoRA (and LID), train ``args.steps`` steps; the row of the table."""
+def run_model(name: str, args: argparse.Namespace, device: str, tmp: Path,
+              input_mode: str = "padded") -> dict[str, Any]:
+    """Build, attach the LoRA (and LID), train ``args.steps`` steps with the
+    encoder in ``input_mode``; the row of the table."""
     import torch
 
     from ilt.config import LoraSection
@@ -219,11 +235,14 @@ def run_model(name: str, args: argparse.Namespace, device: str, tmp: Path) -> di
     from ilt.training.lora import attach_lora
 
     dtype = torch.float32 if args.tiny else torch.bfloat16
-    row: dict[str, Any] = {"model": name, "batch": args.batch, "seconds": args.seconds, "lid": args.lid}
+    row: dict[str, Any] = {"model": name, "batch": args.batch, "seconds": args.seconds, "lid": args.lid,
+                           "input_mode": input_mode}
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     try:
         backbone = BUILDERS[name](args.tiny, dtype, device)
+        if input_mode == "audio_length":
+            backbone.use_audio_length(args.pad_multiple)
         model = attach_lora(backbone, LoraSection(**(TINY_LORA if args.tiny else FEEDBACK_LORA)))
         if args.lid:
             lid.train_embeddings(backbone)
@@ -234,6 +253,7 @@ def run_model(name: str, args: argparse.Namespace, device: str, tmp: Path) -> di
         row.update(params=total, trainable=trainable)
         batch = make_batch(backbone, args.batch, args.seconds, tmp / name)
         row["tokens"] = int(batch.tensors["labels"].ne(-100).sum())  # transcript tokens in the batch
+        row["frames"] = int(batch.tensors["input_features"].shape[-1])
         row["seconds"] = round(min(args.seconds, backbone.max_input_seconds - 0.01), 2)
         times = train_steps(backbone, model, batch, args.steps, device, dtype)
     except torch.cuda.OutOfMemoryError as exc:
@@ -256,11 +276,13 @@ def run_model(name: str, args: argparse.Namespace, device: str, tmp: Path) -> di
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    header = ["model", "params", "trainable (LoRA" + (" + LID" if rows and rows[0]["lid"] else "") + ")",
+    header = ["model", "input mode (mel frames)", "params",
+              "trainable (LoRA" + (" + LID" if rows and rows[0]["lid"] else "") + ")",
               "batch x s", "peak GPU memory", "step time (median 2..N)", "samples/s"]
     out = []
     for r in rows:
-        out.append([r["model"], f"{r.get('params', 0) / 1e9:.2f} B", f"{r.get('trainable', 0) / 1e6:.0f} M",
+        out.append([r["model"], f"{r.get('input_mode', 'padded')} ({r.get('frames', '?')})",
+                    f"{r.get('params', 0) / 1e9:.2f} B", f"{r.get('trainable', 0) / 1e6:.0f} M",
                     f"{r['batch']} x {r['seconds']:g}", fmt_bytes(r.get("peak_gpu_bytes")),
                     f"{r['step_seconds']:.3f} s" if "step_seconds" in r else r.get("error", "n/a"),
                     f"{r['samples_per_second']:.2f}" if "samples_per_second" in r else "n/a"])
@@ -283,11 +305,14 @@ def main(argv: list[str] | None = None) -> None:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             if name not in BUILDERS:
                 sys.exit(f"--models: unknown model {name!r}; known: {', '.join(BUILDERS)}")
-            rows.append(run_model(name, args, device, Path(tmp)))
-            print(json.dumps(rows[-1]), flush=True)
+            for mode in [m.strip() for m in args.input_modes.split(",") if m.strip()]:
+                if mode not in ("padded", "audio_length"):
+                    sys.exit(f"--input-modes: unknown mode {mode!r}; known: padded, audio_length")
+                rows.append(run_model(name, args, device, Path(tmp) / mode, mode))
+                print(json.dumps(rows[-1]), flush=True)
     settings = (f"{'tiny configs, CPU fp32 (code path only)' if args.tiny else 'real configs, random weights, bf16'}"
                 f"; LoRA {'r=8' if args.tiny else 'r=512 alpha=2048'} wide; batch {args.batch} x "
-                f"{args.seconds:g} s; {args.steps} steps; LID {'on' if args.lid else 'off'}; gradient checkpointing "
+                f"{args.seconds:g} s; input modes {args.input_modes} (pad_multiple {args.pad_multiple}); {args.steps} steps; LID {'on' if args.lid else 'off'}; gradient checkpointing "
                 f"{'on' if args.gradient_checkpointing else 'off'}")
     result = {"date": now(), **info, "settings": settings, "rows": rows}
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
