@@ -217,13 +217,20 @@ printf '%s\\n' "ACCELERATE_USE_CPU=${ACCELERATE_USE_CPU:-}" "$@" > "$FAKE_LOG.$(
 """
 
 
+FAKE_ILT = """#!/usr/bin/env bash
+printf '%s\\n' ilt "$@" > "$FAKE_LOG.$(ls "$FAKE_LOG".* 2>/dev/null | wc -l)"
+"""
+
+
 @pytest.fixture()
 def fake(tmp_path):
+    """A fake `accelerate` (and `ilt`, for the one-process steps) recording each call in calls.N."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    script = bin_dir / "accelerate"
-    script.write_text(FAKE)
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    for name, text in (("accelerate", FAKE), ("ilt", FAKE_ILT)):
+        script = bin_dir / name
+        script.write_text(text)
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
     (tmp_path / "M0").mkdir()
     (tmp_path / "M0" / "config.json").write_text("{}")
     (tmp_path / "t.jsonl.gz").write_bytes(b"")
@@ -273,3 +280,56 @@ def test_template_on_machine_1_joins_and_waits_for_machine_0(fake):
                          "--main_process_ip", "127.0.0.1", "-m"]
     assert "waiting for machine 0 to finish it" in proc.stderr
     assert "Stage 2: machine 0 builds the knowledge sets" in proc.stderr
+
+
+def test_template_decodes_pools_under_the_launcher(fake):
+    """pseudo-label (stage 5), hard cases (stage 2) and transcribe-sessions (stage 7) get the
+    processes too; stage 2's fingerprint stays the `ilt` command, whatever launches it."""
+    tmp_path, env = fake
+    cpu = str(CONF / "ddp_2cpu.yaml")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "fix.yaml").write_text("name: fix\n")
+    common = ["--base-model", "M0", "--accelerate-config", cpu, "--conf-dir", "conf"]
+    launcher = ["ACCELERATE_USE_CPU=true", "launch", "--config_file", cpu, "-m", "ilt.cli.main"]
+
+    proc = run_template(tmp_path, env, *common, "--stage", "2", "--stop-stage", "2", "--knowledge-train-cuts",
+                        "t.jsonl.gz", "--hard-cases-cuts", "t.jsonl.gz")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    token_stats, hard_cases = calls(tmp_path)
+    assert token_stats[:3] == ["ilt", "augment", "token-stats"]  # one process
+    assert hard_cases[:9] == launcher + ["augment", "hard-cases", "--model"]
+    fingerprint = (tmp_path / "data" / "extra" / "knowledge" / ".done" / "hard_cases").read_text()
+    assert fingerprint.startswith("ilt augment hard-cases") and "accelerate" not in fingerprint
+
+    for p in tmp_path.glob("calls.*"):
+        p.unlink()
+    proc = run_template(tmp_path, env, *common, "--stage", "5", "--stop-stage", "5", "--rounds", "fix",
+                        "--unlabeled-cuts", "t.jsonl.gz")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pseudo, fix = calls(tmp_path)
+    assert pseudo[:9] == launcher + ["pseudo-label", "--models", "M0"]
+    assert fix[:8] == launcher + ["round", "--config"]
+    assert (tmp_path / "exp" / ".done" / "pseudo.M0").is_file() and (tmp_path / "exp" / ".done" / "M1.fix").is_file()
+
+    for p in tmp_path.glob("calls.*"):
+        p.unlink()
+    (tmp_path / "exp" / "M1").mkdir()
+    (tmp_path / "exp" / "M1" / "config.json").write_text("{}")
+    proc = run_template(tmp_path, env, *common, "--stage", "7", "--stop-stage", "7", "--rounds", "fix",
+                        "--session-sets", "s=t.jsonl.gz", "--track2-turns", "oracle", "--track2-models", "last")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [transcribe] = calls(tmp_path)
+    assert transcribe[:9] == launcher + ["transcribe-sessions", "--model", "exp/M1"]
+
+
+def test_hard_cases_and_track2_stay_one_process_on_several_machines(fake):
+    """A launch of a 2-machine config from machine 0 alone would wait for the other machine."""
+    tmp_path, env = fake
+    (tmp_path / "exp" / "M1").mkdir(parents=True)
+    (tmp_path / "exp" / "M1" / "config.json").write_text("{}")
+    proc = run_template(tmp_path, env, "--accelerate-config", str(CONF / "ddp_2nodes_8gpu.yaml"), "--machine-rank",
+                        "0", "--main-process-ip", "127.0.0.1", "--stage", "7", "--stop-stage", "7", "--rounds", "fix",
+                        "--session-sets", "s=t.jsonl.gz", "--track2-turns", "oracle", "--track2-models", "last")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [transcribe] = calls(tmp_path)
+    assert transcribe[:2] == ["ilt", "transcribe-sessions"]

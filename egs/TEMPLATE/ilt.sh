@@ -37,6 +37,9 @@
 #   7  Track 2 on --session-sets (whole conversations): `ilt diarize` once per set, then for
 #      each model `ilt transcribe-sessions` on oracle and on diarized speaker turns, scored by
 #      tcpWER/cpWER (and DER)                                 -> track2/<oracle|diarized>/M<i>/<set>
+# Several processes (--ngpu N, --accelerate-config FILE, several machines: docs/scale.md): the
+# rounds, `ilt evaluate`, `ilt pseudo-label`, and (on one machine) the hard-case decoding of
+# stage 2 and `ilt transcribe-sessions` run under `accelerate launch`; the rest is one process.
 # Every evaluated set gets a submission file decode/<model>/<set>/text (Kaldi style, one
 # "<utterance-id> <hypothesis>" per line); a set without reference text (an evaluation set)
 # is decoded but not scored. Paths are relative to the directory you run it from.
@@ -148,22 +151,21 @@ fi
 # Machine 0 alone runs the one-process steps; another machine joins the launched ones, then
 # waits for machine 0 to finish what its main process writes after them (merge, scores).
 main_machine() { [ "${machine_rank:-0}" -eq 0 ]; }
-started=$(date +%s)
-on_main() {  # on_main KEY: 0 on machine 0, which runs the one-process step KEY; elsewhere 1, once it is done
-  main_machine && return 0
-  log "$1: machine 0 runs it; waiting for $exp_dir/.done/$1"
-  until [ -f "$exp_dir/.done/$1" ] && { [ "$force" != true ] || [ "$(stat -c %Y "$exp_dir/.done/$1")" -ge "$started" ]; }
-  do sleep 10; done
-  return 1
-}
 launched() {  # launched KEY ARGS...: "${ilt_run[@]}" ARGS, then KEY done (on machine 0)
   local key=$1 since; shift
   since=$(date +%s)
   "${ilt_run[@]}" "$@"
-  if main_machine; then done_ "$key"; return; fi
-  log "$key: waiting for machine 0 to finish it ($exp_dir/.done/$key)"
-  until [ -f "$exp_dir/.done/$key" ] && [ "$(stat -c %Y "$exp_dir/.done/$key")" -ge "$since" ]; do sleep 10; done
+  finished "$key" "$since"
 }
+finished() {  # finished KEY SINCE: mark KEY done on machine 0; elsewhere wait for machine 0's marker
+  if main_machine; then done_ "$1"; return; fi
+  log "$1: waiting for machine 0 to finish it ($exp_dir/.done/$1)"
+  until [ -f "$exp_dir/.done/$1" ] && [ "$(stat -c %Y "$exp_dir/.done/$1")" -ge "$2" ]; do sleep 10; done
+}
+# The decoding steps that machine 0 runs alone (stage 2's hard cases, Track 2's transcriptions)
+# use the launcher's processes when it spans one machine; on several, one process (their
+# config's machines would wait for each other).
+ilt_local=(ilt); [ "$ilt_machines" -gt 1 ] || ilt_local=("${ilt_run[@]}")
 
 index_of() {  # index_of ROUND -> i (its model is M<i>), 0 when not in --rounds
   local i=0 r
@@ -286,12 +288,14 @@ knowledge_run() {  # knowledge_run NAME UPSTREAM MESSAGE [resumes]: run "${cmd[@
   local after=(); [ -z "$2" ] || after=(--after "$2")
   knowledge_step "$1" "${after[@]}" || return 0
   log "Stage 2: $3"
-  if [ "${4:-}" = resumes ] && [ "$krebuild" = true ]; then "${cmd[@]}" --overwrite; else "${cmd[@]}"; fi
+  local run=("${cmd[@]}")  # its fingerprint is "${cmd[@]}", whatever runs it
+  [ "${cmd[0]}" != ilt ] || run=("${krun[@]}" "${cmd[@]:1}")
+  if [ "${4:-}" = resumes ] && [ "$krebuild" = true ]; then "${run[@]}" --overwrite; else "${run[@]}"; fi
   ilt_stage done "$knowledge_dir" "$1" "${after[@]}" -- "${cmd[@]}" > /dev/null
 }
 
 knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TTS, speaker selection
-  local kn=$knowledge_dir texts=() cmd f base owner rare=false
+  local kn=$knowledge_dir texts=() cmd f base owner rare=false krun=(ilt)  # krun: what runs `ilt` steps
   if [ -z "$knowledge_train_cuts" ]; then
     log "Stage 2: no --knowledge-train-cuts (nor --train-cuts): no knowledge set built"
     return 0
@@ -327,8 +331,10 @@ knowledge_sets() {  # stage 2: token statistics, rare-token text, hard cases, TT
     cmd=(ilt augment hard-cases --model "$base_model" --cuts "$hard_cases_cuts" --stats "$kn/token_stats"
          --max-error-rate "$hard_max_error" --decode-config "$conf_dir/decode.yaml" --out "$kn/hard_cases")
     [ -z "$hard_max_cuts" ] || cmd+=(--max-candidates "$hard_max_cuts")
+    krun=("${ilt_local[@]}")  # the decoding shards over the processes
     knowledge_run hard_cases token_stats \
       "hard cases: M0 decodes the cuts of $hard_cases_cuts with frequent tokens${hard_max_cuts:+ (at most $hard_max_cuts)}"
+    krun=(ilt)
   fi
 
   if [ "$rare" = false ] || [ -z "$tts_augmenter" ] || [ "$tts_augmenter" = none ]; then
@@ -376,7 +382,7 @@ knowledge_check() {  # knowledge_check YAML: every knowledge set it names, stage
 }
 
 pseudo_labels() {  # the models of the chain before Fix vote labels for --unlabeled-cuts
-  local i key models=() j out=$exp_dir/pseudo
+  local i key models=() j out=$exp_dir/pseudo since
   i=$(index_of fix)
   [ "$i" -gt 0 ] || return 0
   # without the models before Fix, run_round says which stage to run first
@@ -389,21 +395,21 @@ pseudo_labels() {  # the models of the chain before Fix vote labels for --unlabe
   key=pseudo.$(key_of $((i - 1)))
   todo "$key" || { log "Stage 5: pseudo-labels done already ($out)"; return; }
   reuse "$key" pseudo && return
-  on_main "$key" || return 0
   need "$unlabeled_cuts" "prepare the unlabeled manifest first (the corpus recipe's data stage)"
   for ((j = 0; j < i; j++)); do
     need "$(model_dir $j)/config.json" "run the rounds before Fix first"
     models+=(--models "$(model_dir $j)")
   done
   log "Stage 5: pseudo-labels for $unlabeled_cuts by M0..M$((i - 1)) ($pseudo_voter, agreement >= $pseudo_min_agreement)"
-  unlink_ "$out"
-  # one process: its votes and manifest are written once (decoding is the cheap part of a round)
-  ilt pseudo-label "${models[@]}" --cuts "$unlabeled_cuts" --voter "$pseudo_voter" \
+  if main_machine; then unlink_ "$out"; fi
+  since=$(date +%s)
+  # every process decodes its shard of each model's pass; the main one votes and writes
+  "${ilt_run[@]}" pseudo-label "${models[@]}" --cuts "$unlabeled_cuts" --voter "$pseudo_voter" \
     --min-agreement "$pseudo_min_agreement" --decode-config "$conf_dir/decode.yaml" --out "$out"
-  if [ -n "$pseudo_truth" ]; then  # the labels (kept or not) against the held-aside text
+  if [ -n "$pseudo_truth" ] && main_machine; then  # the labels (kept or not) against the held-aside text
     ilt score --ref "$pseudo_truth" --hyp "$out/votes.jsonl" --out "$out/score" --group-by language
   fi
-  done_ "$key"
+  finished "$key" "$since"
 }
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
@@ -496,7 +502,7 @@ elif [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
         key=track2.$(key_of $i).$seg.$name
         todo "$key" || { log "M$i/$name: Track 2 ($seg) done already"; continue; }
         turns=(--oracle); [ $seg = oracle ] || turns=(--rttm "$dia/diarization.rttm")
-        ilt transcribe-sessions --model "$(model_dir $i)" --sessions "$sessions" "${turns[@]}" \
+        "${ilt_local[@]}" transcribe-sessions --model "$(model_dir $i)" --sessions "$sessions" "${turns[@]}" \
           --decode-config "$conf_dir/decode.yaml" --out "$exp_dir/track2/$seg/M$i/$name"
         done_ "$key"
       done
