@@ -134,7 +134,7 @@ def test_the_lowest_dev_score_is_kept(base_dir, data, tmp_path, monkeypatch):
 
     scores = {2: 0.9, 4: 0.3, 6: 0.3, 8: 0.6}
 
-    def evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step):
+    def evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step, collective=None):
         value = scores[step]
         return {"step": step, "metric": metric, "value": value, "dev_loss": value, "group_by": "language",
                 "rows": [{"group": "en", "error_rate": value}], "overall": {"error_rate": value}}

@@ -65,20 +65,22 @@ def describe_manifests(sources: Sequence[tuple[Any, ...]], role: str = "train") 
 
 
 def save_adapter(model: Any, dst: str | Path, config: RoundConfig, manifests: list[dict[str, Any]] | None,
-                 score: dict[str, Any]) -> Path:
+                 score: dict[str, Any], state_dict: dict[str, Any] | None = None) -> Path:
     """Write an adapter directory atomically: ``model`` (a PEFT model) saves its
-    LoRA weights, then ``round.yaml``, ``score.json`` and ``manifests.json``."""
+    LoRA weights (from ``state_dict``, the model's whole state gathered from
+    sharded processes, when given), then ``round.yaml``, ``score.json`` and ``manifests.json``."""
     dst = Path(dst)
     with atomic_dir(dst) as tmp:
-        write_adapter_files(model, tmp, config, manifests, score)
+        write_adapter_files(model, tmp, config, manifests, score, state_dict)
     return dst
 
 
 def write_adapter_files(model: Any, directory: str | Path, config: RoundConfig,
-                        manifests: list[dict[str, Any]] | None, score: dict[str, Any]) -> None:
+                        manifests: list[dict[str, Any]] | None, score: dict[str, Any],
+                        state_dict: dict[str, Any] | None = None) -> None:
     """The files of an adapter directory, written into an existing (temporary) ``directory``."""
     directory = Path(directory)
-    model.save_pretrained(str(directory), safe_serialization=True)
+    model.save_pretrained(str(directory), safe_serialization=True, state_dict=state_dict)
     lid.save_trained(model, directory)  # language-ID embeddings this round trains (ilt.models.lid)
     write_json_atomic(directory / SCORE_JSON, score)
     write_text_atomic(directory / ROUND_YAML, dump_yaml(config))

@@ -337,16 +337,21 @@ class Checkpointer:
 
     def _write(self, directory: Path) -> None:
         """Write one checkpoint's files into ``directory`` (every process its RNG states)."""
+        from ilt.training.sharding import full_optimizer_state, full_state_dict
+
         accelerator = self.accelerator
+        # sharded parameters (FSDP, ZeRO-3): gathered on every process, written by the main one
+        model_state = full_state_dict(accelerator, self.model)
+        optimizer_state = full_optimizer_state(accelerator, self.model, self.optimizer)
         if accelerator.is_main_process:
             adapter = directory / CHECKPOINT_ADAPTER
             adapter.mkdir(parents=True, exist_ok=True)
             write_adapter_files(accelerator.unwrap_model(self.model), adapter, self.config, self.manifests,
-                                {"step": self.state.step, "checkpoint": True})
+                                {"step": self.state.step, "checkpoint": True}, model_state)
             scaler = getattr(accelerator, "scaler", None)
             _write_state(directory, "state", {
                 "format": STATE_FORMAT, "accelerator_step": accelerator.step,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "train_state": self.state.state_dict()})
         _write_state(directory, f"rng_state_{accelerator.process_index}", rng_state())
@@ -400,8 +405,11 @@ class Checkpointer:
         if state.get("format") != STATE_FORMAT:
             raise IltInputError(f"{path / STATE_JSON}: checkpoint format {state.get('format')!r} is not "
                                 f"{STATE_FORMAT}; delete {path.parent} to start the round again")
-        self._load_adapter([self.model], str(path))
-        self.optimizer.load_state_dict(state["optimizer"])
+        from ilt.training.sharding import load_full_adapter, load_full_optimizer_state
+
+        if not load_full_adapter(self.model, path / CHECKPOINT_ADAPTER / ADAPTER_WEIGHTS):
+            self._load_adapter([self.model], str(path))
+        load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
         rng_stem = f"rng_state_{accelerator.process_index}"
         if (path / f"{rng_stem}.json").is_file():
             set_rng_state(_read_state(path, rng_stem))

@@ -44,10 +44,16 @@ evaluation runs under its own forked RNG. A different config in the same
 checkpoints before it stay untouched.
 
 Several processes (``accelerate launch``, ``torchrun``): each draws its own
-batches (the sampler is given the world size and rank), evaluation and all
-writing happen on the main process, the step loss logged is the mean over
-every process's micro-batches (the loss one process with the same global
-batch logs). FSDP and DeepSpeed go through Accelerate but are untested.
+batches (the sampler is given the world size and rank) and decodes its share
+of the dev cuts (:mod:`ilt.training.evaluate`: gathered, scored on the main
+process, the score and the best-adapter decision broadcast to every process);
+all writing happens on the main process; the step loss logged is the mean over
+every process's micro-batches (the loss one process with the same global batch
+logs). Sharded parameters (:mod:`ilt.training.sharding`): FSDP and ZeRO-3
+gather the LoRA state for saving; FSDP 2 asked for on CPU processes (which
+Accelerate runs as plain gloo processes) is applied here with ``fully_shard``.
+Tested on CPU with two processes, DDP and FSDP 2 (tests/test_sharded_training.py);
+DeepSpeed only through Accelerate, untested here.
 """
 
 from __future__ import annotations
@@ -92,6 +98,12 @@ from ilt.training.checkpoint import (
     remove_partial_writes,
 )
 from ilt.training.loader import make_loader
+from ilt.training.sharding import (
+    apply_fully_shard,
+    cpu_fsdp2_requested,
+    full_state_dict,
+    gathered_for_decoding,
+)
 from ilt.training.sizing import checkpointing_on, enable_checkpointing, make_optimizer
 
 log = logging.getLogger("ilt")
@@ -259,13 +271,21 @@ class _Run:
         self.total_steps = train.max_steps or train.epochs * steps_per_epoch
         self.eval_every = train.eval_every or steps_per_epoch
         self.save_every = train.save_every or self.eval_every
+        # FSDP 2 asked for on CPU processes, which Accelerate runs as plain MULTI_CPU: shard here
+        # (ilt.training.sharding), and prepare only the optimiser (no DDP around a sharded model)
+        self.own_fsdp = cpu_fsdp2_requested(accelerator)
+        if self.own_fsdp:
+            apply_fully_shard(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(train, self.params, accelerator.device.type)
         # The scheduler steps once per optimiser step (not prepared: Accelerate
         # would step it once per process); it is checkpointed with the rest.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, _warmup_linear_decay(train.warmup_steps, self.total_steps))
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        if self.own_fsdp:
+            self.model, self.optimizer = model, accelerator.prepare(optimizer)
+        else:
+            self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.state = TrainState(sampler)
         # saved as JSON + safetensors by the Checkpointer, never registered with
         # Accelerate (its save_state pickles them)
@@ -360,39 +380,51 @@ class _Run:
                 return step_loss
 
     # ---- evaluation
+    def save_adapter_to(self, directory: Path, score: dict[str, Any]) -> None:
+        """An adapter directory of the current LoRA, written by the main process;
+        call on every process (sharded parameters are gathered first)."""
+        full = full_state_dict(self.accelerator, self.model)
+        if self.accelerator.is_main_process:
+            save_adapter(self.accelerator.unwrap_model(self.model), directory, self.config, self.manifests, score,
+                         state_dict=full)
+
     def evaluate(self, step: int) -> None:
-        """Dev loss, decode and score on the main process; keep the adapter if it is the best."""
+        """Dev loss, decode and score, each process on its share of the dev cuts
+        (:mod:`ilt.training.evaluate`); the score and the best-adapter decision
+        are the main process's, on every process; keep the adapter if it is the best."""
         import torch
 
-        from ilt.training.evaluate import evaluate
+        from ilt.training.evaluate import Collective, evaluate
 
         accelerator, state, metric = self.accelerator, self.state, self.config.select.metric
-        if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(self.model)
-            unwrapped.eval()
-            # Decoding may reseed torch (sampling fallback): keep training's RNG
-            # stream independent of evaluation.
-            devices = [accelerator.device] if accelerator.device.type == "cuda" else []
-            try:
-                with torch.random.fork_rng(devices=devices):
-                    score = evaluate(self.backbone, unwrapped, self.loss_fn, self.dev, self.decode_config,
-                                     metric=metric, micro_batch=self.train.micro_batch,
-                                     device=accelerator.device, step=step)
-            finally:
-                unwrapped.train()
-            rates = {row["group"]: row["error_rate"] for row in score["rows"]}
-            overall = score["overall"]["error_rate"]
-            self.write_log({"event": "eval", "step": step, "dev_loss": score["dev_loss"],
-                            "dev_error_rate": overall, "per_language": rates, metric: score["value"]})
-            values = {"dev/loss": score["dev_loss"], "dev/error_rate/Overall": overall,
-                      **{f"dev/error_rate/{g}": r for g, r in rates.items()}}
-            accelerator.log({k: v for k, v in values.items() if v is not None}, step=step)
-            state.last_eval = score
-            value = score["value"]
-            if value is not None and (state.best_metric is None or value < state.best_metric):
-                save_adapter(unwrapped, self.out_dir / "best", self.config, self.manifests, score)
-                state.best_metric, state.best_step, state.best_score = value, step, score
-                log.info("step %d: new best %s %.4f -> %s", step, metric, value, self.out_dir / "best")
+        collective = Collective(accelerator)
+        unwrapped = accelerator.unwrap_model(self.model)
+        unwrapped.eval()
+        # Decoding may reseed torch (sampling fallback): keep training's RNG
+        # stream independent of evaluation.
+        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), gathered_for_decoding(accelerator, self.model):
+                score = evaluate(self.backbone, unwrapped, self.loss_fn, self.dev, self.decode_config,
+                                 metric=metric, micro_batch=self.train.micro_batch,
+                                 device=accelerator.device, step=step, collective=collective)
+        finally:
+            unwrapped.train()
+        rates = {row["group"]: row["error_rate"] for row in score["rows"]}
+        overall = score["overall"]["error_rate"]
+        self.write_log({"event": "eval", "step": step, "dev_loss": score["dev_loss"],
+                        "dev_error_rate": overall, "per_language": rates, metric: score["value"]})
+        values = {"dev/loss": score["dev_loss"], "dev/error_rate/Overall": overall,
+                  **{f"dev/error_rate/{g}": r for g, r in rates.items()}}
+        accelerator.log({k: v for k, v in values.items() if v is not None}, step=step)
+        state.last_eval = score
+        value = score["value"]
+        # the main process decides, every process follows (the gather for saving is a collective)
+        best = collective.broadcast(value is not None and (state.best_metric is None or value < state.best_metric))
+        if best:
+            self.save_adapter_to(self.out_dir / "best", score)
+            state.best_metric, state.best_step, state.best_score = value, step, score
+            log.info("step %d: new best %s %.4f -> %s", step, metric, value, self.out_dir / "best")
         accelerator.wait_for_everyone()
 
     # ---- the loop
@@ -420,17 +452,15 @@ class _Run:
                 on_step(step, record)
 
     def save_final(self) -> Path:
-        """``final/`` (and ``best/`` when no evaluation chose one) on the main process."""
+        """``final/`` (and ``best/`` when no evaluation chose one), written by the main process."""
         state, final_dir = self.state, self.out_dir / "final"
-        if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.model)
-            last = state.last_eval if state.last_eval and state.last_eval["step"] == state.step else {}
-            save_adapter(model, final_dir, self.config, self.manifests, {**last, "step": state.step})
-            if state.best_step is None:  # no dev set, or no evaluation gave a score
-                note = ("no dev set" if self.dev is None
-                        else f"no dev evaluation gave a {self.config.select.metric}")
-                save_adapter(model, self.out_dir / "best", self.config, self.manifests,
-                             {**last, "step": state.step, "note": f"{note}: the final adapter"})
+        last = state.last_eval if state.last_eval and state.last_eval["step"] == state.step else {}
+        self.save_adapter_to(final_dir, {**last, "step": state.step})
+        if state.best_step is None:  # no dev set, or no evaluation gave a score
+            note = ("no dev set" if self.dev is None
+                    else f"no dev evaluation gave a {self.config.select.metric}")
+            self.save_adapter_to(self.out_dir / "best", {**last, "step": state.step,
+                                                         "note": f"{note}: the final adapter"})
         self.accelerator.wait_for_everyone()
         return final_dir
 
