@@ -97,8 +97,9 @@ def test_two_processes_train_the_adapter_one_process_trains(setup, tmp_path, fsd
     import torch
 
     out = tmp_path / "two"
-    proc = launch(["train", "--config", setup["root"] / "round1.yaml", "--model", setup["model"],
-                   "--train", setup["train"], "--dev", setup["dev"], "--out", out], fsdp=fsdp)
+    args = ["train", "--config", setup["root"] / "round1.yaml", "--model", setup["model"],
+            "--train", setup["train"], "--dev", setup["dev"], "--out", out]
+    proc = launch(args, fsdp=fsdp)
     if fsdp:
         assert "FSDP 2 (fully_shard) on CPU processes" in proc.stderr
     first = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])
@@ -119,6 +120,12 @@ def test_two_processes_train_the_adapter_one_process_trains(setup, tmp_path, fsd
     assert a["dev_wer"] == b["dev_wer"] and a["per_language"] == b["per_language"]
     assert a["dev_loss"] == pytest.approx(b["dev_loss"], abs=1e-5)
     assert json.loads((out / "best" / "score.json").read_text())["step"] == STEPS
+    if fsdp:  # the same command again resumes from the checkpoint: the gathered LoRA and optimiser state load back
+        before = _adapter(out / "final")
+        launch(args, fsdp=True)
+        events = [json.loads(line)["event"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+        after = _adapter(out / "final")
+        assert events.count("resume") == 1 and all(torch.equal(before[k], after[k]) for k in before)
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
