@@ -434,23 +434,9 @@ def test_rounds_run_on_two_cpu_processes_with_the_fsdp_config(tmp_path):
     """Issue 24's "done when": the recipe on 2 CPU processes end to end, with an FSDP config,
     through --ngpu 2. Each round trains in two gloo processes, the main one merges; the
     pseudo-labels of stage 5 are decoded in two shards."""
-    from ilt.data.manifests import save_manifest
-    from ilt.testing import make_cuts, tiny_whisper_dir
-    from ilt.testing.configs import fast_decode_yaml, round_yaml
+    from test_launch import tiny_recipe_inputs
 
-    tiny_whisper_dir(tmp_path / "M0")
-    texts = ["hello world", "good morning", "thank you", "see you soon"]
-    save_manifest(make_cuts(tmp_path / "a_train", [{"id": f"t{i}", "text": t, "duration": 0.6 + 0.1 * i}
-                                                   for i, t in enumerate(texts)]), tmp_path / "train.jsonl.gz")
-    save_manifest(make_cuts(tmp_path / "a_dev", [{"id": f"d{i}", "text": t, "duration": 0.7}
-                                                 for i, t in enumerate(["hello there", "thank you"])]),
-                  tmp_path / "dev.jsonl.gz")
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    for name in ("focus", "feedback", "fix"):
-        (conf / f"{name}.yaml").write_text(round_yaml(name=name, lr=0.01, micro_batch=1, max_steps=2, eval_every=2,
-                                                      save_every=2, num_buckets=1))
-    (conf / "decode.yaml").write_text(fast_decode_yaml(max_new_tokens=3, batch_size=2))
+    tiny_recipe_inputs(tmp_path)
     fsdp = ROOT / "conf" / "accelerate" / "fsdp2_2cpu.yaml"
     proc = template("--stage", "3", "--stop-stage", "5", "--base-model", "M0", "--train-cuts", "train.jsonl.gz",
                     "--dev-cuts", "dev.jsonl.gz", "--conf-dir", "conf", "--ngpu", "2", "--accelerate-config", str(fsdp),
