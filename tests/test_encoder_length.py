@@ -171,3 +171,21 @@ def test_train_dev_merge_and_decode_on_the_audio_length_and_the_mode_check(whisp
         decode_files(merged, every, tmp_path / "padded", fast_decode(), progress=False)
     assert ("trained with input_mode audio_length" in caplog.text and "decodes with input_mode padded" in caplog.text
             and "input_mode: audio_length}" in caplog.text)
+
+
+def test_pseudo_labelling_on_the_audio_length(whisper_dir, tmp_path):
+    """Pseudo-labelling decodes through the backbone: with ``input_mode:
+    audio_length`` in its decoding config every cut is decoded (a long one in
+    chunks) and voted on."""
+    from ilt.asr.pseudo import pseudo_label, voting_models
+    from ilt.data.manifests import save_manifest
+    from ilt.testing.configs import fast_decode
+    from ilt.testing.dummies import make_cuts
+
+    pool = save_manifest(make_cuts(tmp_path / "audio", [{"id": "a", "text": None, "duration": 0.7},
+                                                        {"id": "long", "text": None, "duration": 4.5}]),
+                         tmp_path / "pool.jsonl.gz")
+    config = fast_decode(backbone={"name": "whisper", "input_mode": "audio_length", "pad_multiple": 20})
+    summary = pseudo_label(voting_models([whisper_dir]), pool, tmp_path / "out", voter="majority",
+                           decode_config=config)
+    assert summary["cuts"] == 2 and summary["kept"] + sum(summary["left_out"].values()) == 2
