@@ -189,3 +189,24 @@ def test_pseudo_labelling_on_the_audio_length(whisper_dir, tmp_path):
     summary = pseudo_label(voting_models([whisper_dir]), pool, tmp_path / "out", voter="majority",
                            decode_config=config)
     assert summary["cuts"] == 2 and summary["kept"] + sum(summary["left_out"].values()) == 2
+
+
+@pytest.mark.parametrize("beams", [1, 2])
+def test_generate_runs_the_encoder_on_the_short_features(whisper_dir, beams):
+    """Whisper's ``generate`` zero-pads ``input_features`` to the window
+    (``_get_input_segment``); in ``audio_length`` mode the backbone runs the
+    encoder itself, on the batch's frames, for greedy and beam search alike."""
+    import numpy as np
+
+    from ilt.plugins import create
+
+    trimmed = create("backbone", "whisper", whisper_dir, input_mode="audio_length", pad_multiple=20)
+    audio = [np.random.default_rng(1).standard_normal(n).astype(np.float32) for n in (3000, 5000)]
+    seen = []
+    handle = trimmed.model.model.encoder.register_forward_hook(
+        lambda module, args, output: seen.append((args[0].shape[-1], output.last_hidden_state.shape[1])))
+    try:
+        trimmed.generate(trimmed.model, trimmed.features(audio), language="en", max_new_tokens=3, num_beams=beams)
+    finally:
+        handle.remove()
+    assert seen == [(40, 20)]
