@@ -87,3 +87,40 @@ def test_adamw8bit_without_bitsandbytes_is_one_line(monkeypatch):
     with pytest.raises(IltInputError, match=r"adamw8bit needs bitsandbytes.*pip install 'ilt\[opt8bit\]'") as err:
         _tiny_step("adamw8bit")
     assert "\n" not in str(err.value)
+
+
+def test_adamw8bit_round_checkpoints_and_resumes_bitwise(base_dir, tmp_path):
+    """A round with the 8-bit optimiser: its uint8 state goes into the checkpoint
+    (safetensors, no pickle) and a killed run resumes to the same adapter."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'ilt[opt8bit]')")
+    from ilt.data.manifests import save_manifest
+    from ilt.testing.dummies import make_cuts
+    from ilt.training.loop import list_checkpoints, train_round
+
+    cuts = save_manifest(make_cuts(tmp_path / "c", [{"id": f"t{i}", "text": "hello world", "duration": 1.0}
+                                                    for i in range(4)]), tmp_path / "c.jsonl.gz")
+    config = from_dict(RoundConfig, {"name": "r", "lora": {"r": 64, "lora_dropout": 0.0},  # LoRA A: 64 x 64 = 4096
+                                     "train": {"lr": 1e-2, "micro_batch": 2, "precision": "fp32", "max_steps": 3,
+                                               "save_every": 1, "optimizer": "adamw8bit"}})
+    full = train_round(config, base_dir, tmp_path / "full", train_cuts=[(cuts, 1.0)])
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_2(step, record):
+        if step == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_round(config, base_dir, tmp_path / "cut", train_cuts=[(cuts, 1.0)], on_step=kill_at_2)
+    assert [s for s, _ in list_checkpoints(tmp_path / "cut")] == [1, 2]
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "cut" / "checkpoints" / "step-2" / "state.safetensors")
+    assert any(t.dtype == torch.uint8 for t in saved.values())  # the 8-bit moments are what the checkpoint holds
+    resumed = train_round(config, base_dir, tmp_path / "cut", train_cuts=[(cuts, 1.0)])
+    assert resumed.steps == full.steps == 3
+    a = (tmp_path / "full" / "final" / "adapter_model.safetensors").read_bytes()
+    b = (tmp_path / "cut" / "final" / "adapter_model.safetensors").read_bytes()
+    assert a == b
