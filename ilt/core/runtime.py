@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from typing import Any
@@ -19,7 +18,8 @@ def process_state() -> Any:
     So are those of a config with ``use_cpu: true`` (the recipe launches them
     under ``ACCELERATE_USE_CPU``, :mod:`ilt.core.launch`). Under an FSDP config
     on CPU processes, Accelerate (1.16) keeps ``MULTI_CPU`` and does not apply
-    its FSDP plugin: logged once, on the main process.
+    its FSDP plugin; :func:`launched_fsdp_version` tells the training loop to
+    shard with ``fully_shard`` itself (:mod:`ilt.training.sharding`).
     """
     import torch
     from accelerate import PartialState
@@ -27,17 +27,7 @@ def process_state() -> Any:
 
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available())
-    state = PartialState(cpu=cpu)
-    version = launched_fsdp_version()
-    if cpu and several and version and state.is_main_process:
-        _warn_cpu_fsdp(version)
-    return state
-
-
-@functools.cache
-def _warn_cpu_fsdp(version: int) -> None:
-    log.warning("accelerate launch asked for FSDP %s (the config's distributed_type), but Accelerate runs CPU "
-                "processes as MULTI_CPU (gloo) and applies its FSDP plugin only to GPU processes", version)
+    return PartialState(cpu=cpu)
 
 
 def launched_fsdp_version() -> int | None:
