@@ -80,6 +80,7 @@ from ilt.config import (
     load_round,
     to_dict,
 )
+from ilt.core.allocator import reuse_freed_memory
 from ilt.core.files import write_json_atomic, write_text_atomic
 from ilt.core.runtime import Skips, process_state
 from ilt.data.mix import Mix, log_buckets, training_stream
@@ -556,6 +557,8 @@ def train_round(
         raise IltInputError(f"{dev_cuts}: dev cut manifest not found")
     decode_config = _dev_decode_config(config, decode_config)
     state = process_state()  # `accelerate launch --cpu`, and torchrun on a machine without CUDA
+    if state.device.type == "cpu":
+        reuse_freed_memory()  # large temporaries reuse the heap: no page faults each step (ilt.core.allocator)
     manifests = _prepare_out_dir(config, out_dir, dev_cuts, command, state.is_main_process)
     check_run_inputs(out_dir, model_dir, manifests, state.is_main_process)  # resume: same base model and data
     state.wait_for_everyone()
