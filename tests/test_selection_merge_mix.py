@@ -56,6 +56,9 @@ class _Acc:
 
     def __init__(self, main=True):
         self.is_main_process = main
+        self.num_processes, self.process_index = 1, 0
+        self.distributed_type = "NO"  # accelerate's DistributedType.NO compares equal to its value
+        self.state = SimpleNamespace(deepspeed_plugin=None, fsdp_plugin=None)
         self.device = torch.device("cpu")
         self.logged, self.waits = [], 0
 
@@ -79,6 +82,9 @@ class _Model:
     def train(self):
         self.modes.append("train")
 
+    def modules(self):  # nothing sharded: no FSDP module to gather for decoding
+        return iter(())
+
 
 def _score(step, value, *, loss=1.5, overall=0.25):
     return {"step": step, "value": value, "dev_loss": loss, "overall": {"error_rate": overall},
@@ -90,10 +96,11 @@ def run(tmp_path, monkeypatch):
     """A ``_Run`` without a model: evaluation returns queued scores, saving adapters is recorded."""
     saved, calls = [], []
     monkeypatch.setattr(train_mod, "save_adapter",
-                        lambda model, dst, config, manifests, score: saved.append((dst, dict(score))))
+                        lambda model, dst, config, manifests, score, state_dict=None: saved.append((dst, dict(score))))
     queue = {}
 
-    def fake_evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step):
+    def fake_evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step,
+                      collective=None):
         calls.append({"metric": metric, "micro_batch": micro_batch, "device": device, "step": step,
                       "backbone": backbone, "loss_fn": loss_fn, "dev": dev, "decode": decode_config,
                       "mode": model.modes[-1]})
@@ -170,10 +177,30 @@ def test_evaluate_keeps_the_training_rng_and_restores_train_mode(run):
     assert run.model.modes == ["eval", "train", "eval", "train"]
 
 
-def test_evaluate_on_other_processes_only_waits(run):
+class _SecondProcess:
+    """Process 1 of 2: it evaluates its share, and the best-adapter decision is the main process's."""
+
+    world, rank = 2, 1
+
+    def __init__(self, accelerator=None, main_says=True):
+        self.main_says = main_says
+
+    def broadcast(self, obj):
+        return self.main_says
+
+
+@pytest.mark.parametrize("main_says", [True, False])
+def test_another_process_evaluates_and_follows_the_main_process(run, monkeypatch, main_says):
+    """Every process evaluates its shard; whether the adapter is kept is what
+    the main process broadcasts, never this process's own value; only the main
+    process writes."""
+    monkeypatch.setattr(ilt.training.evaluate, "Collective", lambda acc: _SecondProcess(acc, main_says))
     run.accelerator.is_main_process = False
-    run.evaluate(1)  # no queued score: evaluating would fail
-    assert run.calls == [] and run.saved == [] and run.accelerator.waits == 1 and run.state.last_eval is None
+    run.queue[1] = 0.9  # this process's (broadcast) score: its own value never decides
+    run.evaluate(1)
+    assert len(run.calls) == 1 and run.accelerator.waits == 1
+    assert run.saved == []  # the writing is the main process's
+    assert (run.state.best_step == 1) is main_says
 
 
 def test_save_final_without_a_best_saves_the_final_as_best(run):
