@@ -34,6 +34,16 @@ one H100:
 
     .venv/bin/python bench/gpu_real_size.py --out bench/out/input-mode --models whisper-large-v3 \
         --input-modes padded,audio_length --seconds 3 --batch 8 --record
+
+``--checkpointing both`` trains each model without and with gradient
+checkpointing; every padded row also carries ``ilt plan``'s predicted peak for
+one process (``PLAN_SOURCES``: the shipped config and the round YAML) and the
+ratio measured / plan. All the GPU checks, in two calls that fit 8 minutes on
+one H100 (about 3 + 2 minutes, estimated, not yet run):
+
+    .venv/bin/python bench/gpu_real_size.py --out bench/out/real-size --checkpointing both --batch 4 --steps 4 --record
+    .venv/bin/python bench/gpu_real_size.py --out bench/out/input-mode --models whisper-large-v3 \
+        --input-modes padded,audio_length --seconds 3 --batch 8 --steps 4 --record
 """
 
 from __future__ import annotations
@@ -82,7 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=30.0, help="audio seconds per cut (at most 30)")
     parser.add_argument("--steps", type=int, default=5, help="optimiser steps (the first is not timed)")
     parser.add_argument("--lid", action="store_true", help="also train the language-ID embeddings (ilt.models.lid)")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="off",
+                        help="gradient checkpointing; both: each model trains once without and once with it")
+    parser.add_argument("--gradient-checkpointing", action="store_const", const="on", dest="checkpointing",
+                        help=argparse.SUPPRESS)  # the old flag: --checkpointing on
     parser.add_argument("--input-modes", default="padded",
                         help="comma-separated: padded (30 s, stock), audio_length (issue 26); each model runs in each")
     parser.add_argument("--pad-multiple", type=int, default=1000,
@@ -224,8 +237,32 @@ def train_steps(backbone: Any, model: Any, batch: Any, steps: int, device: str, 
     return times
 
 
+#: the round YAML and the shipped config ``ilt plan`` predicts each model from
+PLAN_SOURCES = {"whisper-large-v3": ("openai/whisper-large-v3", "egs/mlc_slm/conf/feedback.yaml"),
+                "qwen2-audio-7b": ("Qwen/Qwen2-Audio-7B-Instruct", "egs/mlc_slm/conf/qwen2_audio/feedback.yaml")}
+
+
+def plan_prediction(name: str, args: argparse.Namespace, checkpointing: bool) -> dict[str, Any]:
+    """``ilt plan``'s peak for this row on one process (no DDP buckets: one
+    process has none), from the shipped config and the round YAML, with the
+    bench's micro-batch, seconds, bf16 and AdamW; ``{}`` for the tiny configs."""
+    if args.tiny:
+        return {}
+    from ilt.config import load_round
+    from ilt.training.plan import plan, setup_from_round
+
+    source, round_yaml = PLAN_SOURCES[name]
+    round_config = load_round(Path(__file__).resolve().parents[1] / round_yaml)
+    setup = setup_from_round(round_config, processes=1, micro_batch=args.batch, seconds=args.seconds,
+                             precision="bf16", checkpointing=checkpointing, optimizer="adamw",
+                             device_memory_gib=1024.0)
+    _, plans, _ = plan(source, round_config, setup, ["ddp"])
+    p = plans["ddp"]
+    return {"plan_peak_bytes": int(p.peak - p.buckets)}
+
+
 def run_model(name: str, args: argparse.Namespace, device: str, tmp: Path,
-              input_mode: str = "padded") -> dict[str, Any]:
+              input_mode: str = "padded", checkpointing: bool = False) -> dict[str, Any]:
     """Build, attach the LoRA (and LID), train ``args.steps`` steps with the
     encoder in ``input_mode``; the row of the table."""
     import torch
@@ -236,7 +273,9 @@ def run_model(name: str, args: argparse.Namespace, device: str, tmp: Path,
 
     dtype = torch.float32 if args.tiny else torch.bfloat16
     row: dict[str, Any] = {"model": name, "batch": args.batch, "seconds": args.seconds, "lid": args.lid,
-                           "input_mode": input_mode}
+                           "input_mode": input_mode, "checkpointing": checkpointing}
+    if input_mode == "padded":  # the planner models the padded 30 s encoder
+        row.update(plan_prediction(name, args, checkpointing))
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     try:
@@ -246,7 +285,7 @@ def run_model(name: str, args: argparse.Namespace, device: str, tmp: Path,
         model = attach_lora(backbone, LoraSection(**(TINY_LORA if args.tiny else FEEDBACK_LORA)))
         if args.lid:
             lid.train_embeddings(backbone)
-        if args.gradient_checkpointing:
+        if checkpointing:
             model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         trainable, total = model.get_nb_trainable_parameters()
@@ -276,14 +315,19 @@ def run_model(name: str, args: argparse.Namespace, device: str, tmp: Path,
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    header = ["model", "input mode (mel frames)", "params",
+    header = ["model", "input mode (mel frames)", "checkpointing", "params",
               "trainable (LoRA" + (" + LID" if rows and rows[0]["lid"] else "") + ")",
-              "batch x s", "peak GPU memory", "step time (median 2..N)", "samples/s"]
+              "batch x s", "peak GPU memory", "ilt plan peak", "measured / plan", "step time (median 2..N)",
+              "samples/s"]
     out = []
     for r in rows:
+        ratio = (f"{r['peak_gpu_bytes'] / r['plan_peak_bytes']:.2f}"
+                 if r.get("peak_gpu_bytes") and r.get("plan_peak_bytes") else "n/a")
         out.append([r["model"], f"{r.get('input_mode', 'padded')} ({r.get('frames', '?')})",
+                    "on" if r.get("checkpointing") else "off",
                     f"{r.get('params', 0) / 1e9:.2f} B", f"{r.get('trainable', 0) / 1e6:.0f} M",
                     f"{r['batch']} x {r['seconds']:g}", fmt_bytes(r.get("peak_gpu_bytes")),
+                    fmt_bytes(r.get("plan_peak_bytes")), ratio,
                     f"{r['step_seconds']:.3f} s" if "step_seconds" in r else r.get("error", "n/a"),
                     f"{r['samples_per_second']:.2f}" if "samples_per_second" in r else "n/a"])
     return markdown_table(header, out)
@@ -308,12 +352,14 @@ def main(argv: list[str] | None = None) -> None:
             for mode in [m.strip() for m in args.input_modes.split(",") if m.strip()]:
                 if mode not in ("padded", "audio_length"):
                     sys.exit(f"--input-modes: unknown mode {mode!r}; known: padded, audio_length")
-                rows.append(run_model(name, args, device, Path(tmp) / mode, mode))
-                print(json.dumps(rows[-1]), flush=True)
+                for checkpointing in {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]:
+                    rows.append(run_model(name, args, device, Path(tmp) / f"{mode}-{checkpointing}", mode,
+                                          checkpointing))
+                    print(json.dumps(rows[-1]), flush=True)
     settings = (f"{'tiny configs, CPU fp32 (code path only)' if args.tiny else 'real configs, random weights, bf16'}"
                 f"; LoRA {'r=8' if args.tiny else 'r=512 alpha=2048'} wide; batch {args.batch} x "
                 f"{args.seconds:g} s; input modes {args.input_modes} (pad_multiple {args.pad_multiple}); {args.steps} steps; LID {'on' if args.lid else 'off'}; gradient checkpointing "
-                f"{'on' if args.gradient_checkpointing else 'off'}")
+                f"{args.checkpointing}")
     result = {"date": now(), **info, "settings": settings, "rows": rows}
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     text = table(rows)
