@@ -226,7 +226,7 @@ def pseudo_label(models: Sequence[VotingModel], cuts_path: str | Path, out_dir: 
 
     from ilt.core.registry import create
     from ilt.core.runtime import process_state
-    from ilt.data.cut_stream import stream_cuts
+    from ilt.data.cut_stream import Counted, stream_cuts
     from ilt.data.manifests import save_manifest
 
     if not 0.0 <= min_agreement <= 1.0:
@@ -244,8 +244,8 @@ def pseudo_label(models: Sequence[VotingModel], cuts_path: str | Path, out_dir: 
         return read_json(out_dir / "summary.json")
     skips = Skips("pseudo-label")
     votes: list[dict[str, Any]] = []
-    counted = _Counted(stream_cuts(cuts_path, check=False))
-    kept = _Counted(iter_votes(counted, records, voting, voter_name, min_agreement, skips, votes))
+    counted = Counted(stream_cuts(cuts_path, check=False))
+    kept = Counted(iter_votes(counted, records, voting, voter_name, min_agreement, skips, votes))
     save_manifest(CutSet(kept), out_dir / "cuts.jsonl.gz")  # CutSet over a generator: written as a stream
     write_text_atomic(out_dir / "votes.jsonl", "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in votes))
     summary = {"cuts": counted.n, "kept": kept.n, "left_out": skips.report(), "voter": voter_name,
@@ -254,15 +254,3 @@ def pseudo_label(models: Sequence[VotingModel], cuts_path: str | Path, out_dir: 
     log.info("pseudo-label: %d of %d cut(s) kept -> %s", kept.n, counted.n, out_dir / "cuts.jsonl.gz")
     state.wait_for_everyone()
     return summary
-
-
-class _Counted:
-    """An iterable that counts the items it has given (``n``)."""
-
-    def __init__(self, items: Iterable[Any]) -> None:
-        self.items, self.n = items, 0
-
-    def __iter__(self) -> Iterator[Any]:
-        for item in self.items:
-            self.n += 1
-            yield item

@@ -12,7 +12,7 @@ A manifest that fails half-way fails when the stream reaches the bad line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ilt.data.audio import check_sources
 from ilt.errors import IltInputError
@@ -79,4 +79,17 @@ def lazy_cuts(path: str | Path) -> tuple[Any, int]:
     return CutSet.from_jsonl_lazy(Path(path)), count
 
 
-__all__ = ["lazy_cuts", "shard_of", "stream_cuts"]
+class Counted:
+    """An iterable over ``items`` (once) that counts what it has given (``n``):
+    a stream of cuts whose length is known only once it has been read."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self.items, self.n = items, 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.items:
+            self.n += 1
+            yield item
+
+
+__all__ = ["Counted", "lazy_cuts", "shard_of", "stream_cuts"]

@@ -41,7 +41,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 from ilt.config import ComponentSpec, DecodeConfig, config_hash
 from ilt.core.files import read_json, sha256_file, write_json_atomic, write_text_atomic
@@ -487,7 +487,7 @@ def hard_cases(model_dir: str | Path, cuts_path: str | Path, stats_path: str | P
     from lhotse import CutSet
 
     from ilt.asr.score import reference_of
-    from ilt.data.cut_stream import stream_cuts
+    from ilt.data.cut_stream import Counted, stream_cuts
     from ilt.data.manifests import save_manifest
 
     if not max_error_rate >= 0:
@@ -497,7 +497,7 @@ def hard_cases(model_dir: str | Path, cuts_path: str | Path, stats_path: str | P
     config = decode_config or DecodeConfig()
     stats = TokenStats.load(stats_path)
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    cuts = _Counted(stream_cuts(cuts_path))  # a stream: only the candidates are held
+    cuts = Counted(stream_cuts(cuts_path))  # a stream: only the candidates are held
     tokenizer = load_text_tokenizer(model_dir, config.backbone)
     skips = Skips("hard-cases")
     found = hard_case_candidates(cuts, stats, tokenizer, skips)
@@ -533,15 +533,3 @@ def hard_cases(model_dir: str | Path, cuts_path: str | Path, stats_path: str | P
              len(found), cuts.n, len(records), len(kept), max_error_rate, out_dir / HARD_CUTS)
     state.wait_for_everyone()
     return summary
-
-
-class _Counted:
-    """An iterable over ``items`` (once) that counts what it has given (``n``)."""
-
-    def __init__(self, items: Iterable[Any]) -> None:
-        self.items, self.n = items, 0
-
-    def __iter__(self) -> Iterator[Any]:
-        for item in self.items:
-            self.n += 1
-            yield item
