@@ -12,6 +12,7 @@ from ilt.backbone import SCOPES, Batch
 from ilt.core.files import atomic_dir, log, read_json
 from ilt.errors import IltInputError
 from ilt.models import lid
+from ilt.models.encoder_length import DEFAULT_PAD_MULTIPLE, input_mode, use_audio_length
 
 
 def resolve_target_modules(model: Any, spec: str | Sequence[str], scope_targets: dict[str, Sequence[str]],
@@ -177,6 +178,25 @@ class HFBackbone:
         """LoRA target module names for PEFT's ``target_modules``: a scope of
         :attr:`scope_targets` or explicit names (see :func:`resolve_target_modules`)."""
         return resolve_target_modules(unwrap_model(self.model), spec, self.scope_targets, self.family)
+
+    # ------------------------------------------------------------------ encoder input length
+
+    @property
+    def input_mode(self) -> str:
+        """``padded`` or ``audio_length`` (see :mod:`ilt.models.encoder_length`)
+        of the audio encoder (the first of :meth:`lid_modules`)."""
+        return input_mode(self.lid_modules()[0])
+
+    def use_audio_length(self, pad_multiple: int | None = None) -> "HFBackbone":
+        """Run the audio encoder (Whisper's encoder, Qwen2-Audio's tower) on
+        each batch's own length, padded to a multiple of ``pad_multiple``
+        frames (default :data:`ilt.models.encoder_length.DEFAULT_PAD_MULTIPLE`),
+        instead of 30 s; the collator pads to match (for Qwen2-Audio the
+        feature mask and the prompt's audio tokens follow the real length, as
+        in the padded mode). Returns ``self``."""
+        use_audio_length(self.lid_modules()[0])
+        self.collator.pad_multiple = int(DEFAULT_PAD_MULTIPLE if pad_multiple is None else pad_multiple)
+        return self
 
     def features(self, audios: Sequence[Any]) -> dict[str, Any]:
         """The collator's features of raw mono audio; the STFT runs on the

@@ -53,9 +53,7 @@ from ilt.models.encoder_length import (
     DEFAULT_PAD_MULTIPLE,
     PADDED,
     check_options,
-    input_mode,
     padded_frames,
-    use_audio_length,
 )
 from ilt.models.scopes import QWEN2_AUDIO_SCOPES
 from ilt.models.whisper_io import IGNORE_INDEX, readable_pieces, resolve_dtype
@@ -299,20 +297,6 @@ class Qwen2AudioBackbone(HFBackbone):
         except (OSError, ValueError) as exc:
             raise IltInputError(f"{model_dir}: cannot load the Qwen2-Audio processor: {exc}") from None
         return cls(model, processor).finish_loading(model_dir, device)
-
-    @property
-    def input_mode(self) -> str:
-        """``padded`` or ``audio_length`` (see :mod:`ilt.models.encoder_length`)."""
-        return input_mode(self.model.model.audio_tower)
-
-    def use_audio_length(self, pad_multiple: int = DEFAULT_PAD_MULTIPLE) -> "Qwen2AudioBackbone":
-        """Run this model's audio tower on each batch's own length (padded to
-        a multiple of ``pad_multiple`` frames) instead of 30 s; the feature
-        mask and the prompt's audio tokens follow the real length, as in the
-        padded mode. Returns ``self``."""
-        use_audio_length(self.model.model.audio_tower)
-        self.collator.pad_multiple = int(pad_multiple)
-        return self
 
     def save_processor(self, out_dir: Path) -> None:
         """The processor: feature extractor and tokenizer (see :meth:`HFBackbone.save`)."""

@@ -35,8 +35,6 @@ from ilt.models.encoder_length import (
     DEFAULT_PAD_MULTIPLE,
     PADDED,
     check_options,
-    input_mode,
-    use_audio_length,
 )
 from ilt.models.scopes import WHISPER_SCOPES
 from ilt.models.whisper_io import (
@@ -131,18 +129,6 @@ class WhisperBackbone(HFBackbone):
         except (OSError, ValueError) as exc:
             raise IltInputError(f"{model_dir}: cannot load the Whisper tokenizer or feature extractor: {exc}") from None
         return cls(model, feature_extractor, tokenizer).finish_loading(model_dir, device)
-
-    @property
-    def input_mode(self) -> str:
-        """``padded`` or ``audio_length`` (see :mod:`ilt.models.encoder_length`)."""
-        return input_mode(self.model.model.encoder)
-
-    def use_audio_length(self, pad_multiple: int = DEFAULT_PAD_MULTIPLE) -> "WhisperBackbone":
-        """Run this model's encoder on each batch's own length (padded to a
-        multiple of ``pad_multiple`` frames) instead of 30 s; returns ``self``."""
-        use_audio_length(self.model.model.encoder)
-        self.collator.pad_multiple = int(pad_multiple)
-        return self
 
     def save_processor(self, out_dir: Path) -> None:
         """The feature extractor and the tokenizer (see :meth:`HFBackbone.save`)."""
