@@ -202,6 +202,12 @@ class SelectSection:
     """How the best adapter is chosen: the metric, and the dev decoding that scores it."""
 
     metric: Literal["dev_wer", "dev_loss"] = "dev_wer"
+    patience: Union[int, None] = _field(
+        None, min=1, help="early stopping: end the round after this many dev evaluations in a row without a new "
+                          "best (by more than min_delta); max_steps (or epochs) stays the cap; null: no early stop")
+    min_delta: float = _field(
+        0.0, min=0.0, help="with patience: how much lower than the best the metric must be to reset the patience "
+                           "(the best adapter is still the lowest value)")
     decode: Union[DecodeConfig, None] = _field(
         None, help="the dev decoding's options (conf/decode.yaml's keys; its backbone is the round's); "
                    "null: greedy. ilt train --decode-config replaces it")

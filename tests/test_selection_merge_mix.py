@@ -112,7 +112,7 @@ def run(tmp_path, monkeypatch):
     monkeypatch.setattr(ilt.training.evaluate, "evaluate", fake_evaluate)
     r = object.__new__(train_mod._Run)
     r.accelerator, r.state, r.model = _Acc(), TrainState(None), _Model()
-    r.config = SimpleNamespace(select=SimpleNamespace(metric="wer"))
+    r.config = SimpleNamespace(select=SimpleNamespace(metric="wer", patience=None, min_delta=0.0))
     r.train = SimpleNamespace(micro_batch=3)
     r.backbone, r.loss_fn, r.dev, r.decode_config = "BB", "LOSS", "DEV", "DECODE"
     r.out_dir, r.manifests, r.log_file = tmp_path, ["m"], io.StringIO()
@@ -131,6 +131,33 @@ def test_best_is_lowest_metric_and_ties_keep_the_earlier_step(run):
     assert run.state.best_score == _score(6, 0.1)
     assert run.state.last_eval == _score(7, 0.1000001)
     assert run.accelerator.waits == 7
+
+
+def test_patience_counts_evaluations_without_a_new_best_by_min_delta(run):
+    """select.patience 2, min_delta 0.05: 0.5 (best), 0.47 (a new best, but by less than 0.05: stale 1),
+    0.40 (resets), 0.38 (stale 1), None (no score: stale 2, stop). The best adapter is still the
+    lowest value; a patience of 3 would not stop there."""
+    run.config.select.patience, run.config.select.min_delta = 2, 0.05
+    values = {1: 0.5, 2: 0.47, 3: 0.40, 4: 0.38, 5: None}
+    run.queue.update(values)
+    stale, stopped = [], []
+    for step in values:
+        run.evaluate(step)
+        stale.append(run.state.stale_evals)
+        stopped.append(run.state.stopped_early)
+    assert stale == [0, 1, 0, 1, 2]
+    assert stopped == [None, None, None, None, 5]
+    assert [s["step"] for _, s in run.saved] == [1, 2, 3, 4] and run.state.best_metric == 0.38
+    records = [json.loads(line) for line in run.log_file.getvalue().splitlines()]
+    assert [r.get("stopped_early", False) for r in records] == [False] * 4 + [True]
+    assert [r["best"] for r in records] == [True, True, True, True, False]
+
+
+def test_without_patience_nothing_stops(run):
+    run.queue.update({1: 0.5, 2: 0.6, 3: 0.7, 4: 0.8})
+    for step in range(1, 5):
+        run.evaluate(step)
+    assert run.state.stale_evals == 3 and run.state.stopped_early is None
 
 
 def test_no_score_value_never_becomes_best(run):
@@ -152,7 +179,7 @@ def test_evaluate_call_log_record_and_tracker_values(run):
     assert run.model.modes == ["eval", "train"]
     record = json.loads(run.log_file.getvalue())
     assert record == {"event": "eval", "step": 4, "dev_loss": 1.5, "dev_error_rate": 0.25,
-                      "per_language": {"en": 0.2, "ja": 0.3}, "wer": 0.2}
+                      "per_language": {"en": 0.2, "ja": 0.3}, "wer": 0.2, "best": True, "stale_evals": 0}
     assert run.accelerator.logged == [(4, {"dev/loss": 1.5, "dev/error_rate/Overall": 0.25,
                                            "dev/error_rate/en": 0.2, "dev/error_rate/ja": 0.3})]
 
@@ -185,8 +212,8 @@ class _SecondProcess:
     def __init__(self, accelerator=None, main_says=True):
         self.main_says = main_says
 
-    def broadcast(self, obj):
-        return self.main_says
+    def broadcast(self, obj):  # (new best, improved beyond min_delta): what the main process decided
+        return (self.main_says, self.main_says)
 
 
 @pytest.mark.parametrize("main_says", [True, False])
@@ -201,6 +228,7 @@ def test_another_process_evaluates_and_follows_the_main_process(run, monkeypatch
     assert len(run.calls) == 1 and run.accelerator.waits == 1
     assert run.saved == []  # the writing is the main process's
     assert (run.state.best_step == 1) is main_says
+    assert run.state.stale_evals == (0 if main_says else 1)
 
 
 def test_save_final_without_a_best_saves_the_final_as_best(run):

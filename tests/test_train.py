@@ -154,6 +154,36 @@ def test_the_lowest_dev_score_is_kept(base_dir, data, tmp_path, monkeypatch):
     assert any(not torch.equal(best[k], step8[k]) for k in best)  # the weights moved after step 4
 
 
+def test_patience_ends_the_round_and_a_rerun_trains_no_further(base_dir, data, tmp_path, monkeypatch):
+    """select.patience 2 with dev scores 0.5, 0.4, 0.45, 0.6 at steps 2, 4, 6, 8 (of max_steps 20)
+    stops at step 8: best/ is step 4's adapter, final/ step 8's, a checkpoint is saved at the stop,
+    and running the same command again resumes there and does not train on."""
+    import ilt.training.evaluate
+
+    scores = {2: 0.5, 4: 0.4, 6: 0.45, 8: 0.6, 10: 0.1}
+
+    def evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step, collective=None):
+        value = scores[step]
+        return {"step": step, "metric": metric, "value": value, "dev_loss": value, "group_by": "language",
+                "rows": [{"group": "en", "error_rate": value}], "overall": {"error_rate": value}}
+
+    monkeypatch.setattr(ilt.training.evaluate, "evaluate", evaluate)
+    config = _config(max_steps=20, eval_every=2, save_every=10)
+    config.select.patience = 2
+    out = tmp_path / "patience"
+    kwargs = dict(train_cuts=[(data["train"], 1.0)], dev_cuts=data["dev"])
+    result = train_round(config, base_dir, out, **kwargs)
+    assert result.steps == 8 and result.stopped_early == 8 and "early stop" in result.summary()
+    assert result.best_score["step"] == 4
+    assert json.loads((out / "final" / "score.json").read_text())["step"] == 8
+    assert [s for s, _ in list_checkpoints(out)] == [8]
+    again = train_round(config, base_dir, out, **kwargs)
+    assert again.steps == 8 and again.stopped_early == 8 and again.best_score["step"] == 4
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()
+             if json.loads(line)["event"] == "step"]
+    assert steps == list(range(1, 9))
+
+
 @pytest.mark.parametrize("source", ["train", "many"])  # 4 cuts: one bucket; 16 cuts: 4 buckets
 def test_resume_gives_the_same_adapter(base_dir, data, tmp_path, source):
     config = _config(max_steps=5, grad_accum=2, save_every=2, eval_every=3, warmup_steps=1)

@@ -149,6 +149,8 @@ class TrainState:
         self.best_step: int | None = None
         self.best_score: dict[str, Any] | None = None
         self.last_eval: dict[str, Any] | None = None
+        self.stale_evals = 0     # dev evaluations in a row without a new best (select.patience)
+        self.stopped_early: int | None = None  # the step early stopping ended the round at
         self.skipped: dict[str, list[str]] = {}
 
     def sampler_state(self) -> dict[str, Any]:
@@ -166,7 +168,7 @@ class TrainState:
         return {
             "step": self.step, "micro_batches": self.micro_batches, "cuts": self.cuts,
             "best_metric": self.best_metric, "best_step": self.best_step, "best_score": self.best_score,
-            "last_eval": self.last_eval,
+            "last_eval": self.last_eval, "stale_evals": self.stale_evals, "stopped_early": self.stopped_early,
             "skipped": self.skipped, "sampler": self.sampler_state(),
         }
 

@@ -133,6 +133,8 @@ class TrainResult:
     skipped: dict[str, int] = field(default_factory=dict)
     #: the checkpoint this call resumed from, if any
     resumed_from: Path | None = None
+    #: the step at which ``select.patience`` ended the round (``None``: it ran to its cap)
+    stopped_early: int | None = None
 
     def summary(self) -> str:
         """A few lines for the command line."""
@@ -140,7 +142,8 @@ class TrainResult:
         best = ("no dev score" if self.best_metric is None
                 else f"best {metric} {self.best_metric:.4g} at step {(self.best_score or {}).get('step')}")
         lines = [f"{self.steps} steps in {self.seconds:.1f} s"
-                 + (f" (resumed from {self.resumed_from})" if self.resumed_from else "") + f"; {best}",
+                 + (f" (resumed from {self.resumed_from})" if self.resumed_from else "")
+                 + (" (early stop)" if self.stopped_early is not None else "") + f"; {best}",
                  f"best adapter: {self.best_dir}", f"final adapter: {self.final_dir}"]
         if self.skipped:
             lines.append("skipped: " + ", ".join(f"{n} {reason}" for reason, n in self.skipped.items()))
@@ -413,19 +416,28 @@ class _Run:
             unwrapped.train()
         rates = {row["group"]: row["error_rate"] for row in score["rows"]}
         overall = score["overall"]["error_rate"]
-        self.write_log({"event": "eval", "step": step, "dev_loss": score["dev_loss"],
-                        "dev_error_rate": overall, "per_language": rates, metric: score["value"]})
         values = {"dev/loss": score["dev_loss"], "dev/error_rate/Overall": overall,
                   **{f"dev/error_rate/{g}": r for g, r in rates.items()}}
         accelerator.log({k: v for k, v in values.items() if v is not None}, step=step)
         state.last_eval = score
-        value = score["value"]
+        value, select = score["value"], self.config.select
         # the main process decides, every process follows (the gather for saving is a collective)
-        best = collective.broadcast(value is not None and (state.best_metric is None or value < state.best_metric))
+        best, improved = collective.broadcast(
+            (value is not None and (state.best_metric is None or value < state.best_metric),
+             value is not None and (state.best_metric is None or value < state.best_metric - select.min_delta)))
         if best:
             self.save_adapter_to(self.out_dir / "best", score)
             state.best_metric, state.best_step, state.best_score = value, step, score
             log.info("step %d: new best %s %.4f -> %s", step, metric, value, self.out_dir / "best")
+        state.stale_evals = 0 if improved else state.stale_evals + 1
+        if select.patience is not None and state.stale_evals >= select.patience:
+            state.stopped_early = step
+            log.info("step %d: early stop: %d dev evaluations without a %s below %.4f (select.patience %d)",
+                     step, state.stale_evals, metric, state.best_metric - select.min_delta, select.patience)
+        self.write_log({"event": "eval", "step": step, "dev_loss": score["dev_loss"],
+                        "dev_error_rate": overall, "per_language": rates, metric: score["value"],
+                        "best": bool(best), "stale_evals": state.stale_evals,
+                        **({"stopped_early": True} if state.stopped_early == step else {})})
         accelerator.wait_for_everyone()
 
     # ---- the loop
@@ -433,7 +445,7 @@ class _Run:
         state, accelerator = self.state, self.accelerator
         seen = {i for ids in self.skips.items.values() for i in ids}
         batches = iter(self.loader)
-        while state.step < self.total_steps:
+        while state.step < self.total_steps and state.stopped_early is None:
             step_loss = self.optimiser_step(batches, seen)
             step = state.step
             record = {"event": "step", "step": step,
@@ -446,7 +458,7 @@ class _Run:
             bar.set_postfix(loss=f"{step_loss:.4f}" if step_loss is not None else "-", lr=f"{record['lr']:.2e}")
             if self.dev is not None and (step % self.eval_every == 0 or step == self.total_steps):
                 self.evaluate(step)
-            if step % self.save_every == 0 or step == self.total_steps:
+            if step % self.save_every == 0 or step == self.total_steps or state.stopped_early == step:
                 state.skipped = {k: list(v) for k, v in self.skips.items.items()}
                 self.checkpoints.save(step)
             if on_step is not None and accelerator.is_main_process:
@@ -593,7 +605,7 @@ def train_round(
     return TrainResult(
         out_dir=out_dir, best_dir=out_dir / "best", final_dir=final_dir, best_metric=progress.best_metric,
         best_score=progress.best_score, steps=progress.step, seconds=seconds, skipped=skips.report(),
-        resumed_from=resumed_from)
+        resumed_from=resumed_from, stopped_early=progress.stopped_early)
 
 
 __all__ = ["TrainResult", "train_round", "list_checkpoints", "resolve_round", "load_for_training"]
