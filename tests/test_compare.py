@@ -137,3 +137,28 @@ def test_the_command_scores_hypotheses_on_the_reference_cuts(tmp_path):
     assert overall["clusters"] == 12 and overall["better"] == 6 and overall["worse"] == 0
     bad = CliRunner().invoke(compare, [str(tmp_path / "A")])
     assert bad.exit_code == 2 and "at least two systems" in bad.output
+
+
+def test_pooled_test_sets_count_every_utterance_once(tmp_path):
+    """A system given as the decodes of two disjoint test sets is one system of their
+    utterances together: the pooled rate is total errors over total units (not the mean of
+    the two sets' rates); a cut in both decodes is refused; the command pools PATH,PATH."""
+    from click.testing import CliRunner
+
+    from ilt.cli.compare_commands import compare
+
+    a1 = _details(tmp_path / "A1", [(f"s1-{i}", "en", 1, 10) for i in range(10)])   # 10.0%
+    a2 = _details(tmp_path / "A2", [(f"s2-{i}", "en", 3, 30) for i in range(10)])   # 10.0%
+    b1 = _details(tmp_path / "B1", [(f"s1-{i}", "en", 0, 10) for i in range(10)])   # 0%
+    b2 = _details(tmp_path / "B2", [(f"s2-{i}", "en", 6, 30) for i in range(10)])   # 20%
+    _, data = compare_files([("A", [a1, a2]), ("B", [b1, b2])], None, rounds=500)
+    overall = data["systems"]["B"][-1]
+    assert overall["utterances"] == 20
+    assert overall["rate_a"] == pytest.approx(10.0) and overall["rate_b"] == pytest.approx(15.0)  # 60/400
+    with pytest.raises(IltInputError, match="in another of its decodes"):
+        compare_files([("A", [a1, a1]), ("B", [b1, b2])], None, rounds=100)
+    result = CliRunner().invoke(compare, [f"A={a1},{a2}", f"{b1},{b2}", "--rounds", "200",
+                                          "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert list(data["systems"]) == ["B1"] and data["systems"]["B1"][-1]["rate_b"] == pytest.approx(15.0)

@@ -216,6 +216,20 @@ def load_system(name: str, path: str | Path, refs: Mapping[str, Reference] | Non
     raise IltInputError(f"{path}: cannot read system {name!r}: give {need}")
 
 
+def load_pooled(name: str, paths: Sequence[str | Path], refs: Mapping[str, Reference] | None) -> System:
+    """One system from several decodes of disjoint cut sets (one per test set, say),
+    pooled as one set of utterances; a cut ID found in two of them is an error."""
+    pooled: dict[str, tuple[str, int, int]] = {}
+    for path in paths:
+        part = load_system(name, path, refs)
+        twice = sorted(set(part.utterances) & set(pooled))
+        if twice:
+            raise IltInputError(f"{path}: system {name!r} has cuts {twice[:3]} in another of its decodes too; "
+                                f"pool decodes of disjoint test sets only")
+        pooled.update(part.utterances)
+    return System(name, pooled)
+
+
 def _shared_ids(systems: Sequence[System]) -> list[str]:
     ids = set(systems[0].utterances)
     for system in systems[1:]:
@@ -290,20 +304,26 @@ def to_markdown(baseline: str, results: Sequence[tuple[str, list[Difference]]], 
     return "\n".join(lines)
 
 
-def compare_files(named_paths: Sequence[tuple[str, str | Path]], out_dir: str | Path | None, *,
-                  ref: str | Path | None = None, cluster_by: str = "utterance", rounds: int = 10000,
+def compare_files(named_paths: Sequence[tuple[str, str | Path | Sequence[str | Path]]],
+                  out_dir: str | Path | None, *, ref: str | Path | Sequence[str | Path] | None = None,
+                  cluster_by: str = "utterance", rounds: int = 10000,
                   seed: int = 0) -> tuple[str, dict[str, Any]]:
     """Read the systems, compare each with the first, write ``compare.md`` and
-    ``compare.json`` to ``out_dir`` (when given); return the markdown and the JSON."""
+    ``compare.json`` to ``out_dir`` (when given); return the markdown and the JSON.
+    A system given as a list of paths pools them (:func:`load_pooled`: several
+    test sets); ``ref`` may be a list of cut manifests too."""
     if cluster_by not in CLUSTERS:
         raise IltInputError(f"--cluster-by must be one of {', '.join(CLUSTERS)}, not {cluster_by!r}")
-    if cluster_by != "utterance" and ref is None:
+    refs_paths = [] if ref is None else [ref] if isinstance(ref, (str, Path)) else list(ref)
+    if cluster_by != "utterance" and not refs_paths:
         raise IltInputError(f"--cluster-by {cluster_by} reads the clusters from the cuts: give --ref CUTS")
     if rounds < 100:
         raise IltInputError(f"--rounds {rounds}: use at least 100 resamples (10000 is the default)")
-    refs = load_references(ref) if ref is not None else None
-    systems = [load_system(name, path, refs) for name, path in named_paths]
-    clusters = cluster_keys(ref, cluster_by) if cluster_by != "utterance" else None
+    refs = {k: v for path in refs_paths for k, v in load_references(path).items()} if refs_paths else None
+    systems = [load_system(name, path, refs) if isinstance(path, (str, Path)) else load_pooled(name, path, refs)
+               for name, path in named_paths]
+    clusters = ({k: v for path in refs_paths for k, v in cluster_keys(path, cluster_by).items()}
+                if cluster_by != "utterance" else None)
     results = compare_systems(systems, clusters=clusters, rounds=rounds, seed=seed)
     markdown = to_markdown(systems[0].name, results, cluster_by, rounds)
     data = {"baseline": systems[0].name, "cluster_by": cluster_by, "rounds": rounds, "seed": seed,
