@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Synthesise a small MLC-SLM-layout corpus (the challenge's 11 languages) with espeak-ng and sox.
 
-    python egs/mini/local/synth_corpus.py --out corpus [--track demo|multilingual] [--pool] [--thirdparty]
+    python egs/mini/local/synth_corpus.py --out corpus [--track demo|multilingual|converged] [--pool]
+        [--thirdparty] [--test-sets K] [--shift none|per-group]
 
 Writes ``<out>/<split>/<Language>/<Accent>/<conv>.wav`` (English) and
 ``<out>/<split>/<Language>/<conv>.wav`` (other languages), each beside a
@@ -39,8 +40,39 @@ speaker-similarity selection. ``pool/`` stays unlabelled and is only
 pseudo-labelled. Without ``--thirdparty`` every other file, ``synth_info.json``
 included, is what it was before the option existed.
 
+``--test-sets K`` (default 1) adds the splits ``test2/`` ... ``testK/`` (K at most 3),
+sized like ``test/`` and with its groups (the same English accents and languages,
+each with its own espeak voice), so that per-language error rates compare
+across them; each reads its own sentences (``sentences/<iso>.test2.txt``...,
+written for en, es and de; disjoint from every other list) and each has espeak
+variants of its own (``TEST_SET_VARIANTS``), used by no other split: new
+sentences and new voices, for repeating a comparison over test sets.
+
+``--shift per-group`` (default ``none``) gives every group (an English accent,
+or a language) a channel of its own, so that a per-language or per-accent
+expert has a shift of its own to learn: a fixed sox chain (``channel_for``),
+drawn from the group's name alone (not from ``--seed``): its speakers' pitch
+(100-300 cents up or down) and tempo (4-12% faster or slower), applied to each
+utterance before the turn times are measured, then over the whole conversation
+a noise floor of its own colour and level (-60 to -48 dBFS, spectral slope
+from white to brown), 6 dB of headroom, a room (sox reverb), a band limit
+(high-pass 80-400 Hz, low-pass 3.2-7 kHz: from a telephone to a fair
+microphone) and a microphone colour (one peaking equaliser, 4-9 dB up or
+down). The same group has the same channel in train, dev and every test set.
+The splits spoken by the pool's voices (``pool/``, ``pool_truth/``,
+``thirdparty/``) are not shifted: they stand for third-party corpora recorded
+elsewhere, so the in-domain channel is exactly what they lack (the selection
+and pseudo-labelling of the recipe bridge a real channel gap), and they stay
+byte-identical with and without ``--shift``. ``synth_info.json`` records
+``test_sets`` and ``shift`` in its settings, and each group's chain under
+``channels``, only when they are not the defaults: a corpus written before
+these options existed is not synthesised again.
+
 ``--track`` picks a preset size (demo: 4 English accents + es, de, small;
-multilingual: all 11 languages); options given explicitly override it.
+multilingual: all 11 languages; converged: 4 English accents + es, de, with
+4/3/1 conversations of 8 turns per group in train/dev/test (192, 144 and 48
+cuts), 3 test sets and ``--shift per-group``); options given explicitly
+override it.
 
 The output depends only on the arguments: the same arguments give
 byte-identical files. ``<out>/synth_info.json`` records the arguments and every
@@ -78,6 +110,10 @@ THIRDPARTY = "thirdparty"
 POOL_VOICED = (POOL, THIRDPARTY)
 #: Options of ``--thirdparty``: recorded in synth_info.json only when it is on.
 THIRDPARTY_KEYS = ("thirdparty", "thirdparty_convs_per_accent", "thirdparty_utts_per_conv")
+#: Options recorded in synth_info.json only when they differ from these values (a corpus written
+#: before they existed keeps its settings, so it is not synthesised again).
+OFF_VALUES: dict[str, object] = {"test_sets": 1, "shift": "none"}
+SHIFTS = ("none", "per-group")
 
 #: English accent directory -> espeak voice (main corpus).
 ENGLISH_ACCENTS: dict[str, str] = {
@@ -110,6 +146,12 @@ LANGUAGES = ["en", *OTHER_LANGUAGES]
 #: espeak-ng variants: main corpus speakers and pool speakers never overlap.
 MAIN_VARIANTS = {"male": ("m1", "m2", "m3"), "female": ("f1", "f2", "f3")}
 POOL_VARIANTS = {"male": ("m4", "m5", "m6", "m7"), "female": ("f4", "f5")}
+#: The variants of the extra test sets (``--test-sets``): each set's own, used by no other split.
+TEST_SET_VARIANTS = {
+    "test2": {"male": ("m8", "Mike", "max"), "female": ("steph", "aunty")},
+    "test3": {"male": ("Alex", "rob", "quincy"), "female": ("Annie", "Andrea")},
+}
+MAX_TEST_SETS = 1 + len(TEST_SET_VARIANTS)
 
 #: Preset sizes; an option given on the command line wins over its preset value.
 TRACKS: dict[str, dict[str, object]] = {
@@ -119,12 +161,18 @@ TRACKS: dict[str, dict[str, object]] = {
     "multilingual": {"languages": LANGUAGES, "accents": ["American", "British", "Scottish", "Caribbean"],
                      "convs_per_accent": [3, 1, 1], "utts_per_conv": 8, "pool_convs_per_accent": 1,
                      "thirdparty_utts_per_conv": 6},
+    # Rounds that can converge, dev sets that can choose, three test sets of new sentences and
+    # voices, and a channel of each group's own (train 192 cuts, dev 144, test 48 per test set).
+    "converged": {"languages": ["en", "es", "de"], "accents": ["American", "British", "Scottish", "Caribbean"],
+                  "convs_per_accent": [4, 3, 1], "utts_per_conv": 8, "test_sets": 3, "shift": "per-group",
+                  "pool_convs_per_accent": 1, "thirdparty_utts_per_conv": 6},
 }
 DEFAULTS: dict[str, object] = {
     "languages": ["en", "es", "de", "fr", "it"], "accents": list(ENGLISH_ACCENTS),
     "convs_per_accent": [4, 2, 2], "utts_per_conv": 8, "pool_convs_per_accent": 2,
     "pool_utts_per_conv": None,  # None: --utts-per-conv
     "thirdparty_convs_per_accent": 1, "thirdparty_utts_per_conv": None,  # None: --utts-per-conv
+    **OFF_VALUES,
 }
 
 
@@ -161,6 +209,76 @@ def rng_for(*parts: object) -> random.Random:
     return random.Random("/".join(map(str, parts)))
 
 
+@dataclass(frozen=True)
+class Channel:
+    """A group's own acoustic shift (``--shift per-group``): its speakers' pitch and tempo, its
+    room, its microphone's band and colour, and its noise floor."""
+
+    pitch: int  # cents, every utterance
+    tempo: float  # every utterance (sox tempo: the duration divides by it)
+    reverb: tuple[int, int, int]  # reverberance %, HF damping %, room scale %
+    band: tuple[int, int]  # Hz: sox sinc band-pass
+    eq: tuple[int, int]  # Hz, dB: one peaking equaliser (the microphone's colour)
+    noise: tuple[float, int]  # spectral slope (0 white, 1 pink, 2 brown), level in dBFS
+
+    def utterance_effects(self) -> list[str]:
+        """sox effects on each utterance alone (they change its length: the turn times are
+        measured after them)."""
+        return ["pitch", str(self.pitch), "tempo", "-s", f"{self.tempo:.3f}"]
+
+    def conversation_effects(self) -> list[str]:
+        """sox effects on the whole conversation, before the output's gain and rate (they keep the
+        length). 6 dB of headroom first: the room and the equaliser add energy."""
+        return ["gain", "-6", "reverb", *map(str, self.reverb), "sinc", f"{self.band[0]}-{self.band[1]}",
+                "equalizer", str(self.eq[0]), "1q", str(self.eq[1])]
+
+    def describe(self) -> str:
+        """The chain in words, as synth_info.json records it."""
+        return (f"utterance: {' '.join(self.utterance_effects())}; conversation: noise slope "
+                f"{self.noise[0]:.2f} at {self.noise[1]} dBFS, {' '.join(self.conversation_effects())}")
+
+    def noise_floor(self, n: int, name: str) -> np.ndarray:
+        """``n`` samples of the group's coloured noise (power falling as 1/f^slope), seeded by ``name``."""
+        seed = int.from_bytes(hashlib.sha256(f"channel/{name}".encode()).digest()[:8], "little")
+        spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+        freqs = np.fft.rfftfreq(n, 1 / ESPEAK_RATE)
+        spectrum *= np.maximum(freqs, 20.0) ** (-self.noise[0] / 2)  # below 20 Hz: flat
+        noise = np.fft.irfft(spectrum, n)
+        noise *= 10 ** (self.noise[1] / 20) / max(float(np.sqrt(np.mean(noise ** 2))), 1e-12)
+        return noise.astype(np.float32)
+
+
+def channel_for(group: str) -> Channel:
+    """The channel of a group (``English/Scottish``, ``Spanish``...): a pure function of its name,
+    not of ``--seed`` (a group sounds the same whichever voices a seed draws)."""
+    rng = rng_for("shift", group)
+    sign = rng.choice((-1, 1))
+    return Channel(
+        pitch=sign * rng.randint(100, 300),
+        tempo=round(1 + rng.choice((-1, 1)) * rng.uniform(0.04, 0.12), 3),
+        reverb=(rng.randint(10, 60), rng.randint(20, 80), rng.randint(20, 100)),
+        band=(rng.randint(80, 400), rng.randint(3200, 7000)),
+        eq=(round(400 * 2 ** rng.uniform(0, 3)), rng.choice((-1, 1)) * rng.randint(4, 9)),
+        noise=(round(rng.uniform(0, 2), 2), rng.randint(-60, -48)),
+    )
+
+
+def _sox_float(audio: np.ndarray, effects: list[str]) -> np.ndarray:
+    """``audio`` (float32 at ESPEAK_RATE) through sox ``effects``, back as float32 at the same rate."""
+    buf = io.BytesIO()
+    sf.write(buf, audio, ESPEAK_RATE, format="WAV", subtype="FLOAT")
+    proc = subprocess.run(["sox", "-R", "-D", "-t", "wav", "-", "-t", "wav", "-e", "floating-point", "-b", "32",
+                           "-", *effects], input=buf.getvalue(), capture_output=True, check=True)
+    out, rate = sf.read(io.BytesIO(proc.stdout), dtype="float32")
+    assert rate == ESPEAK_RATE, rate
+    return out
+
+
+def extra_test_splits(count: int) -> list[str]:
+    """The extra test splits of ``--test-sets count``: test2 ... test<count>."""
+    return [f"test{k}" for k in range(2, count + 1)]
+
+
 def _clean(line: str) -> str:
     return " ".join(line.split())
 
@@ -195,6 +313,8 @@ def _thai(line: str, lexicon: dict[str, str], where: str) -> Sentence:
 def load_sentences(iso: str, split: str) -> list[Sentence]:
     """``<iso>.<split>.txt``: one sentence per line; ``text<TAB>reading`` where espeak needs a reading."""
     path = SENTENCES / f"{iso}.{split}.txt"
+    if not path.is_file():
+        sys.exit(f"{path}: no sentences for {iso} in {split}/ (write the file, or leave {iso} or {split} out)")
     lexicon = load_lexicon(iso) if iso == "th" else {}
     sentences = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -209,6 +329,7 @@ def load_sentences(iso: str, split: str) -> list[Sentence]:
 
 
 def check_disjoint(languages: list[str], splits: list[str]) -> None:
+    """No sentence (compared on its lower-cased letters and digits) in two of the splits' lists."""
     for iso in languages:
         seen: dict[str, str] = {}
         for split in splits:
@@ -236,7 +357,8 @@ def groups_of(args: argparse.Namespace, split: str) -> list[tuple[str, Path, str
 
 def plan(args: argparse.Namespace) -> list[Conversation]:
     """Every conversation's sentences, voices and pauses, drawn from the seeded RNGs."""
-    splits = list(SPLITS) + ([POOL] if args.pool else []) + ([THIRDPARTY] if args.thirdparty else [])
+    tests = extra_test_splits(args.test_sets)
+    splits = [*SPLITS, *tests] + ([POOL] if args.pool else []) + ([THIRDPARTY] if args.thirdparty else [])
     convs_per = dict(zip(SPLITS, args.convs_per_accent))
     convs_per[POOL] = args.pool_convs_per_accent
     convs_per[THIRDPARTY] = args.thirdparty_convs_per_accent
@@ -245,9 +367,11 @@ def plan(args: argparse.Namespace) -> list[Conversation]:
     turns_per[THIRDPARTY] = args.thirdparty_utts_per_conv or args.utts_per_conv
     caps = dict(zip(SPLITS, args.sentences_per_split))
     caps[POOL] = caps[THIRDPARTY] = 0
+    for test in tests:  # sized like test/
+        convs_per[test], turns_per[test], caps[test] = convs_per["test"], turns_per["test"], caps["test"]
     conversations = []
     for split in splits:
-        variants = POOL_VARIANTS if split in POOL_VOICED else MAIN_VARIANTS
+        variants = POOL_VARIANTS if split in POOL_VOICED else TEST_SET_VARIANTS.get(split, MAIN_VARIANTS)
         for iso, directory, voice in groups_of(args, split):
             sentences = load_sentences(iso, split)
             if caps[split]:
@@ -290,6 +414,20 @@ def espeak(speaker: Speaker, text: str) -> np.ndarray:
     return audio[max(0, loud[0] - margin): loud[-1] + margin + 1]
 
 
+def utterance(speaker: Speaker, text: str, channel: Channel | None) -> np.ndarray:
+    """One espeak utterance, through its group's per-utterance effects when it has a channel."""
+    audio = espeak(speaker, text)
+    return audio if channel is None else _sox_float(audio, channel.utterance_effects())
+
+
+def channel_of(args: argparse.Namespace, conv: Conversation) -> Channel | None:
+    """The channel of a conversation's group under ``--shift``; None for the pool's voiced splits
+    (third-party corpora, recorded elsewhere: see the module docstring) and without a shift."""
+    if args.shift == "none" or conv.split in POOL_VOICED:
+        return None
+    return channel_for(conv.rel.parent.as_posix())
+
+
 def noise_floor(n: int, name: str) -> np.ndarray:
     seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
     return (np.random.default_rng(seed).standard_normal(n) * 3e-4).astype(np.float32)
@@ -314,25 +452,29 @@ def _link(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def render(conv: Conversation, utts: dict[tuple[Speaker, str], np.ndarray], out: Path, rate: int,
-           pool_text: str) -> float:
+def render(conv: Conversation, utts: dict[tuple[Speaker, str, Channel | None], np.ndarray], out: Path,
+           rate: int, pool_text: str, channel: Channel | None = None) -> float:
     """Assemble, resample with sox, write the wav and the txt; return the duration in seconds.
 
     A pool conversation also goes to ``pool_truth/`` (hard-linked wav, transcribed txt); its
-    ``pool/`` txt keeps the text only with ``pool_text == "inline"``.
+    ``pool/`` txt keeps the text only with ``pool_text == "inline"``. With a ``channel`` the
+    utterances are those it shifted, its noise floor is added and its conversation effects run
+    before the output's gain and rate.
     """
     pieces, rows, pos = [], [], 0
     for (label, speaker, sentence), gap in zip(conv.turns, conv.gaps):
         silence = round(gap * ESPEAK_RATE)
         pieces.append(np.zeros(silence, dtype=np.float32))
         pos += silence
-        audio = utts[(speaker, sentence.spoken)]
+        audio = utts[(speaker, sentence.spoken, channel)]
         pieces.append(audio)
         rows.append((f"{pos / ESPEAK_RATE:.3f}\t{(pos + len(audio)) / ESPEAK_RATE:.3f}\t{label}", sentence.text))
         pos += len(audio)
     pieces.append(np.zeros(round(conv.gaps[-1] * ESPEAK_RATE), dtype=np.float32))
     signal = np.concatenate(pieces)
     signal += noise_floor(len(signal), conv.path().as_posix())
+    if channel is not None:
+        signal += channel.noise_floor(len(signal), conv.path().as_posix())
     buf = io.BytesIO()
     sf.write(buf, signal, ESPEAK_RATE, format="WAV", subtype="FLOAT")
 
@@ -341,7 +483,8 @@ def render(conv: Conversation, utts: dict[tuple[Speaker, str], np.ndarray], out:
     tmp_wav = wav.with_name(f".{wav.name}.tmp.wav")
     # -R: repeatable; -D: no dither, so the output is a pure function of the input.
     subprocess.run(["sox", "-R", "-D", "-t", "wav", "-", "-b", "16", "-e", "signed-integer", "-c", "1",
-                    str(tmp_wav), "gain", "-1", "rate", str(rate)],
+                    str(tmp_wav), *(channel.conversation_effects() if channel else []),
+                    "gain", "-1", "rate", str(rate)],
                    input=buf.getvalue(), capture_output=True, check=True)
     os.replace(tmp_wav, wav)
     transcribed = [f"{times}\t{text}\n" for times, text in rows]
@@ -382,6 +525,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"({DEFAULTS['thirdparty_convs_per_accent']})")
     p.add_argument("--thirdparty-utts-per-conv", type=int,
                    help="turns per third-party conversation (default: --utts-per-conv)")
+    p.add_argument("--test-sets", type=int,
+                   help=f"test sets: test/ and test2/ ... testK/, each with its own sentences and voices "
+                   f"(1 to {MAX_TEST_SETS}; default {OFF_VALUES['test_sets']})")
+    p.add_argument("--shift", choices=SHIFTS,
+                   help="per-group: a fixed acoustic channel of each accent's or language's own in train, dev "
+                   f"and every test set (not the pool's voiced splits); default {OFF_VALUES['shift']}")
     p.add_argument("--rate", type=int, default=16000, help="output sampling rate")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--force", action="store_true", help="re-synthesise even if the corpus exists")
@@ -390,6 +539,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, default in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, preset.get(key, default))
+    if not 1 <= args.test_sets <= MAX_TEST_SETS:
+        p.error(f"--test-sets {args.test_sets}: 1 to {MAX_TEST_SETS} (each extra test set has its own variants "
+                "in TEST_SET_VARIANTS and sentences in sentences/<iso>.test<K>.txt)")
     if "all" in args.languages:
         args.languages = list(LANGUAGES)
     args.languages = [iso for iso in LANGUAGES if iso in args.languages]  # canonical order
@@ -419,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install espeak-ng sox")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                if k not in ("out", "jobs", "force", "track") and (args.thirdparty or k not in THIRDPARTY_KEYS)}
+                if k not in ("out", "jobs", "force", "track") and (args.thirdparty or k not in THIRDPARTY_KEYS)
+                and (k not in OFF_VALUES or v != OFF_VALUES[k])}
     info_path = args.out / "synth_info.json"
     if (not args.force and info_path.is_file()
             and json.loads(info_path.read_text(encoding="utf-8")).get("settings") == settings):
@@ -427,13 +580,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     t0 = time.time()
-    check_disjoint(args.languages, list(SPLITS) + list(POOL_VOICED))
+    check_disjoint(args.languages, [*SPLITS, *extra_test_splits(args.test_sets), *POOL_VOICED])
     conversations = plan(args)
-    jobs = sorted({(spk, s.spoken) for c in conversations for _, spk, s in c.turns},
-                  key=lambda j: (j[0].key(), j[1]))
+    channels = [channel_of(args, c) for c in conversations]
+    jobs = sorted({(spk, s.spoken, ch) for c, ch in zip(conversations, channels) for _, spk, s in c.turns},
+                  key=lambda j: (j[0].key(), j[1], j[2].describe() if j[2] else ""))
     with ThreadPoolExecutor(max(1, args.jobs)) as ex:
-        utts = dict(zip(jobs, ex.map(lambda j: espeak(*j), jobs)))
-        durations = list(ex.map(lambda c: render(c, utts, args.out, args.rate, args.pool_text), conversations))
+        utts = dict(zip(jobs, ex.map(lambda j: utterance(*j), jobs)))
+        durations = list(ex.map(lambda c, ch: render(c, utts, args.out, args.rate, args.pool_text, ch),
+                                conversations, channels))
     remove_stale(args.out, info_path, conversations)
 
     info = {
@@ -444,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
             for c, d in zip(conversations, durations)
         ],
     }
+    if args.shift != "none":  # only then, so that a corpus without it keeps its synth_info.json
+        info["channels"] = {c.rel.parent.as_posix(): ch.describe() for c, ch in zip(conversations, channels) if ch}
     tmp = info_path.with_name(".synth_info.json.tmp")
     tmp.write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, info_path)
