@@ -1,5 +1,5 @@
 """The espeak-ng corpus synthesiser of the mini recipe: 11 languages, scripts, disjoint splits,
-the pool's held-aside truth, determinism, presets, prep."""
+the pool's held-aside truth, determinism, presets, prep; the converged track's extra test sets and per-group channel."""
 
 from __future__ import annotations
 
@@ -261,3 +261,181 @@ def test_thirdparty_split_is_labelled_pool_voiced_and_leaves_the_rest_unchanged(
     cuts = prepare_mlc_slm(out, tmp_path / "data", splits=("thirdparty",))["thirdparty"]
     assert len(cuts) == 2 * len(expected) and all(c.supervisions[0].text for c in cuts)
     assert {c.supervisions[0].language for c in cuts} == set(synth_corpus.LANGUAGES)
+
+
+# --- the converged track's corpus: more test sets, a channel of each group's own ------------------
+
+SMALL = ["--track", "converged", "--convs-per-accent", "1", "1", "1", "--utts-per-conv", "2",
+         "--accents", "American", "Scottish", "--pool", "--pool-text", "aside", "--thirdparty",
+         "--thirdparty-utts-per-conv", "2", "--jobs", "1"]
+TESTS = ("test", "test2", "test3")
+CONVERGED_ISOS = ("en", "es", "de")
+
+
+def synth_small(out: Path, *extra: str) -> str:
+    res = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), *SMALL, *extra],
+                         capture_output=True, text=True, check=True)
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory) -> Path:
+    """The converged preset at a tiny size: 3 test sets, --shift per-group."""
+    out = tmp_path_factory.mktemp("converged") / "corpus"
+    synth_small(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def unshifted(tmp_path_factory) -> Path:
+    """The same corpus with --shift none."""
+    out = tmp_path_factory.mktemp("converged") / "plain"
+    synth_small(out, "--shift", "none")
+    return out
+
+
+def _speakers(corpus: Path) -> dict[str, dict[str, list[str]]]:
+    """split -> group directory -> the espeak voice+variant of every speaker (synth_info.json)."""
+    result: dict[str, dict[str, list[str]]] = {}
+    for c in json.loads((corpus / "synth_info.json").read_text())["conversations"]:
+        split, group = c["path"].split("/")[0], "/".join(c["path"].split("/")[1:-1])
+        result.setdefault(split, {}).setdefault(group, []).extend(v.split()[0] for v in c["speakers"].values())
+    return result
+
+
+def _files(corpus: Path, split: str) -> dict[str, bytes]:
+    return {p.relative_to(corpus).as_posix(): p.read_bytes() for p in sorted((corpus / split).rglob("*")) if p.is_file()}
+
+
+def test_converged_preset_sizes():
+    args = synth_corpus.parse_args(["--out", "x", "--track", "converged", "--pool", "--thirdparty"])
+    assert (args.languages, args.test_sets, args.shift) == (["en", "es", "de"], 3, "per-group")
+    counts: dict[str, int] = {}
+    for c in synth_corpus.plan(args):
+        counts[c.split] = counts.get(c.split, 0) + len(c.turns)
+    assert counts == {"train": 192, "dev": 144, "test": 48, "test2": 48, "test3": 48,
+                      "pool": 8 * 8, "thirdparty": 8 * 6}  # 4 accents + es + de; the pool adds 2 accents
+    with pytest.raises(SystemExit):
+        synth_corpus.parse_args(["--out", "x", "--test-sets", str(synth_corpus.MAX_TEST_SETS + 1)])
+    # a language without sentences for an extra test set is named, with the file to write
+    res = subprocess.run([sys.executable, str(SCRIPT), "--out", "unused", "--languages", "fr", "--test-sets", "2"],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "fr.test2.txt: no sentences for fr in test2/" in res.stderr.strip().splitlines()[-1]
+
+
+def test_extra_test_sets_have_new_sentences_and_new_voices(shifted, tmp_path):
+    test_groups = {split: sorted(p.relative_to(shifted / split).with_suffix("").parent.as_posix()
+                                 for p in (shifted / split).rglob("*.wav")) for split in TESTS}
+    assert test_groups["test"] == ["English/American", "English/Scottish", "German", "Spanish"]
+    assert test_groups["test2"] == test_groups["test3"] == test_groups["test"]  # the same groups
+    # sentences: the lists are sized, distinct, and disjoint from every other list
+    for iso in CONVERGED_ISOS:
+        for split in ("test2", "test3"):
+            ss = synth_corpus.load_sentences(iso, split)
+            assert len(ss) >= 24 and len({s.text for s in ss}) == len(ss), (iso, split)
+            assert all(6 <= len(s.text.split()) <= 14 for s in ss), (iso, split)
+    synth_corpus.check_disjoint(list(CONVERGED_ISOS), [*LISTS, "test2", "test3"])
+    texts: dict[str, set[str]] = {}
+    for split in ("train", "dev", *TESTS, "pool_truth", "thirdparty"):
+        texts[split] = {r[3] for t in (shifted / split).rglob("*.txt") for r in read_txt(t)}
+    for split in ("test2", "test3"):
+        listed = {s.text for iso in CONVERGED_ISOS for s in synth_corpus.load_sentences(iso, split)}
+        assert texts[split] and texts[split] <= listed
+        assert all(not texts[split] & texts[other] for other in texts if other != split), split
+    # voices: each extra test set speaks with its own variants, over each group's own voice
+    speakers = _speakers(shifted)
+    variants = {split: {v.split("+")[1] for vs in groups.values() for v in vs} for split, groups in speakers.items()}
+    for split in ("test2", "test3"):
+        own = synth_corpus.TEST_SET_VARIANTS[split]
+        assert variants[split] <= set(own["male"] + own["female"])
+        assert all(not variants[split] & variants[other] for other in variants if other != split), split
+        for group, voices in speakers[split].items():
+            assert {v.split("+")[0] for v in voices} == {v.split("+")[0] for v in speakers["test"][group]}
+    # ilt prepare reads them like test/
+    cuts = prepare_mlc_slm(shifted, tmp_path / "data", splits=("test2", "test3"))
+    assert {len(cuts["test2"]), len(cuts["test3"])} == {4 * 2}
+    assert {c.supervisions[0].language for c in cuts["test3"]} == set(CONVERGED_ISOS)
+
+
+def test_channel_is_the_groups_own_and_deterministic():
+    groups = [f"English/{a}" for a in (*synth_corpus.ENGLISH_ACCENTS, *synth_corpus.POOL_ONLY_ACCENTS)]
+    groups += [name for name, _, _ in synth_corpus.OTHER_LANGUAGES.values()]
+    chains = {g: synth_corpus.channel_for(g) for g in groups}
+    assert all(synth_corpus.channel_for(g) == ch for g, ch in chains.items())  # a function of the name
+    assert len({ch.describe() for ch in chains.values()}) == len(groups)  # no two groups alike
+    for ch in chains.values():
+        assert 100 <= abs(ch.pitch) <= 300 and 0.04 <= abs(ch.tempo - 1) <= 0.12
+        assert 80 <= ch.band[0] <= 400 and 3200 <= ch.band[1] <= 7000
+    # the same group has the same channel in every split, whatever the seed; the pool's splits none
+    for seed in ("0", "1"):
+        args = synth_corpus.parse_args(["--out", "x", *SMALL, "--seed", seed])
+        for c in synth_corpus.plan(args):
+            ch = synth_corpus.channel_of(args, c)
+            if c.split in synth_corpus.POOL_VOICED:
+                assert ch is None
+            else:
+                assert ch == chains[c.rel.parent.as_posix()]
+    plain = synth_corpus.parse_args(["--out", "x", *SMALL, "--shift", "none"])
+    assert all(synth_corpus.channel_of(plain, c) is None for c in synth_corpus.plan(plain))
+
+
+def _band_energy(path: Path, low: float, high: float = float("inf")) -> float:
+    """The fraction of a wav's energy between ``low`` and ``high`` Hz."""
+    import numpy as np
+
+    audio, rate = sf.read(str(path), dtype="float64")
+    power = np.abs(np.fft.rfft(audio)) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / rate)
+    return float(power[(freqs > low) & (freqs < high)].sum() / power.sum())
+
+
+def test_shift_changes_the_audio_of_its_groups_only(shifted, unshifted, tmp_path):
+    # the pool's voiced splits are the same files with and without the shift
+    for split in ("pool", "pool_truth", "thirdparty"):
+        assert _files(shifted, split) == _files(unshifted, split), split
+    info = json.loads((shifted / "synth_info.json").read_text())
+    plain_info = json.loads((unshifted / "synth_info.json").read_text())
+    assert "channels" not in plain_info and "shift" not in plain_info["settings"]
+    assert info["settings"]["shift"] == "per-group"
+    assert info["channels"] == {g: synth_corpus.channel_for(g).describe()
+                                for g in ("English/American", "English/Scottish", "Spanish", "German")}
+    for split in ("train", "dev", *TESTS):
+        for wav in (shifted / split).rglob("*.wav"):
+            plain = unshifted / wav.relative_to(shifted)
+            assert wav.read_bytes() != plain.read_bytes()
+            rows, plain_rows = read_txt(wav.with_suffix(".txt")), read_txt(plain.with_suffix(".txt"))
+            assert [r[2:] for r in rows] == [r[2:] for r in plain_rows]  # same turns and text
+            assert rows != plain_rows  # the tempo moved the turn times
+            assert all(float(r[1]) <= sf.info(str(wav)).duration for r in rows)
+            # the group's own band limit: almost no energy above its low-pass (the clean audio has
+            # 100 times more there), while the band just below it is kept (not another group's lower one)
+            cutoff = synth_corpus.channel_for(wav.relative_to(shifted / split).parent.as_posix()).band[1]
+            above = _band_energy(wav, cutoff + 400)
+            assert above < 1e-6 and _band_energy(plain, cutoff + 400) > 100 * above, (wav, cutoff)
+            below = (cutoff - 1200, cutoff - 300)
+            assert _band_energy(wav, *below) > 0.1 * _band_energy(plain, *below), (wav, cutoff)
+    # running twice gives the same samples
+    again = tmp_path / "again"
+    synth_small(again)
+    assert digest(again) == digest(shifted)
+
+
+def test_new_options_leave_existing_outputs_unchanged(corpus, unshifted, tmp_path):
+    # The plans of the default, demo and multilingual corpora are those of the script before
+    # --test-sets and --shift existed (hashes computed with it): same seeds, voices, sentences, pauses.
+    pinned = {"": "44f897378244dac2", "demo": "ff2cb23a6a7bf90a", "multilingual": "93d7162817abfe6e"}
+    for track, expected in pinned.items():
+        args = synth_corpus.parse_args(["--out", "x", *(["--track", track] if track else []), "--pool", "--thirdparty"])
+        rows = [[c.path().as_posix(), c.language, [[lab, spk.key(), s.text, s.spoken] for lab, spk, s in c.turns],
+                 c.gaps] for c in synth_corpus.plan(args)]
+        assert hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16] == expected, track
+        assert all(synth_corpus.channel_of(args, c) is None for c in synth_corpus.plan(args))
+    settings = json.loads((corpus / "synth_info.json").read_text())["settings"]
+    assert not {"test_sets", "shift"} & set(settings)
+    # one test set, no shift: exactly the files of the corpus with three test sets, less test2/ and test3/
+    one = tmp_path / "one"
+    synth_small(one, "--shift", "none", "--test-sets", "1")
+    assert not (one / "test2").exists()
+    for split in ("train", "dev", "test", "pool", "pool_truth", "thirdparty"):
+        assert _files(one, split) == _files(unshifted, split), split
+    assert "test_sets" not in json.loads((one / "synth_info.json").read_text())["settings"]
