@@ -304,7 +304,8 @@ def _speakers(corpus: Path) -> dict[str, dict[str, list[str]]]:
 
 
 def _files(corpus: Path, split: str) -> dict[str, bytes]:
-    return {p.relative_to(corpus).as_posix(): p.read_bytes() for p in sorted((corpus / split).rglob("*")) if p.is_file()}
+    return {p.relative_to(corpus).as_posix(): p.read_bytes()
+            for p in sorted((corpus / split).rglob("*")) if p.is_file()}
 
 
 def test_converged_preset_sizes():
