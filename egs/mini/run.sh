@@ -6,10 +6,16 @@
 #   demo          English accents (American, British, Scottish, Caribbean) + es, de; small;
 #                 `make demo` (<= 15 min on 2 CPU cores)
 #   multilingual  all 11 MLC-SLM languages; Whisper base; the mini benchmark (<= 60 min)
-#   converged     the demo's languages, 4x its data, each group with an acoustic channel of its own,
-#                 three test sets of new sentences and voices; rounds that run until their dev WER
-#                 stops improving (conf_converged/: early stopping, the encoder on the audio's
-#                 length); the evidence of docs/evidence.md (local/evidence.sh runs its comparisons)
+#   converged     the evidence of docs/evidence.md (local/evidence.sh runs its comparisons): rounds
+#                 that run until their dev WER stops improving (conf_converged/: early stopping, the
+#                 encoder on the audio's length). Corpus (local/synth_corpus.py --track converged):
+#                 en (American, British, Scottish, Caribbean), es, de; 4/3/1 conversations of 8
+#                 turns per group in train/dev/test (192/144/48 cuts), plus test2/ and test3/ (48
+#                 cuts each: new sentences, new espeak variants, the same groups), and --shift
+#                 per-group: every accent and language has a fixed channel of its own (pitch, tempo,
+#                 noise floor, reverb, band limit, equaliser; synth_info.json "channels") in train,
+#                 dev and every test set; pool/, pool_truth/ and thirdparty/ are left clean
+#                 (third-party data recorded elsewhere). About 33 s to synthesise.
 #
 #   bash run.sh                                  # the demo track, everything (make demo)
 #   bash run.sh --track multilingual             # the multilingual mini benchmark
