@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 parts="main control ablation tables"
-control_lrs="1e-4 3e-4 1e-3"   # the control's learning-rate grid (ILT's rounds: 1e-3, 2e-4, 1e-4)
+control_lrs="1.0e-4 3.0e-4 1.0e-3"  # the control's learning-rate grid, YAML floats (ILT's rounds: 1e-3, 2e-4, 1e-4)
 exp=exp_conv
 sets="test test2 test3"
 
@@ -48,7 +48,7 @@ part_control() {
   export ILT_PSEUDO_CUTS=$exp/pseudo/cuts.jsonl.gz  # the main chain's voted labels: part of Fix's data
   for lr in $control_lrs; do
     log "control at lr $lr: at most $steps steps (the three rounds together)"
-    bash run.sh --track converged --stage 3 --stop-stage 3 --rounds feedback --conf-dir conf_converged_control \
+    bash run.sh --track converged --stage 4 --stop-stage 4 --rounds feedback --conf-dir conf_converged_control \
       --round-overrides "feedback:train.lr=$lr feedback:train.max_steps=$steps" \
       --exp-dir "$exp/control/lr$lr" --reuse-exp "$exp"
     runs+=("$exp/control/lr$lr/feedback")
