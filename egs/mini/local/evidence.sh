@@ -4,6 +4,7 @@
 #   bash local/evidence.sh                       # every part below, in order
 #   bash local/evidence.sh --parts main          # M0 -> M1 -> M2 -> M3 on the converged track
 #   bash local/evidence.sh --parts control       # the one-round control, its learning rate tuned on dev
+#   bash local/evidence.sh --parts lid           # Focus with language-ID embeddings vs the main Focus
 #   bash local/evidence.sh --parts ablation      # the seven ordered subsets of the rounds (run_ablation.sh)
 #   bash local/evidence.sh --parts tables        # the comparisons with intervals -> exp_conv/evidence/*.md
 #
@@ -16,13 +17,16 @@
 #          its rounds' hand-set ones: the control gets a grid around them.
 # ablation run_ablation.sh --track converged: each subset reuses the main chain's models where its
 #          rounds begin that chain.
-# tables   exp_conv/evidence/{rounds,control,ablation}.md: paired bootstrap intervals (ilt compare),
+# lid      the main chain's Focus again with train.lid_embeddings: true (paper 3.2.3; docs/lid.md), the
+#          rest identical (seed, data, steps, early stopping), -> $exp/lid_on/M1, decoded on the test sets
+#          with the language given; "off" is the main chain's M1.
+# tables   exp_conv/evidence/{rounds,control,lid,ablation}.md: paired bootstrap intervals (ilt compare),
 #          pooled over the three test sets and on each alone.
 # Each part skips the work a finished run of it left (the template's step markers).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-parts="main control ablation tables"
+parts="main control lid ablation tables"
 control_lrs="1.0e-4 3.0e-4 1.0e-3"  # the control's learning-rate grid, YAML floats (ILT's rounds: 1e-3, 2e-4, 1e-4)
 exp=exp_conv
 sets="test test2 test3"
@@ -62,6 +66,19 @@ part_control() {
     --exp-dir "$exp/control/lr$lr" --reuse-exp "$exp"
 }
 
+part_lid() {
+  local dir=$exp/lid_on manifests=data_conv/manifests set
+  export ILT_DATA_DIR=data_conv
+  [ -f "$dir/M1/config.json" ] || ilt round --config conf_converged/focus.yaml -o train.lid_embeddings=true \
+    --model "$exp/M0" --out "$dir/focus" --merged-out "$dir/M1" \
+    --dev "$manifests/mlc_slm_cuts_dev.jsonl.gz" --decode-config conf_converged/decode.yaml
+  for set in $sets; do
+    [ -f "$dir/decode/M1/$set/scores.json" ] || ilt evaluate --model "$dir/M1" \
+      --cuts "$manifests/mlc_slm_cuts_$set.jsonl.gz" --decode-config conf_converged/decode.yaml \
+      --out "$dir/decode/M1/$set" --group-by accent
+  done
+}
+
 part_ablation() {
   bash run_ablation.sh --track converged
 }
@@ -76,6 +93,11 @@ part_tables() {
       --system "control=$exp/control/chosen/decode/M1/{set}" --system "M0=$exp/decode/M0/{set}" \
       --pair control-M0 --pair M3-control --title "ILT (M3) vs the one-round control" --out "$out/control.md"
   fi
+  if [ -d "$exp/lid_on/decode/M1" ]; then
+    python local/evidence_tables.py table --sets "$sets" --system "off=$exp/decode/M1/{set}" \
+      --system "on=$exp/lid_on/decode/M1/{set}" --pair on-off \
+      --title "Focus with language-ID embeddings (on) vs without (off)" --out "$out/lid.md"
+  fi
   if [ -d "$exp/ablation" ]; then
     systems=(--system "all=$exp/decode/M3/{set}")
     for cfg in focus feedback fix focus+feedback feedback+fix focus+fix; do
@@ -89,7 +111,7 @@ part_tables() {
 
 for part in $parts; do
   case $part in
-    main|control|ablation|tables) log "part $part"; timed "$part" "part_$part" ;;
-    *) log "ERROR: --parts: '$part' is not main, control, ablation or tables"; exit 1 ;;
+    main|control|lid|ablation|tables) log "part $part"; timed "$part" "part_$part" ;;
+    *) log "ERROR: --parts: '$part' is not main, control, lid, ablation or tables"; exit 1 ;;
   esac
 done
