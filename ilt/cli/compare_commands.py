@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from ilt.cli.options import save_command
+from ilt.cli.options import list_option, save_command
 
 
 def _named(values: tuple[str, ...]) -> list[tuple[str, str | list[str]]]:
@@ -29,9 +29,10 @@ def _named(values: tuple[str, ...]) -> list[tuple[str, str | list[str]]]:
 
 @click.command("compare")
 @click.argument("systems", nargs=-1, required=True)
-@click.option("--ref", "ref_path", type=click.Path(exists=True, dir_okay=False), multiple=True,
-              help="Reference cuts: score each system's hypotheses on them (needed for --cluster-by and for "
-                   "decode directories that were not scored); repeat it for pooled test sets.")
+@list_option("--ref", "ref_path", type=click.Path(exists=True, dir_okay=False),
+             help="Reference cuts: score each system's hypotheses on them (needed for --cluster-by and for "
+                  "decode directories that were not scored); several (repeated or comma-separated) for "
+                  "pooled test sets.")
 @click.option("--cluster-by", type=click.Choice(["utterance", "recording", "speaker"]), default="utterance",
               show_default=True, help="What the bootstrap resamples: utterances, or whole recordings "
                                       "(conversations) or speakers, whose utterances are not independent.")
