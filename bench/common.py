@@ -481,13 +481,24 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def portable_arg(arg: str) -> str:
+    """A command-line argument as RESULTS.md records it: an absolute path inside the
+    repository relative to it, one outside as ``<scratch>/NAME`` (a path of one machine
+    means nothing on another); anything else unchanged."""
+    path = Path(arg)
+    if not path.is_absolute():
+        return arg
+    return os.path.relpath(path, REPO_DIR) if path.is_relative_to(REPO_DIR) else f"<scratch>/{path.name}"
+
+
 def record(title: str, info: dict[str, Any], settings: str, table: str, notes: Sequence[str] = ()) -> None:
     """Append one run to ``bench/RESULTS.md`` (format: see its header)."""
     env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
            if k.startswith(("MALLOC_", "OMP_", "MKL_", "ILT_", "CUDA_VISIBLE"))]
     command = " ".join(env + [shlex.join([os.path.relpath(sys.executable, REPO_DIR)
                                           if Path(sys.executable).is_relative_to(REPO_DIR) else sys.executable,
-                                          os.path.relpath(sys.argv[0], REPO_DIR), *sys.argv[1:]])])
+                                          os.path.relpath(sys.argv[0], REPO_DIR),
+                                          *map(portable_arg, sys.argv[1:])])])
     block = [
         f"## {now()}: {title}",
         "",

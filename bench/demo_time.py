@@ -112,7 +112,7 @@ def main() -> None:
     tables = "\n\n".join(f"{side}'s table:\n\n{report_table(last[side])}" for side in SIDES)
     settings = (f"egs/mini/run.sh --stage 1{f' --stop-stage {args.stop_stage}' if args.stop_stage is not None else ''}"
                 f", data and M0 built once beforehand; audio_length: pad_multiple {args.pad_multiple}; "
-                f"{args.repeats} run(s) per side, taking turns; work dir {work}")
+                f"{args.repeats} run(s) per side, taking turns, in one scratch work dir")
     print(f"\n{settings}\n\n{table}\n\n{tables}\n")
     if args.record:
         record("demo_time", device_info("cpu"), settings, table, notes=[tables])
