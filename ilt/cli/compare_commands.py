@@ -43,9 +43,10 @@ def _named(values: tuple[str, ...]) -> list[tuple[str, str | list[str]]]:
               help="Also write compare.md and compare.json here.")
 def compare(systems, ref_path, cluster_by, rounds, seed, out_dir):
     """Compare SYSTEMS (decode or score directories, or hypothesis files; NAME=PATH
-    to name them; NAME=PATH,PATH,... pools decodes of several test sets) on the same cuts. The first is the baseline: each other system's
-    pooled error-rate difference from it, per language and overall, with a paired
-    bootstrap 95% interval, a paired permutation p-value and a sign test."""
+    to name them; NAME=PATH,PATH,... pools decodes of several test sets) on the same
+    cuts. The first is the baseline: each other system's pooled error-rate difference
+    from it, per language and overall, with a paired bootstrap 95% interval, a paired
+    permutation p-value and a sign test."""
     from ilt.asr.compare import compare_files
 
     if len(systems) < 2:

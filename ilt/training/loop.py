@@ -421,10 +421,13 @@ class _Run:
         accelerator.log({k: v for k, v in values.items() if v is not None}, step=step)
         state.last_eval = score
         value, select = score["value"], self.config.select
-        # the main process decides, every process follows (the gather for saving is a collective)
-        best, improved = collective.broadcast(
-            (value is not None and (state.best_metric is None or value < state.best_metric),
-             value is not None and (state.best_metric is None or value < state.best_metric - select.min_delta)))
+
+        def below_best(margin: float) -> bool:
+            return value is not None and (state.best_metric is None or value < state.best_metric - margin)
+
+        # the main process decides, every process follows (the gather for saving is a collective):
+        # a new best adapter, and whether it is lower by more than min_delta (the patience's reset)
+        best, improved = collective.broadcast((below_best(0.0), below_best(select.min_delta)))
         if best:
             self.save_adapter_to(self.out_dir / "best", score)
             state.best_metric, state.best_step, state.best_score = value, step, score

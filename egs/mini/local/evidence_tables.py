@@ -98,9 +98,8 @@ def steps_run(round_dir: Path) -> int:
     log = round_dir / "train_log.jsonl"
     if not log.is_file():
         sys.exit(f"{log}: not found: train that round first")
-    steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines()
-             if line.strip() and json.loads(line).get("event") == "step"]
-    return max(steps, default=0)
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return max((r.get("step", 0) for r in records if r.get("event") == "step"), default=0)
 
 
 def best_dev(round_dirs: list[Path]) -> Path:
