@@ -46,24 +46,26 @@ part_main() {
   bash run.sh --track converged --stop-stage 6
 }
 
+control_run() {  # control_run LR STEPS STAGE: the control at LR for at most STEPS, run.sh stage STAGE
+  bash run.sh --track converged --stage "$3" --stop-stage "$3" --rounds feedback --conf-dir conf_converged_control \
+    --round-overrides "feedback:train.lr=$1 feedback:train.max_steps=$2" \
+    --exp-dir "$exp/control/lr$1" --reuse-exp "$exp"
+}
+
 part_control() {
   local steps runs=() lr best
   steps=$(python local/evidence_tables.py steps "$exp/focus" "$exp/feedback" "$exp/fix")
   export ILT_PSEUDO_CUTS=$exp/pseudo/cuts.jsonl.gz  # the main chain's voted labels: part of Fix's data
   for lr in $control_lrs; do
     log "control at lr $lr: at most $steps steps (the three rounds together)"
-    bash run.sh --track converged --stage 4 --stop-stage 4 --rounds feedback --conf-dir conf_converged_control \
-      --round-overrides "feedback:train.lr=$lr feedback:train.max_steps=$steps" \
-      --exp-dir "$exp/control/lr$lr" --reuse-exp "$exp"
+    control_run "$lr" "$steps" 4  # train
     runs+=("$exp/control/lr$lr/feedback")
   done
   best=$(python local/evidence_tables.py best-dev "${runs[@]}")
   lr=${best%/feedback}; lr=${lr##*/lr}
   log "control: lr $lr has the lowest best dev WER; decoding it on $sets"
   ln -sfn "lr$lr" "$exp/control/chosen"
-  bash run.sh --track converged --stage 6 --stop-stage 6 --rounds feedback --conf-dir conf_converged_control \
-    --round-overrides "feedback:train.lr=$lr feedback:train.max_steps=$steps" \
-    --exp-dir "$exp/control/lr$lr" --reuse-exp "$exp"
+  control_run "$lr" "$steps" 6  # evaluate on the test sets
 }
 
 part_lid() {
