@@ -239,8 +239,7 @@ class Channel:
 
     def noise_floor(self, n: int, name: str) -> np.ndarray:
         """``n`` samples of the group's coloured noise (power falling as 1/f^slope), seeded by ``name``."""
-        seed = int.from_bytes(hashlib.sha256(f"channel/{name}".encode()).digest()[:8], "little")
-        spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+        spectrum = np.fft.rfft(seeded_rng(f"channel/{name}").standard_normal(n))
         freqs = np.fft.rfftfreq(n, 1 / ESPEAK_RATE)
         spectrum *= np.maximum(freqs, 20.0) ** (-self.noise[0] / 2)  # below 20 Hz: flat
         noise = np.fft.irfft(spectrum, n)
@@ -428,9 +427,13 @@ def channel_of(args: argparse.Namespace, conv: Conversation) -> Channel | None:
     return channel_for(conv.rel.parent.as_posix())
 
 
+def seeded_rng(key: str) -> np.random.Generator:
+    """A NumPy generator seeded by the sha256 of ``key`` (the same key, the same samples)."""
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+
+
 def noise_floor(n: int, name: str) -> np.ndarray:
-    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
-    return (np.random.default_rng(seed).standard_normal(n) * 3e-4).astype(np.float32)
+    return (seeded_rng(name).standard_normal(n) * 3e-4).astype(np.float32)
 
 
 def _write_text(path: Path, lines: list[str]) -> None:
