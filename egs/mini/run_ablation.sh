@@ -20,7 +20,7 @@ track=demo
 test_sets=     # default: run.sh's for the track (test; converged: test test2 test3)
 configs="focus feedback fix focus,feedback feedback,fix focus,fix focus,feedback,fix"
 control=       # the single long round (conf_control/feedback.yaml); default true, false for converged,
-               # whose tuned control is local/evidence.sh --part control
+               # whose tuned control is local/evidence.sh --parts control
 
 . ../../tools/parse_options.sh
 
@@ -35,7 +35,7 @@ case $track in
 esac
 control=${control:-true}
 if [ "$track" = converged ] && [ "$control" = true ]; then
-  log "ERROR: --control true: the converged track's control is tuned by local/evidence.sh --part control"; exit 1
+  log "ERROR: --control true: the converged track's control is tuned by local/evidence.sh --parts control"; exit 1
 fi
 ablation_dir=$main/ablation
 
