@@ -8,6 +8,7 @@ import pytest
 from ilt.asr.decode import compression_ratio, decode_cuts, join_chunks, split_evenly
 from ilt.config import DecodeConfig, load_decode
 from ilt.errors import IltInputError
+from ilt.models.generation import Hypotheses
 from ilt.testing import make_cuts
 
 
@@ -134,6 +135,69 @@ def test_fallback_keeps_the_lowest_ratio_when_all_loop(tmp_path):
     records = decode_cuts(backbone, None, make_cuts(tmp_path, ["x"]), config, progress=False)
     assert records[0]["text"] == ("ab cd " * 30).strip()
     assert len(backbone.calls) == 3
+
+
+class LoopFlaggingBackbone(FakeBackbone):
+    """Returns :class:`Hypotheses`: ``reply`` gives ``(text, looped)`` per input."""
+
+    def generate(self, model, inputs, **kwargs):
+        replies = super().generate(model, inputs, **kwargs)
+        return Hypotheses([text for text, _ in replies], looped=[flag for _, flag in replies])
+
+
+def test_a_chunk_the_backbone_flags_as_looped_is_retried(tmp_path):
+    """The loop stop ended cut "spaces" in a loop of whitespace tokens: its
+    text is short and of a low compression ratio, but the backbone's flag
+    sends it to the fallback, and the first retry that does not loop is kept."""
+    cuts = make_cuts(tmp_path, [{"id": "spaces", "duration": 1.0}, {"id": "ok", "duration": 1.5}])
+
+    def reply(call, i, n):
+        if n != 16000:
+            return "a fine sentence", False
+        t = call["temperature"]
+        return ("長い", True) if t is None or t < 0.4 else ("長い文です", False)
+
+    backbone = LoopFlaggingBackbone(reply=reply)
+    config = DecodeConfig(fallback_temperatures=[0.2, 0.4, 0.6], compression_ratio_threshold=2.4)
+    records = decode_cuts(backbone, None, cuts, config, out_dir=tmp_path / "out", progress=False)
+    assert compression_ratio("長い") < 2.4  # the ratio alone would never retry it
+    assert {r["id"]: r["text"] for r in records} == {"spaces": "長い文です", "ok": "a fine sentence"}
+    assert [c["temperature"] for c in backbone.calls] == [None, 0.2, 0.4]
+    assert backbone.calls[1]["lengths"] == [16000] and backbone.calls[1]["num_beams"] == 1
+    stats = json.loads((tmp_path / "out" / "decode_stats.json").read_text())
+    assert (stats["loop_stopped"], stats["fallback_chunks"], stats["fallback_decodes"],
+            stats["still_looping"]) == (1, 1, 2, 0)
+
+
+@pytest.mark.parametrize("replies,kept,still", [
+    # a looping retry of a lower ratio does not replace a looping hypothesis... of a higher ratio, it does
+    ({None: ("ab " * 100, False), 0.2: ("ab", True), 0.4: ("ab " * 200, False)}, "ab", 1),
+    # a non-looping retry beats a looping one of a lower ratio (1.31 > 0.43)
+    ({None: ("長い", True), 0.2: ("ab ab ab ab ab ab", False), 0.4: ("never", False)}, "ab ab ab ab ab ab", 0),
+    # a retry over the threshold loops too, flagged or not: the lower ratio wins
+    ({None: ("ab", True), 0.2: ("ab " * 100, False), 0.4: ("ab cd ef", True)}, "ab", 1),
+    # nothing better: the beam search's hypothesis stays
+    ({None: ("ab", True), 0.2: ("ab ab ab ab", True), 0.4: ("ab " * 100, True)}, "ab", 1),
+])
+def test_fallback_keeps_the_best_by_loop_flag_then_ratio(tmp_path, replies, kept, still):
+    assert compression_ratio("長い") < compression_ratio("ab ab ab ab ab ab") < 2.4
+    backbone = LoopFlaggingBackbone(reply=lambda call, i, n: replies[call["temperature"]])
+    config = DecodeConfig(fallback_temperatures=[0.2, 0.4])
+    records = decode_cuts(backbone, None, make_cuts(tmp_path, ["x"]), config, out_dir=tmp_path / "o",
+                          progress=False)
+    assert records[0]["text"] == kept
+    stats = json.loads((tmp_path / "o" / "decode_stats.json").read_text())
+    assert stats["still_looping"] == still and stats["fallback_chunks"] == 1
+    assert len(backbone.calls) == (2 if still == 0 else 3)
+
+
+def test_loop_flags_without_a_threshold_count_but_retry_nothing(tmp_path):
+    """``compression_ratio_threshold: null`` switches the loop guard off, flags or not."""
+    backbone = LoopFlaggingBackbone(reply=lambda call, i, n: ("ab", True))
+    config = DecodeConfig(compression_ratio_threshold=None)
+    decode_cuts(backbone, None, make_cuts(tmp_path, ["x"]), config, out_dir=tmp_path / "o", progress=False)
+    stats = json.loads((tmp_path / "o" / "decode_stats.json").read_text())
+    assert len(backbone.calls) == 1 and stats["loop_stopped"] == 1 and stats["fallback_chunks"] == 0
 
 
 def test_unreadable_audio_is_a_counted_skip_and_outputs_are_written(tmp_path):

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from ilt.config import DecodeConfig
-from ilt.models.generation import StopRules, looping_rows, token_budget
+from ilt.models.generation import (
+    Hypotheses,
+    StopRules,
+    ended_in_loop,
+    looping_rows,
+    token_budget,
+)
 from ilt.plugins.whisper import WhisperBackbone
 from ilt.testing.dummies import tiny_whisper_dir
 
@@ -132,3 +138,59 @@ def test_the_loop_stop_never_stops_a_hypothesis_without_a_loop():
         scores = rules(torch.tensor([rows[:step]]), torch.zeros(1, 10))
         assert (scores == 0).all()
     assert rules.stopped == {"budget": 0, "loop": 0}
+
+
+SPACE, PAD = 220, 9
+
+
+@pytest.mark.parametrize("row,expected", [
+    ([0, 1, 2, 30, 31] + [SPACE] * 12 + [EOS], True),            # the loop stop's end: 12 spaces, end-of-text
+    ([0, 1, 2, 30, 31] + [SPACE] * 12 + [EOS, PAD, PAD], True),  # ... then padding to the batch's longest
+    ([0, 1, 2, 30, 31] + [SPACE] * 12, True),                    # a loop cut by the budget: no end-of-text
+    ([0, 1, 2] + list(range(30, 44)) + [EOS], False),            # a plain hypothesis
+    ([0, 1, 2, 30, 31, EOS] + [PAD] * 12, False),                # ended early: its padding is no loop
+    ([0, 1, 2, 30, 31, EOS] + [EOS] * 12, False),                # padded with end-of-text (Whisper's pad)
+    ([0, 1, 2] + [SPACE] * 11 + [EOS], False),                   # 11 spaces: short of 12
+    ([SPACE] * 5 + [EOS], False),                                # a short row
+    ([EOS, PAD], False),                                         # nothing generated
+])
+def test_ended_in_loop_reads_the_returned_sequences(row, expected):
+    assert ended_in_loop([row], [EOS, PAD], 12) == [expected]
+    width = 24  # the same rows as one right-padded tensor: same verdicts
+    batch = torch.tensor([row + [PAD] * (width - len(row)), [0, 1, 2] + [SPACE] * 12 + [EOS] * (width - 15)])
+    assert ended_in_loop(batch, [EOS, PAD], 12) == [expected, True]
+
+
+def test_ended_in_loop_uses_the_loop_stops_criterion():
+    """A 4-token phrase three times after the padding is dropped: the same
+    criterion as :func:`looping_rows` (period up to MAX_LOOP_PERIOD)."""
+    phrase = [1, 2, 3, 4]
+    assert ended_in_loop([[0] + phrase * 3 + [EOS, PAD]], [EOS, PAD], 12) == [True]
+    assert ended_in_loop([[0] + phrase * 2 + [1, 2, 3, 9, EOS]], [EOS, PAD], 12) == [False]
+    assert ended_in_loop([[0] + [SPACE] * 12 + [EOS]], [EOS, None], None) == [False]  # loop stop off
+    assert ended_in_loop(torch.zeros(0, 5, dtype=torch.long), [EOS], 12) == []
+
+
+def test_hypotheses_are_a_list_of_texts_with_loop_flags():
+    hyps = Hypotheses(["a", "b"], looped=[True, 0])
+    assert hyps == ["a", "b"] and isinstance(hyps, list) and hyps.looped == [True, False]
+    assert Hypotheses(["a"]).looped == [False] and Hypotheses().looped == []
+    with pytest.raises(ValueError, match="1 loop flags for 2 hypotheses"):
+        Hypotheses(["a", "b"], looped=[True])
+
+
+def test_whisper_generate_flags_the_hypotheses_the_loop_stop_ended(tiny):
+    """The tiny random model repeats one token (see above): with the loop stop
+    every hypothesis ends in a loop and is flagged; without it none is
+    flagged; with a budget shorter than a loop, none loops."""
+    rng = np.random.default_rng(1)
+    feats = tiny.features([rng.standard_normal(4000).astype(np.float32) for _ in range(3)])
+    for beams in (1, 2):
+        stopped = tiny.generate(tiny.model, feats, language="en", max_new_tokens=40, loop_tokens=12,
+                                num_beams=beams)
+        assert isinstance(stopped, Hypotheses) and stopped.looped == [True] * 3
+    off = tiny.generate(tiny.model, feats, language="en", max_new_tokens=40, loop_tokens=None)
+    assert isinstance(off, Hypotheses) and off.looped == [False] * 3
+    short = tiny.generate(tiny.model, feats, language="en", max_new_tokens=5, loop_tokens=12)
+    assert short.looped == [False] * 3
+    assert tiny.generate(tiny.model, tiny.features([]), language="en").looped == []

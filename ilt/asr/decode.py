@@ -15,9 +15,12 @@
   chunks; their hypotheses are joined with a space (without one for languages
   written without spaces).
 * Repetition-loop guard: a chunk whose hypothesis has a gzip compression ratio
-  above ``compression_ratio_threshold`` is decoded again by sampling at each
-  ``fallback_temperatures`` in turn (seeded) until one passes; the result with
-  the lowest ratio is kept.
+  above ``compression_ratio_threshold``, or whose token sequence the backbone
+  flags as ending in a loop (:class:`ilt.models.generation.Hypotheses`: a loop
+  the loop stop ended may be whitespace, stripped from the text, or too short
+  to raise the ratio), is decoded again by sampling at each
+  ``fallback_temperatures`` in turn (seeded) until one passes; the result
+  kept is one that does not loop, if any, and of those the lowest ratio.
 * Unreadable, empty or non-finite audio (:func:`ilt.data.audio.load_checked`)
   and unsupported languages are counted, logged skips.
 * ``quantize: int8`` (decoding only, on a CPU): :func:`decode_files` replaces
@@ -53,6 +56,7 @@ from ilt.core.runtime import Skips, process_state
 from ilt.data.audio import AudioProblem, load_checked, load_checked_head
 from ilt.data.languages import NO_SPACE_LANGUAGES
 from ilt.errors import IltInputError
+from ilt.models.generation import Hypotheses
 
 #: Base seed of the sampling fallback (one seed per temperature step).
 FALLBACK_SEED = 1234
@@ -86,6 +90,8 @@ class DecodeStats:
     cuts: int = 0
     chunks: int = 0
     audio_seconds: float = 0.0
+    #: chunks whose first hypothesis the backbone flagged as ending in a loop (``loop_tokens``)
+    loop_stopped: int = 0
     fallback_chunks: int = 0
     fallback_decodes: int = 0
     still_looping: int = 0
@@ -294,8 +300,11 @@ class Decoder:
         return loaded
 
     def _generate(self, chunks: Sequence[np.ndarray], languages: Sequence[str | None],
-                  adapters: Sequence[str] | None, **options: Any) -> list[str]:
+                  adapters: Sequence[str] | None, **options: Any) -> Hypotheses:
+        """The backbone's hypotheses of ``chunks``, ``batch_size`` at a time,
+        with its loop flags (none from a backbone that returns a plain list)."""
         texts: list[str] = []
+        looped: list[bool] = []
         rate = float(self.backbone.sampling_rate)
         size = self.config.batch_size
         for start in range(0, len(chunks), size):
@@ -306,9 +315,12 @@ class Decoder:
             language = rows[0] if all(lang == rows[0] for lang in rows) else rows
             if adapters is not None:  # one PEFT adapter per row (ilt.experts.train' mixed batches)
                 options["adapter_names"] = list(adapters[start:start + size])
-            texts.extend(self.backbone.generate(self.model, inputs, language=language, max_new_tokens=budgets,
-                                                loop_tokens=self.config.loop_tokens, **options))
-        return texts
+            out = self.backbone.generate(self.model, inputs, language=language, max_new_tokens=budgets,
+                                         loop_tokens=self.config.loop_tokens, **options)
+            flags = getattr(out, "looped", None)
+            texts.extend(out)
+            looped.extend([False] * len(out) if flags is None else flags)
+        return Hypotheses(texts, looped=looped)
 
     def decode(self, chunks: Sequence[np.ndarray], language: str | None | Sequence[str | None],
                adapters: Sequence[str] | None = None) -> list[str]:
@@ -317,7 +329,9 @@ class Decoder:
         ``language``: one for every chunk, or one per chunk (a batch that
         mixes languages; their beam sizes must agree); ``adapters``: the PEFT
         adapter of each chunk (``"__base__"`` for none), for a model holding
-        several (:mod:`ilt.experts.train`).
+        several (:mod:`ilt.experts.train`). Returns
+        :class:`ilt.models.generation.Hypotheses`, whose flags say which
+        final hypotheses still end in a loop.
 
         :raises IltInputError: a language the backbone does not know.
         """
@@ -330,19 +344,23 @@ class Decoder:
         if config.no_repeat_ngram_size:
             beam_options["no_repeat_ngram_size"] = config.no_repeat_ngram_size
         texts = self._generate(chunks, rows, adapters, **beam_options)
+        self.stats.loop_stopped += sum(texts.looped)
         threshold = config.compression_ratio_threshold
         if threshold is None or not config.fallback_temperatures:
             return texts
         self._fall_back(texts, chunks, rows, adapters, threshold)
         return texts
 
-    def _fall_back(self, texts: list[str], chunks: Sequence[np.ndarray], rows: Sequence[str | None],
+    def _fall_back(self, texts: Hypotheses, chunks: Sequence[np.ndarray], rows: Sequence[str | None],
                    adapters: Sequence[str] | None, threshold: float) -> None:
-        """The loop guard: decode the looping chunks of ``texts`` again by
-        sampling, one seeded temperature after another; keep, in place, each
-        chunk's hypothesis of the lowest compression ratio."""
-        ratios = [compression_ratio(t) for t in texts]
-        looping = [i for i, r in enumerate(ratios) if r > threshold]
+        """The loop guard: decode the looping chunks of ``texts`` (compression
+        ratio above ``threshold``, or flagged in ``texts.looped``) again by
+        sampling, one seeded temperature after another, until each passes;
+        keep, in place, each chunk's best hypothesis by ``(loops, ratio)``:
+        one that does not loop beats one that does, then the lower ratio wins."""
+        keys = [(flag or ratio > threshold, ratio)
+                for flag, ratio in zip(texts.looped, (compression_ratio(t) for t in texts))]
+        looping = [i for i, (loops, _) in enumerate(keys) if loops]
         self.stats.fallback_chunks += len(looping)
         for step, temperature in enumerate(self.config.fallback_temperatures):
             if not looping:
@@ -355,11 +373,12 @@ class Decoder:
                                      num_beams=1, temperature=temperature)
             self.stats.fallback_decodes += len(looping)
             still = []
-            for i, text in zip(looping, retried):
+            for i, text, flag in zip(looping, retried, retried.looped):
                 ratio = compression_ratio(text)
-                if ratio < ratios[i]:
-                    texts[i], ratios[i] = text, ratio
-                if ratio > threshold:
+                key = (flag or ratio > threshold, ratio)
+                if key < keys[i]:
+                    texts[i], texts.looped[i], keys[i] = text, flag, key
+                if key[0]:
                     still.append(i)
             looping = still
         self.stats.still_looping += len(looping)
@@ -573,9 +592,12 @@ def _keep_given_languages(records: list[dict[str, Any]], cuts: Sequence[Any],
 
 
 def _log_summary(stats: DecodeStats, config: DecodeConfig) -> None:
+    if stats.loop_stopped:
+        log.info("decode: %d chunk(s) ended in a loop of %s+ tokens (loop_tokens)", stats.loop_stopped,
+                 config.loop_tokens)
     if stats.fallback_chunks:
-        log.info("decode: %d chunk(s) looped (compression ratio > %s); %d still loop after fallback",
-                 stats.fallback_chunks, config.compression_ratio_threshold, stats.still_looping)
+        log.info("decode: %d chunk(s) looped (compression ratio > %s or ended in a loop); %d still loop "
+                 "after fallback", stats.fallback_chunks, config.compression_ratio_threshold, stats.still_looping)
     if stats.language_detection:
         log.info("decode: language detected for %d cut(s); %d differ from their own", stats.language_detection["cuts"],
                  stats.language_detection["confused"])
@@ -626,7 +648,8 @@ def merge_stats(parts: Sequence[DecodeStats]) -> DecodeStats:
         return parts[0]
     out = DecodeStats(numerics=parts[0].numerics)
     for part in parts:
-        for name in ("cuts", "chunks", "audio_seconds", "fallback_chunks", "fallback_decodes", "still_looping"):
+        for name in ("cuts", "chunks", "audio_seconds", "loop_stopped", "fallback_chunks", "fallback_decodes",
+                     "still_looping"):
             setattr(out, name, getattr(out, name) + getattr(part, name))
         out.seconds = max(out.seconds, part.seconds)
         for reason, n in (part.skips or {}).items():

@@ -11,17 +11,24 @@ each by forcing its next token to be end-of-text (the other rows continue):
 * a **loop stop**: the hypothesis' last tokens repeat one pattern
   (:func:`looping_rows`), e.g. one token 12 times or a 4-token phrase 3 times.
 
-The text of a stopped hypothesis is kept as it is (the caller's compression
-ratio check still sees the repetition and can retry it); only the wasted
-steps are saved. :class:`StopRules` applies both as a ``transformers``
-logits processor, which ``generate`` calls for greedy, sampling and beam
-search alike (beam rows are ``utterance * beams + beam``).
+The text of a stopped hypothesis is kept as it is; only the wasted steps are
+saved. A stopped loop is often invisible in that text: a loop of whitespace
+tokens (the plain space, say) is stripped with the text, and a loop ended
+after a dozen tokens is too short to raise the text's compression ratio. So
+a backbone tells which final hypotheses ended in a loop
+(:func:`ended_in_loop`, read from the token sequences ``generate`` returned)
+and returns :class:`Hypotheses`, texts carrying these flags, for the
+decoder's loop guard (:mod:`ilt.asr.decode`) to retry.
+
+:class:`StopRules` applies both rules as a ``transformers`` logits
+processor, which ``generate`` calls for greedy, sampling and beam search
+alike (beam rows are ``utterance * beams + beam``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 #: The longest repeated pattern :func:`looping_rows` looks for, in tokens.
 MAX_LOOP_PERIOD = 32
@@ -49,6 +56,45 @@ def looping_rows(tokens: Any, min_tokens: int) -> Any:
         tail = tokens[:, length - span:]
         found |= (tail[:, period:] == tail[:, :-period]).all(dim=1)
     return found
+
+
+def ended_in_loop(sequences: Iterable[Any], end_ids: Iterable[int | None], min_tokens: int | None) -> list[bool]:
+    """Which of the final token sequences ``generate`` returned end in a loop.
+
+    ``sequences``: one row of token IDs per hypothesis (a 2-D tensor or lists
+    of ints), possibly with the decoder prompt in front and end-of-text and
+    padding at the end. Each row's trailing ``end_ids`` tokens (end-of-text,
+    padding) are dropped, and what is left is judged by :func:`looping_rows`
+    with ``min_tokens``. Looking at the returned rows, not at the steps,
+    makes this the same for greedy, sampling and beam search. ``min_tokens``
+    ``None`` (or 0: the loop stop off) flags no row."""
+    import torch
+
+    rows = [row.tolist() if torch.is_tensor(row) else [int(t) for t in row] for row in sequences]
+    if not min_tokens:
+        return [False] * len(rows)
+    ends = {int(i) for i in end_ids if i is not None}
+    out = []
+    for ids in rows:
+        length = len(ids)
+        while length and ids[length - 1] in ends:
+            length -= 1
+        out.append(bool(length) and bool(looping_rows(torch.tensor([ids[:length]]), min_tokens)[0]))
+    return out
+
+
+class Hypotheses(list):
+    """Hypothesis texts (a ``list`` of ``str``, what a backbone's ``generate``
+    returns) that also say, in :attr:`looped`, whether each one ended in a
+    loop (:func:`ended_in_loop`). A backbone may return a plain list instead:
+    its loops are then unknown, as if none had looped."""
+
+    def __init__(self, texts: Iterable[str] = (), looped: Iterable[bool] | None = None) -> None:
+        super().__init__(texts)
+        #: per text: its token sequence ended in a loop
+        self.looped: list[bool] = [False] * len(self) if looped is None else [bool(f) for f in looped]
+        if len(self.looped) != len(self):
+            raise ValueError(f"{len(self.looped)} loop flags for {len(self)} hypotheses")
 
 
 class StopRules:

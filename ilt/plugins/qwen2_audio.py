@@ -435,13 +435,17 @@ class Qwen2AudioBackbone(HFBackbone):
         it first and the prompt names it). ``max_new_tokens``: one limit, or
         one per input (:mod:`ilt.models.generation`); ``loop_tokens`` ends a looping
         hypothesis; ``temperature`` > 0 samples. Other keyword arguments go to
-        the generation config or ``generate``.
+        the generation config or ``generate``. Returns
+        :class:`ilt.models.generation.Hypotheses`: the texts, and which token
+        sequences ended in a loop (none with ``loop_tokens`` ``None``).
 
         :raises IltInputError: a language ilt does not know.
         """
+        from ilt.models.generation import Hypotheses, ended_in_loop
+
         rows = inputs["input_features"].shape[0]
         if rows == 0:
-            return []
+            return Hypotheses()
         if language is not None and language not in WHISPER_LANGUAGES:
             raise IltInputError(f"language {language!r} is not supported by Qwen2-Audio (no <|{language}|> tag)")
         limits = [int(max_new_tokens)] * rows if isinstance(max_new_tokens, int) else [int(n) for n in max_new_tokens]
@@ -451,7 +455,10 @@ class Qwen2AudioBackbone(HFBackbone):
         gen, extra = self._generation_config(unwrap_model(model), num_beams, temperature, kwargs)
         generated = self._run(model, inputs, languages, gen, [max(1, n) for n in limits], loop_tokens, extra)
         texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-        return [(_LEADING_TAG.sub("", t) if lang is None else t).strip() for t, lang in zip(texts, languages)]
+        # a finished row ends in one of gen's end-of-text tokens, then gen's padding
+        looped = ended_in_loop(generated, [*gen.eos_token_id, gen.pad_token_id], loop_tokens)
+        return Hypotheses([(_LEADING_TAG.sub("", t) if lang is None else t).strip()
+                           for t, lang in zip(texts, languages)], looped=looped)
 
 class Qwen2AudioTextTokenizer:
     """Only the tokenizer of a Qwen2-Audio directory (``tokenizer_only=True``):

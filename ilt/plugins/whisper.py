@@ -230,15 +230,20 @@ class WhisperBackbone(HFBackbone):
         :mod:`ilt.models.generation`); ``loop_tokens`` ends a hypothesis once its last
         tokens repeat one pattern. Other keyword arguments (for example
         ``length_penalty``, ``no_repeat_ngram_size``) go to ``model.generate``.
-        Raises :class:`IltInputError` for a language the model does not know.
+        Returns :class:`ilt.models.generation.Hypotheses`: the stripped texts,
+        and which token sequences ended in a loop (none with ``loop_tokens``
+        ``None``). Raises :class:`IltInputError` for a language the model does
+        not know.
         """
         import torch
+
+        from ilt.models.generation import Hypotheses, ended_in_loop
 
         base = _unwrap(model)
         param = _first_float_param(base)
         features = inputs["input_features"].to(param.device, param.dtype)
         if features.shape[0] == 0:
-            return []
+            return Hypotheses()
         gen_config = copy.deepcopy(base.generation_config)
         gen_config.num_beams = int(num_beams)
         gen_config.max_new_tokens = None
@@ -255,7 +260,9 @@ class WhisperBackbone(HFBackbone):
         if not torch.is_tensor(sequences):
             sequences = sequences["sequences"]
         texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
-        return [t.strip() for t in texts]
+        # Whisper pads a finished row with its end-of-text token
+        looped = ended_in_loop(sequences, (self.collator.eos_id, gen_config.pad_token_id), loop_tokens)
+        return Hypotheses([t.strip() for t in texts], looped=looped)
 
     def _whisper_options(self, gen_config: Any, language: str | Sequence[str | None] | None,
                          temperature: float | None, kwargs: dict[str, Any]) -> dict[str, Any]:
