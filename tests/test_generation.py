@@ -194,3 +194,31 @@ def test_whisper_generate_flags_the_hypotheses_the_loop_stop_ended(tiny):
     short = tiny.generate(tiny.model, feats, language="en", max_new_tokens=5, loop_tokens=12)
     assert short.looped == [False] * 3
     assert tiny.generate(tiny.model, tiny.features([]), language="en").looped == []
+
+
+def test_qwen2_audio_generate_flags_rows_by_its_end_and_pad_tokens(tmp_path, monkeypatch):
+    """Qwen2-Audio's rows (prompt removed) end in one of the generation
+    config's end-of-text tokens, then its padding: both are dropped before
+    the loop is looked for. The generated rows are made by hand (the tiny
+    random model ends at once), with padding (3) and a second end-of-text
+    (4) apart from the tokenizer's (0)."""
+    from ilt.core.registry import create
+    from ilt.testing.tiny_qwen2_audio import tiny_qwen2_audio_dir
+
+    qwen = create("backbone", "qwen2_audio", tiny_qwen2_audio_dir(tmp_path / "q"))
+    eos = qwen.collator.eos_id
+    monkeypatch.setattr(qwen.collator, "pad_id", 3)
+    monkeypatch.setattr(qwen.model.generation_config, "eos_token_id", [eos, 4])
+    rows = [[5] * 12 + [eos, 3, 3], [5] * 12 + [4, 3, 3], [5, 6, eos] + [3] * 12, [6, 5] * 6 + [eos, 3, 3]]
+    seen = []
+
+    def run(model, inputs, languages, gen, limits, loop_tokens, extra):
+        seen.append((list(gen.eos_token_id), gen.pad_token_id))
+        return [list(r) for r in rows]
+
+    monkeypatch.setattr(qwen, "_run", run)
+    feats = qwen.features([np.zeros(16000, dtype=np.float32)] * len(rows))
+    hyps = qwen.generate(qwen.model, feats, language="en", loop_tokens=12)
+    assert seen == [([eos, 4], 3)]
+    assert isinstance(hyps, Hypotheses) and len(hyps) == 4 and hyps.looped == [True, True, False, True]
+    assert qwen.generate(qwen.model, feats, language="en", loop_tokens=None).looped == [False] * 4
