@@ -6,17 +6,30 @@
 # vote), then scores M1, M2 and M3 of both chains on dev and test, per language, in one table.
 #
 #   bash run.sh && bash local/knowledge_compare.sh    # demo track -> exp/knowledge_cmp/table.md
+#   bash local/knowledge_compare.sh --track converged # after local/evidence.sh --parts main
+#
+# converged: conf_converged/, the sets test test2 test3, the main chain's decodes reused (grouped by
+# accent, as evidence.sh's tables read them), --round-overrides (e.g. the main Fix's
+# "fix:select.include_start=false") passed to the second chain's run.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 track=demo
-conf_dir=conf
-sets="dev test"
+conf_dir=        # default: conf, or conf_converged for --track converged
+sets=            # default: "dev test", or "test test2 test3" for --track converged
+round_overrides=
 
 . ../../tools/parse_options.sh
 
 log() { echo -e "$(date '+%Y-%m-%d %H:%M:%S') (knowledge_compare.sh:${BASH_LINENO[0]}) $*" >&2; }
-case $track in demo) suffix= ;; multilingual) suffix=_ml ;; *) log "ERROR: --track $track"; exit 1 ;; esac
+group_by=language
+case $track in
+  demo) suffix= ;;
+  multilingual) suffix=_ml ;;
+  converged) suffix=_conv; conf_dir=${conf_dir:-conf_converged}; sets=${sets:-test test2 test3}; group_by=accent ;;
+  *) log "ERROR: --track $track: choose demo, multilingual or converged"; exit 1 ;;
+esac
+conf_dir=${conf_dir:-conf}; sets=${sets:-dev test}
 exp=exp$suffix; manifests=data$suffix/manifests; off=$exp/knowledge_off; out=$exp/knowledge_cmp
 [ -f "$exp/M3/config.json" ] || { log "ERROR: $exp/M3: run 'bash run.sh --track $track' first"; exit 1; }
 
@@ -42,7 +55,9 @@ PY
 
 log "the second chain in $off: M1 linked from $exp, then Feedback and Fix without the sets"
 bash run.sh --track "$track" --exp-dir "$off" --stage 3 --stop-stage 3 --reuse-exp "$exp"
-bash run.sh --track "$track" --exp-dir "$off" --conf-dir "$off/conf" --stage 4 --stop-stage 5
+# (an empty --round-overrides would replace the track's own, e.g. the demo's step counts)
+bash run.sh --track "$track" --exp-dir "$off" --conf-dir "$off/conf" --stage 4 --stop-stage 5 \
+  ${round_overrides:+--round-overrides "$round_overrides"}
 
 for chain in with without; do
   dir=$exp; [ $chain = with ] || dir=$off
@@ -50,8 +65,11 @@ for chain in with without; do
     [ $chain = without ] && [ $i -eq 1 ] && continue  # the same M1
     for s in $sets; do
       d=$out/$chain/M$i/$s
+      if [ $chain = with ] && [ $group_by = accent ] && [ -f "$exp/decode/M$i/$s/scores.json" ]; then
+        mkdir -p "$(dirname "$d")"; ln -sfn "$(realpath "$exp/decode/M$i/$s")" "$d"; continue  # run.sh's decode
+      fi
       [ -f "$d/scores.json" ] || ilt evaluate --model "$dir/M$i" --cuts "$manifests/mlc_slm_cuts_$s.jsonl.gz" \
-        --decode-config "$conf_dir/decode.yaml" --out "$d" --group-by language
+        --decode-config "$conf_dir/decode.yaml" --out "$d" --group-by $group_by
     done
   done
 done
