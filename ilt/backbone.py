@@ -84,7 +84,11 @@ class Backbone(Protocol):
     def generate(self, model: Any, inputs: dict[str, Any], *, language: str | None,
                  num_beams: int = 1, max_new_tokens: int = 440, **kwargs: Any) -> list[str]:
         """Decode one batch of ``features()`` output in ``language`` (``None``:
-        let the model decide) and return the hypothesis texts."""
+        let the model decide) and return the hypothesis texts. A backbone that
+        can tell which hypotheses ended in a repetition loop returns them as
+        :class:`ilt.models.generation.Hypotheses` (a list with one ``looped``
+        flag per text), so that the decoder's loop guard retries those whose
+        text hides the loop; a plain list is read as "no loop known"."""
 
     def score(self, model: Any, inputs: dict[str, Any], texts: Sequence[str], *,
               language: str | None) -> list[tuple[float, int]]:
