@@ -208,6 +208,10 @@ class SelectSection:
     min_delta: float = _field(
         0.0, min=0.0, help="with patience: how much lower than the best the metric must be to reset the patience "
                            "(the best adapter is still the lowest value)")
+    include_start: bool = _field(
+        True, help="score the incoming model on dev before the first step (its LoRA is PEFT's initialisation, "
+                   "which changes nothing) as a candidate for best/: a round that never beats the model it "
+                   "started from keeps and merges that no-op adapter; false: only trained checkpoints compete")
     decode: Union[DecodeConfig, None] = _field(
         None, help="the dev decoding's options (conf/decode.yaml's keys; its backbone is the round's); "
                    "null: greedy. ilt train --decode-config replaces it")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import yaml
@@ -106,7 +107,7 @@ def test_tiny_run_writes_best_final_and_logs(base_dir, data, tmp_path):
     assert log[0]["event"] == "start" and log[0]["precision"] == "fp32"
     assert [r["step"] for r in log if r["event"] == "step"] == [1, 2, 3, 4]
     evals = [r for r in log if r["event"] == "eval"]
-    assert [r["step"] for r in evals] == [2, 4]
+    assert [r["step"] for r in evals] == [0, 2, 4]  # step 0: the incoming model competes (select.include_start)
     assert all(set(r["per_language"]) == {"en", "fr"} and r["dev_loss"] > 0 for r in evals)
 
     best = json.loads((out / "best" / "score.json").read_text())
@@ -132,7 +133,7 @@ def test_the_lowest_dev_score_is_kept(base_dir, data, tmp_path, monkeypatch):
 
     import ilt.training.evaluate
 
-    scores = {2: 0.9, 4: 0.3, 6: 0.3, 8: 0.6}
+    scores = {0: 1.0, 2: 0.9, 4: 0.3, 6: 0.3, 8: 0.6}
 
     def evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step, collective=None):
         value = scores[step]
@@ -160,7 +161,7 @@ def test_patience_ends_the_round_and_a_rerun_trains_no_further(base_dir, data, t
     and running the same command again resumes there and does not train on."""
     import ilt.training.evaluate
 
-    scores = {2: 0.5, 4: 0.4, 6: 0.45, 8: 0.6, 10: 0.1}
+    scores = {0: 0.7, 2: 0.5, 4: 0.4, 6: 0.45, 8: 0.6, 10: 0.1}
 
     def evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step, collective=None):
         value = scores[step]
@@ -182,6 +183,55 @@ def test_patience_ends_the_round_and_a_rerun_trains_no_further(base_dir, data, t
     steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()
              if json.loads(line)["event"] == "step"]
     assert steps == list(range(1, 9))
+
+
+@pytest.mark.parametrize("include_start", [True, False])
+def test_the_incoming_model_competes_for_best(base_dir, data, tmp_path, monkeypatch, caplog, include_start):
+    """Dev scores 0.2 at step 0 (the incoming model), then 0.5 and 0.4: with select.include_start
+    best/ is the untrained LoRA (every lora_B zero), merging it gives the incoming weights exactly,
+    and the round warns; without it step 0 is not scored and step 4 is the best."""
+    import torch
+    from safetensors.torch import load_file
+
+    import ilt.training.evaluate
+
+    scores = {0: 0.2, 2: 0.5, 4: 0.4}
+    seen = []
+
+    def evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step, collective=None):
+        seen.append(step)
+        value = scores[step]
+        return {"step": step, "metric": metric, "value": value, "dev_loss": value, "group_by": "language",
+                "rows": [{"group": "en", "error_rate": value}], "overall": {"error_rate": value}}
+
+    monkeypatch.setattr(ilt.training.evaluate, "evaluate", evaluate)
+    config = _config(max_steps=4, eval_every=2)
+    config.select.include_start = include_start
+    out = tmp_path / "start"
+    with caplog.at_level("WARNING", logger="ilt"):
+        result = train_round(config, base_dir, out, train_cuts=[(data["train"], 1.0)], dev_cuts=data["dev"])
+    best = load_file(out / "best" / "adapter_model.safetensors")
+    final = load_file(out / "final" / "adapter_model.safetensors")
+    b_keys = [k for k in best if "lora_B" in k]
+    assert b_keys and any(final[k].abs().sum() > 0 for k in b_keys)  # training moved the LoRA
+    if not include_start:
+        assert seen == [2, 4] and result.best_score["step"] == 4 and "incoming model" not in caplog.text
+        return
+    assert seen == [0, 2, 4] and result.best_score["step"] == 0 and result.best_metric == 0.2
+    assert all(torch.count_nonzero(best[k]) == 0 for k in b_keys)
+    assert "no checkpoint beat the incoming model" in caplog.text
+
+    from ilt.training.lora import merge_adapter
+
+    merged = merge_adapter(base_dir, out / "best", tmp_path / "M1")
+    before, after = _weights(base_dir), _weights(merged)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _weights(model_dir):
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(Path(model_dir).glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
 @pytest.mark.parametrize("source", ["train", "many"])  # 4 cuts: one bucket; 16 cuts: 4 buckets

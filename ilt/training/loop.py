@@ -448,6 +448,9 @@ class _Run:
         state, accelerator = self.state, self.accelerator
         seen = {i for ids in self.skips.items.values() for i in ids}
         batches = iter(self.loader)
+        if self.dev is not None and self.config.select.include_start and state.step == 0:
+            # the incoming model is a candidate: the LoRA before any step is a no-op (B = 0)
+            self.evaluate(0)
         while state.step < self.total_steps and state.stopped_early is None:
             step_loss = self.optimiser_step(batches, seen)
             step = state.step
@@ -605,6 +608,10 @@ def train_round(
     progress, seconds = run.state, time.monotonic() - started
     log.info("round %s: %d steps in %.1f s; best %s %s at step %s", config.name, progress.step, seconds,
              config.select.metric, progress.best_metric, progress.best_step)
+    if progress.best_step == 0:
+        log.warning("round %s: no checkpoint beat the incoming model on dev (%s %.4g at step 0): best/ is the "
+                    "untrained LoRA, which changes nothing when merged", config.name, config.select.metric,
+                    progress.best_metric)
     return TrainResult(
         out_dir=out_dir, best_dir=out_dir / "best", final_dir=final_dir, best_metric=progress.best_metric,
         best_score=progress.best_score, steps=progress.step, seconds=seconds, skipped=skips.report(),
