@@ -21,6 +21,8 @@ test_sets=     # default: run.sh's for the track (test; converged: test test2 te
 configs="focus feedback fix focus,feedback feedback,fix focus,fix focus,feedback,fix"
 control=       # the single long round (conf_control/feedback.yaml); default true, false for converged,
                # whose tuned control is local/evidence.sh --parts control
+round_overrides=  # "ROUND:KEY=VALUE ..." for every configuration's run.sh (only when given: an empty
+                  # one would replace the track's own, e.g. the demo's step counts)
 
 . ../../tools/parse_options.sh
 
@@ -50,7 +52,8 @@ for rounds in $configs; do
   case focus,feedback,fix, in "$rounds",*) ;; *) [ "$prefix" = "$rounds" ] || reuse=$ablation_dir/${prefix//,/+} ;; esac
   log "$name: rounds $rounds, reusing what $reuse finished"
   bash run.sh --track "$track" --stage 3 --stop-stage 6 --rounds "$rounds" --exp-dir "$ablation_dir/$name" \
-    --reuse-exp "$reuse" --test-sets "$test_sets" --detect-language none
+    --reuse-exp "$reuse" --test-sets "$test_sets" --detect-language none \
+    ${round_overrides:+--round-overrides "$round_overrides"}
   dirs+=("$ablation_dir/$name")
 done
 

@@ -6,10 +6,16 @@
 #   bash local/evidence.sh --parts control       # the one-round control, its learning rate tuned on dev
 #   bash local/evidence.sh --parts lid           # Focus with language-ID embeddings vs the main Focus
 #   bash local/evidence.sh --parts ablation      # the seven ordered subsets of the rounds (run_ablation.sh)
+#   bash local/evidence.sh --parts experts       # LoRA language experts (a)-(e) (local/experts_compare.sh)
+#   bash local/evidence.sh --parts fix           # Fix with the incoming model competing; Fix without pseudo-labels
+#   bash local/evidence.sh --parts knowledge     # Feedback and Fix without the knowledge sets (knowledge_compare.sh)
 #   bash local/evidence.sh --parts tables        # the comparisons with intervals -> exp_conv/evidence/*.md
 #
 # main     `run.sh --track converged --stop-stage 6`: corpus, M0, knowledge sets, the three rounds with
 #          early stopping (conf_converged/), voted pseudo-labels, every model on test, test2, test3.
+#          Its Fix (and the ablation's) lets only trained checkpoints compete (select.include_start
+#          false), as the toolkit did when docs/evidence.md's tables were measured: part fix gives
+#          the default's after.
 # control  ONE round (conf_converged_control/feedback.yaml: Feedback's scope and rank on the union of the
 #          three rounds' data), at most as many steps as the three rounds ran together (read from their
 #          train logs), the same dev checks and patience; trained at each of --control-lrs, the run of
@@ -19,15 +25,23 @@
 #          rounds begin that chain.
 # lid      the main chain's Focus again with train.lid_embeddings: true (paper 3.2.3; docs/lid.md), the
 #          rest identical (seed, data, steps, early stopping), -> $exp/lid_on/M1, decoded on the test sets
-#          with the language given; "off" is the main chain's M1.
+#          with the language given, and both M1 with the language detected (-o language=detect);
+#          "off" is the main chain's M1.
+# experts  local/experts_compare.sh --track converged: (a) is the main chain's Focus, (b)-(e) trained
+#          and decoded from M0 (conf_converged/experts.yaml, distill.yaml).
+# fix      the main Fix again from M2 with select.include_start true (the default since: the incoming
+#          M2 competes at step 0) -> $exp/fix_start, M3_start; and without its pseudo-labelled source
+#          (local/fix_without_pseudo.sh, the main Fix's settings) -> $exp/fix_nopseudo, M3_nopseudo.
+# knowledge local/knowledge_compare.sh --track converged: Feedback and Fix again from M1 without the
+#          stage-2 sets (and that chain's own vote) -> $exp/knowledge_off.
 # tables   exp_conv/evidence/{rounds,control,lid,ablation}.md: paired bootstrap intervals (ilt compare),
 #          pooled over the three test sets and on each alone.
 # Each part skips the work a finished run of it left (the template's step markers).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-parts="main control lid ablation tables"
-control_lrs="1.0e-4 3.0e-4 1.0e-3"  # the control's learning-rate grid, YAML floats (ILT's rounds: 1e-3, 2e-4, 1e-4)
+parts="main control lid ablation experts fix knowledge tables"
+control_lrs="1.0e-4 2.0e-4 1.0e-3"  # the control's learning-rate grid, YAML floats: each rate one of ILT's rounds uses
 exp=exp_conv
 sets="test test2 test3"
 
@@ -42,8 +56,10 @@ timed() {  # timed PART CMD...: run, and log the part's wall time to $exp/eviden
   log "$1: $((SECONDS - start)) s"
 }
 
+main_fix=fix:select.include_start=false  # the main chain's Fix as measured (see part main above)
+
 part_main() {
-  bash run.sh --track converged --stop-stage 6
+  bash run.sh --track converged --stop-stage 6 --round-overrides "$main_fix"
 }
 
 control_run() {  # control_run LR STEPS STAGE: the control at LR for at most STEPS, run.sh stage STAGE
@@ -78,11 +94,39 @@ part_lid() {
     [ -f "$dir/decode/M1/$set/scores.json" ] || ilt evaluate --model "$dir/M1" \
       --cuts "$manifests/mlc_slm_cuts_$set.jsonl.gz" --decode-config conf_converged/decode.yaml \
       --out "$dir/decode/M1/$set" --group-by accent
+    for m in "on=$dir/M1" "off=$exp/M1"; do  # the language detected by the model itself
+      [ -f "$dir/decode/${m%%=*}-detect/$set/scores.json" ] || ilt evaluate --model "${m#*=}" \
+        --cuts "$manifests/mlc_slm_cuts_$set.jsonl.gz" --decode-config conf_converged/decode.yaml \
+        --out "$dir/decode/${m%%=*}-detect/$set" --group-by accent -o language=detect
+    done
   done
 }
 
 part_ablation() {
-  bash run_ablation.sh --track converged
+  bash run_ablation.sh --track converged --round-overrides "$main_fix"
+}
+
+part_experts() {
+  bash local/experts_compare.sh --track converged
+}
+
+part_knowledge() {
+  bash local/knowledge_compare.sh --track converged --round-overrides "$main_fix"
+}
+
+part_fix() {
+  local manifests=data_conv/manifests set
+  export ILT_DATA_DIR=data_conv ILT_EXP_DIR=$exp
+  [ -f "$exp/M3_start/config.json" ] || ilt round --config conf_converged/fix.yaml -o select.include_start=true \
+    --model "$exp/M2" --out "$exp/fix_start" --merged-out "$exp/M3_start" \
+    --dev "$manifests/mlc_slm_cuts_dev.jsonl.gz" --decode-config conf_converged/decode.yaml
+  for set in $sets; do
+    [ -f "$exp/decode/M3_start/$set/scores.json" ] || ilt evaluate --model "$exp/M3_start" \
+      --cuts "$manifests/mlc_slm_cuts_$set.jsonl.gz" --decode-config conf_converged/decode.yaml \
+      --out "$exp/decode/M3_start/$set" --group-by accent
+  done
+  bash local/fix_without_pseudo.sh --exp-dir "$exp" --data-dir data_conv --conf-dir conf_converged \
+    --sets "$sets" --overrides "${main_fix#fix:}"
 }
 
 part_tables() {
@@ -100,6 +144,33 @@ part_tables() {
       --system "on=$exp/lid_on/decode/M1/{set}" --pair on-off \
       --title "Focus with language-ID embeddings (on) vs without (off)" --out "$out/lid.md"
   fi
+  if [ -d "$exp/lid_on/decode/on-detect" ]; then
+    python local/evidence_tables.py table --sets "$sets" --system "off=$exp/lid_on/decode/off-detect/{set}" \
+      --system "on=$exp/lid_on/decode/on-detect/{set}" --system "given=$exp/decode/M1/{set}" --pair on-off \
+      --pair off-given --title "Language detected: Focus with language-ID embeddings (on) vs without (off)" \
+      --out "$out/lid_detect.md"
+  fi
+  if [ -d "$exp/experts_cmp/decode/e-experts-detect" ]; then
+    systems=(--system "a=$exp/experts_cmp/decode/a-shared/{set}")
+    for cfg in b-experts c-fused d-distill e-experts-detect; do
+      systems+=(--system "${cfg%%-*}=$exp/experts_cmp/decode/$cfg/{set}"); pairs+=(--pair "${cfg%%-*}-a")
+    done
+    python local/evidence_tables.py table --sets "$sets" "${systems[@]}" "${pairs[@]}" \
+      --title "LoRA language experts (b-e) vs one shared LoRA (a)" --out "$out/experts.md"
+    pairs=()
+  fi
+  if [ -d "$exp/decode/M3_nopseudo" ]; then
+    python local/evidence_tables.py table --sets "$sets" --system "M2=$exp/decode/M2/{set}" \
+      --system "M3=$exp/decode/M3/{set}" --system "start=$exp/decode/M3_start/{set}" \
+      --system "nopseudo=$exp/decode/M3_nopseudo/{set}" --pair start-M3 --pair start-M2 --pair M3-nopseudo \
+      --title "Fix: the incoming model competing (start) and without pseudo-labels (nopseudo)" --out "$out/fix.md"
+  fi
+  if [ -d "$exp/knowledge_cmp/without/M3" ]; then
+    python local/evidence_tables.py table --sets "$sets" --system "M2=$exp/decode/M2/{set}" \
+      --system "M3=$exp/decode/M3/{set}" --system "M2_off=$exp/knowledge_cmp/without/M2/{set}" \
+      --system "M3_off=$exp/knowledge_cmp/without/M3/{set}" --pair M2-M2_off --pair M3-M3_off \
+      --title "With the knowledge sets vs without (M2: Feedback, M3: Fix)" --out "$out/knowledge.md"
+  fi
   if [ -d "$exp/ablation" ]; then
     systems=(--system "all=$exp/decode/M3/{set}")
     for cfg in focus feedback fix focus+feedback feedback+fix focus+fix; do
@@ -113,7 +184,7 @@ part_tables() {
 
 for part in $parts; do
   case $part in
-    main|control|lid|ablation|tables) log "part $part"; timed "$part" "part_$part" ;;
-    *) log "ERROR: --parts: '$part' is not main, control, lid, ablation or tables"; exit 1 ;;
+    main|control|lid|ablation|experts|fix|knowledge|tables) log "part $part"; timed "$part" "part_$part" ;;
+    *) log "ERROR: --parts: '$part' is not main, control, lid, ablation, experts, fix, knowledge or tables"; exit 1 ;;
   esac
 done
