@@ -210,8 +210,9 @@ class SelectSection:
                            "(the best adapter is still the lowest value)")
     include_start: bool = _field(
         True, help="score the incoming model on dev before the first step (its LoRA is PEFT's initialisation, "
-                   "which changes nothing) as a candidate for best/: a round that never beats the model it "
-                   "started from keeps and merges that no-op adapter; false: only trained checkpoints compete")
+                   "which changes nothing); when no trained checkpoint scores lower, best/ is that no-op adapter "
+                   "and merging the round changes nothing. The patience compares trained checkpoints only; "
+                   "false: only trained checkpoints compete")
     decode: Union[DecodeConfig, None] = _field(
         None, help="the dev decoding's options (conf/decode.yaml's keys; its backbone is the round's); "
                    "null: greedy. ilt train --decode-config replaces it")

@@ -228,6 +228,34 @@ def test_the_incoming_model_competes_for_best(base_dir, data, tmp_path, monkeypa
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_the_start_check_does_not_count_in_the_patience(base_dir, data, tmp_path, monkeypatch):
+    """Dev scores 0.3 at step 0, then 0.5, 0.6, 0.4, 0.2 with select.patience 2: the trained
+    checkpoints are compared among themselves (0.6 is the only stale check), so the round runs
+    to step 8 and keeps it (0.2 < 0.3). Counting step 0 in the patience would have stopped it
+    at step 4, in the early rise of a round's dev error, and kept the incoming model."""
+    import ilt.training.evaluate
+
+    scores = {0: 0.3, 2: 0.5, 4: 0.6, 6: 0.4, 8: 0.2}
+
+    def evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step, collective=None):
+        value = scores[step]
+        return {"step": step, "metric": metric, "value": value, "dev_loss": value, "group_by": "language",
+                "rows": [{"group": "en", "error_rate": value}], "overall": {"error_rate": value}}
+
+    monkeypatch.setattr(ilt.training.evaluate, "evaluate", evaluate)
+    config = _config(max_steps=8, eval_every=2)
+    config.select.patience = 2
+    out = tmp_path / "patience-start"
+    result = train_round(config, base_dir, out, train_cuts=[(data["train"], 1.0)], dev_cuts=data["dev"])
+    assert result.steps == 8 and result.stopped_early is None
+    assert result.best_score["step"] == 8 and result.best_metric == 0.2
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if r["event"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 2, 4, 6, 8] and evals[0]["start"] is True
+    assert [r["stale_evals"] for r in evals[1:]] == [0, 1, 0, 0]
+    assert (out / "start" / "adapter_config.json").is_file()
+
+
 def _weights(model_dir):
     from safetensors.torch import load_file
 

@@ -151,6 +151,10 @@ class TrainState:
         self.last_eval: dict[str, Any] | None = None
         self.stale_evals = 0     # dev evaluations in a row without a new best (select.patience)
         self.stopped_early: int | None = None  # the step early stopping ended the round at
+        # the incoming model's dev score (select.include_start), kept apart from the trained
+        # checkpoints' best: it competes for best/ at the end, not in the patience
+        self.start_metric: float | None = None
+        self.start_score: dict[str, Any] | None = None
         self.skipped: dict[str, list[str]] = {}
 
     def sampler_state(self) -> dict[str, Any]:
@@ -169,6 +173,7 @@ class TrainState:
             "step": self.step, "micro_batches": self.micro_batches, "cuts": self.cuts,
             "best_metric": self.best_metric, "best_step": self.best_step, "best_score": self.best_score,
             "last_eval": self.last_eval, "stale_evals": self.stale_evals, "stopped_early": self.stopped_early,
+            "start_metric": self.start_metric, "start_score": self.start_score,
             "skipped": self.skipped, "sampler": self.sampler_state(),
         }
 

@@ -34,6 +34,9 @@ Outputs in ``out_dir``::
     <tensorboard run>/  TensorBoard events (``tensorboard --logdir out_dir``)
     checkpoints/step-N/ the last two checkpoints (see :mod:`ilt.training.checkpoint`)
     best/               the adapter with the lowest ``select.metric`` so far
+    start/              the incoming model's adapter (the LoRA before any step, a no-op), scored at
+                        step 0 (``select.include_start``); it becomes best/ at the end when no
+                        trained checkpoint scored lower (the patience compares trained ones only)
     final/              the adapter after the last step
 
 Re-running the same command resumes from the newest complete checkpoint and
@@ -62,6 +65,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -110,6 +114,8 @@ from ilt.training.sizing import checkpointing_on, enable_checkpointing, make_opt
 log = logging.getLogger("ilt")
 
 TRAIN_LOG = "train_log.jsonl"
+#: The incoming model's adapter (the LoRA before any step), scored at step 0 (``select.include_start``).
+START_DIR = "start"
 #: Training stops when this many micro-batches in a row had every cut skipped.
 MAX_EMPTY_MICRO_BATCHES = 1000
 
@@ -421,6 +427,13 @@ class _Run:
         accelerator.log({k: v for k, v in values.items() if v is not None}, step=step)
         state.last_eval = score
         value, select = score["value"], self.config.select
+        if step == 0:  # the incoming model (select.include_start): its no-op LoRA kept aside in start/
+            self.save_adapter_to(self.out_dir / START_DIR, score)
+            state.start_metric, state.start_score = value, score
+            self.write_log({"event": "eval", "step": 0, "dev_loss": score["dev_loss"], "dev_error_rate": overall,
+                            "per_language": rates, metric: value, "start": True})
+            accelerator.wait_for_everyone()
+            return
 
         def below_best(margin: float) -> bool:
             return value is not None and (state.best_metric is None or value < state.best_metric - margin)
@@ -449,7 +462,7 @@ class _Run:
         seen = {i for ids in self.skips.items.values() for i in ids}
         batches = iter(self.loader)
         if self.dev is not None and self.config.select.include_start and state.step == 0:
-            # the incoming model is a candidate: the LoRA before any step is a no-op (B = 0)
+            # the incoming model is a candidate for best/: the LoRA before any step is a no-op (B = 0)
             self.evaluate(0)
         while state.step < self.total_steps and state.stopped_early is None:
             step_loss = self.optimiser_step(batches, seen)
@@ -470,8 +483,25 @@ class _Run:
             if on_step is not None and accelerator.is_main_process:
                 on_step(step, record)
 
+    def keep_start_if_best(self) -> None:
+        """``select.include_start``: when no trained checkpoint scored below the
+        incoming model (ties go to it), ``best/`` becomes ``start/``, its no-op LoRA.
+        The patience only ever compared trained checkpoints, so the round ran
+        exactly as it would have without the start check."""
+        state = self.state
+        if state.start_metric is None or (state.best_metric is not None and state.best_metric < state.start_metric):
+            return
+        if self.accelerator.is_main_process:
+            best = self.out_dir / "best"
+            if best.exists():
+                shutil.rmtree(best)
+            shutil.copytree(self.out_dir / START_DIR, best)
+        state.best_metric, state.best_step, state.best_score = state.start_metric, 0, state.start_score
+        self.accelerator.wait_for_everyone()
+
     def save_final(self) -> Path:
         """``final/`` (and ``best/`` when no evaluation chose one), written by the main process."""
+        self.keep_start_if_best()
         state, final_dir = self.state, self.out_dir / "final"
         last = state.last_eval if state.last_eval and state.last_eval["step"] == state.step else {}
         self.save_adapter_to(final_dir, {**last, "step": state.step})
