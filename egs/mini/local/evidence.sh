@@ -13,9 +13,9 @@
 #
 # main     `run.sh --track converged --stop-stage 6`: corpus, M0, knowledge sets, the three rounds with
 #          early stopping (conf_converged/), voted pseudo-labels, every model on test, test2, test3.
-#          Its Fix (and the ablation's) lets only trained checkpoints compete (select.include_start
-#          false), as the toolkit did when docs/evidence.md's tables were measured: part fix gives
-#          the default's after.
+#          Its rounds (and the ablation's, and knowledge's second chain) let only trained
+#          checkpoints compete (select.include_start false), as the toolkit did when
+#          docs/evidence.md's tables were measured: part fix gives the default's after.
 # control  ONE round (conf_converged_control/feedback.yaml: Feedback's scope and rank on the union of the
 #          three rounds' data), at most as many steps as the three rounds ran together (read from their
 #          train logs), the same dev checks and patience; trained at each of --control-lrs, the run of
@@ -56,10 +56,10 @@ timed() {  # timed PART CMD...: run, and log the part's wall time to $exp/eviden
   log "$1: $((SECONDS - start)) s"
 }
 
-main_fix=fix:select.include_start=false  # the main chain's Fix as measured (see part main above)
+as_measured=all:select.include_start=false  # the rounds as measured (see part main above)
 
 part_main() {
-  bash run.sh --track converged --stop-stage 6 --round-overrides "$main_fix"
+  bash run.sh --track converged --stop-stage 6 --round-overrides "$as_measured"
 }
 
 control_run() {  # control_run LR STEPS STAGE: the control at LR for at most STEPS, run.sh stage STAGE
@@ -103,7 +103,7 @@ part_lid() {
 }
 
 part_ablation() {
-  bash run_ablation.sh --track converged --round-overrides "$main_fix"
+  bash run_ablation.sh --track converged --round-overrides "$as_measured"
 }
 
 part_experts() {
@@ -111,7 +111,7 @@ part_experts() {
 }
 
 part_knowledge() {
-  bash local/knowledge_compare.sh --track converged --round-overrides "$main_fix"
+  bash local/knowledge_compare.sh --track converged --round-overrides "$as_measured"
 }
 
 part_fix() {
@@ -126,7 +126,7 @@ part_fix() {
       --out "$exp/decode/M3_start/$set" --group-by accent
   done
   bash local/fix_without_pseudo.sh --exp-dir "$exp" --data-dir data_conv --conf-dir conf_converged \
-    --sets "$sets" --overrides "${main_fix#fix:}"
+    --sets "$sets" --overrides "${as_measured#all:}"
 }
 
 part_tables() {
