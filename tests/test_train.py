@@ -59,6 +59,23 @@ def _config(**train) -> RoundConfig:
     })
 
 
+def _scripted_dev(monkeypatch, scores):
+    """Replace dev evaluation by ``scores[step]`` (metric, loss and the one row alike);
+    return the list of the steps evaluated, in order."""
+    import ilt.training.evaluate
+
+    seen = []
+
+    def evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step, collective=None):
+        seen.append(step)
+        value = scores[step]
+        return {"step": step, "metric": metric, "value": value, "dev_loss": value, "group_by": "language",
+                "rows": [{"group": "en", "error_rate": value}], "overall": {"error_rate": value}}
+
+    monkeypatch.setattr(ilt.training.evaluate, "evaluate", evaluate)
+    return seen
+
+
 @pytest.fixture
 def extra_losses(monkeypatch):
     """Register test-only losses through the real hook, for one test."""
@@ -131,16 +148,9 @@ def test_the_lowest_dev_score_is_kept(base_dir, data, tmp_path, monkeypatch):
     import torch
     from safetensors.torch import load_file
 
-    import ilt.training.evaluate
-
     scores = {0: 1.0, 2: 0.9, 4: 0.3, 6: 0.3, 8: 0.6}
 
-    def evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step, collective=None):
-        value = scores[step]
-        return {"step": step, "metric": metric, "value": value, "dev_loss": value, "group_by": "language",
-                "rows": [{"group": "en", "error_rate": value}], "overall": {"error_rate": value}}
-
-    monkeypatch.setattr(ilt.training.evaluate, "evaluate", evaluate)
+    _scripted_dev(monkeypatch, scores)
     out = tmp_path / "best-of-4"
     result = train_round(_config(max_steps=8, eval_every=2, save_every=4), base_dir, out,
                          train_cuts=[(data["train"], 1.0)], dev_cuts=data["dev"])
@@ -159,16 +169,9 @@ def test_patience_ends_the_round_and_a_rerun_trains_no_further(base_dir, data, t
     """select.patience 2 with dev scores 0.5, 0.4, 0.45, 0.6 at steps 2, 4, 6, 8 (of max_steps 20)
     stops at step 8: best/ is step 4's adapter, final/ step 8's, a checkpoint is saved at the stop,
     and running the same command again resumes there and does not train on."""
-    import ilt.training.evaluate
-
     scores = {0: 0.7, 2: 0.5, 4: 0.4, 6: 0.45, 8: 0.6, 10: 0.1}
 
-    def evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step, collective=None):
-        value = scores[step]
-        return {"step": step, "metric": metric, "value": value, "dev_loss": value, "group_by": "language",
-                "rows": [{"group": "en", "error_rate": value}], "overall": {"error_rate": value}}
-
-    monkeypatch.setattr(ilt.training.evaluate, "evaluate", evaluate)
+    _scripted_dev(monkeypatch, scores)
     config = _config(max_steps=20, eval_every=2, save_every=10)
     config.select.patience = 2
     out = tmp_path / "patience"
@@ -193,18 +196,8 @@ def test_the_incoming_model_competes_for_best(base_dir, data, tmp_path, monkeypa
     import torch
     from safetensors.torch import load_file
 
-    import ilt.training.evaluate
-
     scores = {0: 0.2, 2: 0.5, 4: 0.4}
-    seen = []
-
-    def evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step, collective=None):
-        seen.append(step)
-        value = scores[step]
-        return {"step": step, "metric": metric, "value": value, "dev_loss": value, "group_by": "language",
-                "rows": [{"group": "en", "error_rate": value}], "overall": {"error_rate": value}}
-
-    monkeypatch.setattr(ilt.training.evaluate, "evaluate", evaluate)
+    seen = _scripted_dev(monkeypatch, scores)
     config = _config(max_steps=4, eval_every=2)
     config.select.include_start = include_start
     out = tmp_path / "start"
@@ -233,16 +226,9 @@ def test_the_start_check_does_not_count_in_the_patience(base_dir, data, tmp_path
     checkpoints are compared among themselves (0.6 is the only stale check), so the round runs
     to step 8 and keeps it (0.2 < 0.3). Counting step 0 in the patience would have stopped it
     at step 4, in the early rise of a round's dev error, and kept the incoming model."""
-    import ilt.training.evaluate
-
     scores = {0: 0.3, 2: 0.5, 4: 0.6, 6: 0.4, 8: 0.2}
 
-    def evaluate(backbone, model, loss_fn, dev, decode_config, *, metric, micro_batch, device, step, collective=None):
-        value = scores[step]
-        return {"step": step, "metric": metric, "value": value, "dev_loss": value, "group_by": "language",
-                "rows": [{"group": "en", "error_rate": value}], "overall": {"error_rate": value}}
-
-    monkeypatch.setattr(ilt.training.evaluate, "evaluate", evaluate)
+    _scripted_dev(monkeypatch, scores)
     config = _config(max_steps=8, eval_every=2)
     config.select.patience = 2
     out = tmp_path / "patience-start"

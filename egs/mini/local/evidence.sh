@@ -84,22 +84,25 @@ part_control() {
   control_run "$lr" "$steps" 6  # evaluate on the test sets
 }
 
+decode_sets() {  # decode_sets MODEL OUT [ARGS...]: MODEL on each test set -> OUT/<set>, once
+  local model=$1 out=$2 set; shift 2
+  for set in $sets; do
+    [ -f "$out/$set/scores.json" ] || ilt evaluate --model "$model" \
+      --cuts "data_conv/manifests/mlc_slm_cuts_$set.jsonl.gz" --decode-config conf_converged/decode.yaml \
+      --out "$out/$set" --group-by accent "$@"
+  done
+}
+
 part_lid() {
-  local dir=$exp/lid_on manifests=data_conv/manifests set
+  local dir=$exp/lid_on manifests=data_conv/manifests
   export ILT_DATA_DIR=data_conv
   [ -f "$dir/M1/config.json" ] || ilt round --config conf_converged/focus.yaml -o train.lid_embeddings=true \
     --model "$exp/M0" --out "$dir/focus" --merged-out "$dir/M1" \
     --dev "$manifests/mlc_slm_cuts_dev.jsonl.gz" --decode-config conf_converged/decode.yaml
-  for set in $sets; do
-    [ -f "$dir/decode/M1/$set/scores.json" ] || ilt evaluate --model "$dir/M1" \
-      --cuts "$manifests/mlc_slm_cuts_$set.jsonl.gz" --decode-config conf_converged/decode.yaml \
-      --out "$dir/decode/M1/$set" --group-by accent
-    for m in "on=$dir/M1" "off=$exp/M1"; do  # the language detected by the model itself
-      [ -f "$dir/decode/${m%%=*}-detect/$set/scores.json" ] || ilt evaluate --model "${m#*=}" \
-        --cuts "$manifests/mlc_slm_cuts_$set.jsonl.gz" --decode-config conf_converged/decode.yaml \
-        --out "$dir/decode/${m%%=*}-detect/$set" --group-by accent -o language=detect
-    done
-  done
+  decode_sets "$dir/M1" "$dir/decode/M1"
+  # the language detected by the model itself
+  decode_sets "$dir/M1" "$dir/decode/on-detect" -o language=detect
+  decode_sets "$exp/M1" "$dir/decode/off-detect" -o language=detect
 }
 
 part_ablation() {
@@ -115,16 +118,12 @@ part_knowledge() {
 }
 
 part_fix() {
-  local manifests=data_conv/manifests set
+  local manifests=data_conv/manifests
   export ILT_DATA_DIR=data_conv ILT_EXP_DIR=$exp
   [ -f "$exp/M3_start/config.json" ] || ilt round --config conf_converged/fix.yaml -o select.include_start=true \
     --model "$exp/M2" --out "$exp/fix_start" --merged-out "$exp/M3_start" \
     --dev "$manifests/mlc_slm_cuts_dev.jsonl.gz" --decode-config conf_converged/decode.yaml
-  for set in $sets; do
-    [ -f "$exp/decode/M3_start/$set/scores.json" ] || ilt evaluate --model "$exp/M3_start" \
-      --cuts "$manifests/mlc_slm_cuts_$set.jsonl.gz" --decode-config conf_converged/decode.yaml \
-      --out "$exp/decode/M3_start/$set" --group-by accent
-  done
+  decode_sets "$exp/M3_start" "$exp/decode/M3_start"
   bash local/fix_without_pseudo.sh --exp-dir "$exp" --data-dir data_conv --conf-dir conf_converged \
     --sets "$sets" --overrides "${as_measured#all:}"
 }
