@@ -3,7 +3,8 @@
 #
 #   bash local/evidence.sh                       # every part below, in order
 #   bash local/evidence.sh --parts main          # M0 -> M1 -> M2 -> M3 on the converged track
-#   bash local/evidence.sh --parts control       # the one-round control, its learning rate tuned on dev
+#   bash local/evidence.sh --parts control       # the one-round control, its rate and schedule tuned on dev
+#   bash local/evidence.sh --parts retune        # ILT's Feedback again at the control's chosen rate
 #   bash local/evidence.sh --parts lid           # Focus with language-ID embeddings vs the main Focus
 #   bash local/evidence.sh --parts ablation      # the seven ordered subsets of the rounds (run_ablation.sh)
 #   bash local/evidence.sh --parts experts       # LoRA language experts (a)-(e) (local/experts_compare.sh)
@@ -19,8 +20,14 @@
 # control  ONE round (conf_converged_control/feedback.yaml: Feedback's scope and rank on the union of the
 #          three rounds' data), at most as many steps as the three rounds ran together (read from their
 #          train logs), the same dev checks and patience; trained at each of --control-lrs, the run of
-#          the lowest best dev WER is the control (only it is decoded on the test sets). ILT's rates are
-#          its rounds' hand-set ones: the control gets a grid around them.
+#          the lowest best dev WER wins; at its rate, the control again with its schedule (warm-up,
+#          linear decay to 0) over each of --control-steps instead; the lowest best dev WER of those is
+#          the control (only it is decoded on the test sets). ILT's rates and schedules are its rounds'
+#          hand-set ones: the control gets a grid around them. Pinned to include_start false, as the rounds.
+# retune   the main Feedback again from M1 at the control's chosen learning rate (everything else the
+#          main one's) -> $exp/retune/M2, and again with its schedule over the control's budget less
+#          Focus's steps -> $exp/retune_steps<N>/M2, and that run to its cap without early stopping ->
+#          $exp/retune_steps<N>.full/M2: whether the control's lead is its rate, its schedule or the patience.
 # ablation run_ablation.sh --track converged: each subset reuses the main chain's models where its
 #          rounds begin that chain.
 # lid      the main chain's Focus again with train.lid_embeddings: true (paper 3.2.3; docs/lid.md), the
@@ -40,8 +47,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-parts="main control lid ablation experts fix knowledge tables"
+parts="main control retune lid ablation experts fix knowledge tables"
 control_lrs="1.0e-4 2.0e-4 1.0e-3"  # the control's learning-rate grid, YAML floats: each rate one of ILT's rounds uses
+control_steps=96   # then, at the chosen rate, schedules over fewer steps (linear decay to 0 there): Feedback's cap
 exp=exp_conv
 sets="test test2 test3"
 
@@ -62,26 +70,57 @@ part_main() {
   bash run.sh --track converged --stop-stage 6 --round-overrides "$as_measured"
 }
 
-control_run() {  # control_run LR STEPS STAGE: the control at LR for at most STEPS, run.sh stage STAGE
-  bash run.sh --track converged --stage "$3" --stop-stage "$3" --rounds feedback --conf-dir conf_converged_control \
-    --round-overrides "feedback:train.lr=$1 feedback:train.max_steps=$2" \
-    --exp-dir "$exp/control/lr$1" --reuse-exp "$exp"
+control_run() {  # control_run LR STEPS DIR STAGE: the control at LR, schedule over STEPS, run.sh stage STAGE
+  bash run.sh --track converged --stage "$4" --stop-stage "$4" --rounds feedback --conf-dir conf_converged_control \
+    --round-overrides "feedback:train.lr=$1 feedback:train.max_steps=$2 $as_measured" \
+    --exp-dir "$exp/control/$3" --reuse-exp "$exp"
 }
 
 part_control() {
-  local steps runs=() lr best
+  local steps runs=() lr cap best name
   steps=$(python local/evidence_tables.py steps "$exp/focus" "$exp/feedback" "$exp/fix")
   export ILT_PSEUDO_CUTS=$exp/pseudo/cuts.jsonl.gz  # the main chain's voted labels: part of Fix's data
-  for lr in $control_lrs; do
-    log "control at lr $lr: at most $steps steps (the three rounds together)"
-    control_run "$lr" "$steps" 4  # train
+  for lr in $control_lrs; do  # 1. the rate, over the whole budget
+    log "control at lr $lr: schedule over $steps steps (the three rounds together)"
+    control_run "$lr" "$steps" "lr$lr" 4  # train
     runs+=("$exp/control/lr$lr/feedback")
   done
   best=$(python local/evidence_tables.py best-dev "${runs[@]}")
-  lr=${best%/feedback}; lr=${lr##*/lr}
-  log "control: lr $lr has the lowest best dev WER; decoding it on $sets"
-  ln -sfn "lr$lr" "$exp/control/chosen"
-  control_run "$lr" "$steps" 6  # evaluate on the test sets
+  name=${best%/feedback}; name=${name##*/}; lr=${name#lr}
+  log "control: lr $lr has the lowest best dev WER of the rates"
+  runs=("$best")
+  for cap in $control_steps; do  # 2. at that rate, schedules that decay to 0 sooner
+    [ "$cap" -lt "$steps" ] || continue
+    log "control at lr $lr: schedule over $cap steps"
+    control_run "$lr" "$cap" "lr$lr.steps$cap" 4
+    runs+=("$exp/control/lr$lr.steps$cap/feedback")
+  done
+  best=$(python local/evidence_tables.py best-dev "${runs[@]}")
+  name=${best%/feedback}; name=${name##*/}
+  cap=$steps; [[ $name != *.steps* ]] || cap=${name##*.steps}
+  log "control: $name has the lowest best dev WER; decoding it on $sets"
+  ln -sfn "$name" "$exp/control/chosen"
+  control_run "$lr" "$cap" "$name" 6  # evaluate on the test sets
+}
+
+part_retune() {  # ILT's Feedback again from M1 at the control's chosen rate: is the gap the rate, the schedule?
+  local name lr budget cap dir overrides
+  [ -L "$exp/control/chosen" ] || { log "ERROR: $exp/control/chosen: run --parts control first"; exit 1; }
+  name=$(readlink "$exp/control/chosen"); lr=${name#lr}; lr=${lr%%.steps*}
+  # the control's budget less the steps Focus ran (no Fix after: it changed nothing, see part fix)
+  budget=$(($(python local/evidence_tables.py steps "$exp/focus" "$exp/feedback" "$exp/fix") \
+            - $(python local/evidence_tables.py steps "$exp/focus")))
+  # Feedback's own cap; that budget; that budget run to its end (no early stopping)
+  for cap in own "$budget" "$budget.full"; do
+    dir=$exp/retune overrides="feedback:train.lr=$lr $as_measured"
+    if [ "$cap" != own ]; then dir=$exp/retune_steps$cap overrides+=" feedback:train.max_steps=${cap%.full}"; fi
+    if [[ $cap == *.full ]]; then overrides+=" feedback:select.patience=null"; fi
+    log "retune: the main Feedback again from M1 at lr $lr (the control's), step cap: $cap"
+    bash run.sh --track converged --exp-dir "$dir" --rounds focus,feedback --stage 3 --stop-stage 3 --reuse-exp "$exp"
+    bash run.sh --track converged --exp-dir "$dir" --rounds focus,feedback --stage 4 --stop-stage 4 \
+      --round-overrides "$overrides"
+    decode_sets "$dir/M2" "$dir/decode/M2"
+  done
 }
 
 decode_sets() {  # decode_sets MODEL OUT [ARGS...]: MODEL on each test set -> OUT/<set>, once
@@ -129,7 +168,7 @@ part_fix() {
 }
 
 part_tables() {
-  local out=$exp/evidence systems=() pairs=() cfg
+  local out=$exp/evidence systems=() pairs=() cfg long dir
   for i in 0 1 2 3; do systems+=(--system "M$i=$exp/decode/M$i/{set}"); done
   python local/evidence_tables.py table --sets "$sets" "${systems[@]}" --pair M1-M0 --pair M2-M1 \
     --pair M3-M2 --pair M3-M0 --title "ILT rounds (converged track)" --out "$out/rounds.md"
@@ -137,6 +176,17 @@ part_tables() {
     python local/evidence_tables.py table --sets "$sets" --system "M3=$exp/decode/M3/{set}" \
       --system "control=$exp/control/chosen/decode/M1/{set}" --system "M0=$exp/decode/M0/{set}" \
       --pair control-M0 --pair M3-control --title "ILT (M3) vs the one-round control" --out "$out/control.md"
+  fi
+  if [ -d "$exp/retune/decode/M2" ]; then
+    long=(); for dir in "$exp"/retune_steps*/decode/M2; do
+      [ -d "$dir" ] || continue; cfg=${dir%/decode/M2}; cfg=M2_retune${cfg##*/retune}
+      long+=(--system "$cfg=$dir/{set}" --pair "$cfg-M2_retune" --pair "$cfg-control")
+    done
+    python local/evidence_tables.py table --sets "$sets" --system "M2=$exp/decode/M2/{set}" \
+      --system "control=$exp/control/chosen/decode/M1/{set}" --system "M2_retune=$exp/retune/decode/M2/{set}" \
+      --pair M2_retune-M2 --pair M2_retune-control "${long[@]}" \
+      --title "Feedback at the control's learning rate (M2_retune) vs at its own (M2) and vs the control" \
+      --out "$out/retune.md"
   fi
   if [ -d "$exp/lid_on/decode/M1" ]; then
     python local/evidence_tables.py table --sets "$sets" --system "off=$exp/decode/M1/{set}" \
@@ -183,7 +233,7 @@ part_tables() {
 
 for part in $parts; do
   case $part in
-    main|control|lid|ablation|experts|fix|knowledge|tables) log "part $part"; timed "$part" "part_$part" ;;
-    *) log "ERROR: --parts: '$part' is not main, control, lid, ablation, experts, fix, knowledge or tables"; exit 1 ;;
+    main|control|retune|lid|ablation|experts|fix|knowledge|tables) log "part $part"; timed "$part" "part_$part" ;;
+    *) log "ERROR: --parts: '$part' is not main, control, retune, lid, ablation, experts, fix, knowledge or tables"; exit 1 ;;
   esac
 done

@@ -5,7 +5,7 @@ small facts the script needs from finished rounds.
     evidence_tables.py table --sets "test test2 test3" --system M0=exp_conv/decode/M0/{set} \\
         --system M1=exp_conv/decode/M1/{set} --pair M1-M0 --title "ILT rounds" --out rounds.md
     evidence_tables.py steps exp_conv/focus exp_conv/feedback exp_conv/fix   # steps they ran, summed
-    evidence_tables.py best-dev exp_conv/control/lr1e-4/feedback ...         # the run of the lowest best dev WER
+    evidence_tables.py best-dev exp_conv/control/lr1.0e-4/feedback ...       # the run of the lowest best dev WER
 
 ``table``: one row per ``--pair B-A``: both systems' error rates pooled over every test set (each
 system's decodes of the sets pooled: ``ilt compare NAME=DIR,DIR,DIR``), the difference B - A in
