@@ -427,11 +427,12 @@ class _Run:
         accelerator.log({k: v for k, v in values.items() if v is not None}, step=step)
         state.last_eval = score
         value, select = score["value"], self.config.select
+        record = {"event": "eval", "step": step, "dev_loss": score["dev_loss"], "dev_error_rate": overall,
+                  "per_language": rates, metric: value}
         if step == 0:  # the incoming model (select.include_start): its no-op LoRA kept aside in start/
             self.save_adapter_to(self.out_dir / START_DIR, score)
             state.start_metric, state.start_score = value, score
-            self.write_log({"event": "eval", "step": 0, "dev_loss": score["dev_loss"], "dev_error_rate": overall,
-                            "per_language": rates, metric: value, "start": True})
+            self.write_log({**record, "start": True})
             accelerator.wait_for_everyone()
             return
 
@@ -450,9 +451,7 @@ class _Run:
             state.stopped_early = step
             log.info("step %d: early stop: %d dev evaluations without a %s below %.4f (select.patience %d)",
                      step, state.stale_evals, metric, state.best_metric - select.min_delta, select.patience)
-        self.write_log({"event": "eval", "step": step, "dev_loss": score["dev_loss"],
-                        "dev_error_rate": overall, "per_language": rates, metric: score["value"],
-                        "best": bool(best), "stale_evals": state.stale_evals,
+        self.write_log({**record, "best": bool(best), "stale_evals": state.stale_evals,
                         **({"stopped_early": True} if state.stopped_early == step else {})})
         accelerator.wait_for_everyone()
 
