@@ -65,6 +65,7 @@ timed() {  # timed PART CMD...: run, and log the part's wall time to $exp/eviden
 }
 
 as_measured=all:select.include_start=false  # the rounds as measured (see part main above)
+steps_of() { python local/evidence_tables.py steps "${@/#/$exp/}"; }  # steps_of ROUND...: steps they ran, summed
 
 part_main() {
   bash run.sh --track converged --stop-stage 6 --round-overrides "$as_measured"
@@ -78,7 +79,7 @@ control_run() {  # control_run LR STEPS DIR STAGE: the control at LR, schedule o
 
 part_control() {
   local steps runs=() lr cap best name
-  steps=$(python local/evidence_tables.py steps "$exp/focus" "$exp/feedback" "$exp/fix")
+  steps=$(steps_of focus feedback fix)
   export ILT_PSEUDO_CUTS=$exp/pseudo/cuts.jsonl.gz  # the main chain's voted labels: part of Fix's data
   for lr in $control_lrs; do  # 1. the rate, over the whole budget
     log "control at lr $lr: schedule over $steps steps (the three rounds together)"
@@ -108,8 +109,7 @@ part_retune() {  # ILT's Feedback again from M1 at the control's chosen rate: is
   [ -L "$exp/control/chosen" ] || { log "ERROR: $exp/control/chosen: run --parts control first"; exit 1; }
   name=$(readlink "$exp/control/chosen"); lr=${name#lr}; lr=${lr%%.steps*}
   # the control's budget less the steps Focus ran (no Fix after: it changed nothing, see part fix)
-  budget=$(($(python local/evidence_tables.py steps "$exp/focus" "$exp/feedback" "$exp/fix") \
-            - $(python local/evidence_tables.py steps "$exp/focus")))
+  budget=$(($(steps_of focus feedback fix) - $(steps_of focus)))
   # Feedback's own cap; that budget; that budget run to its end (no early stopping)
   for cap in own "$budget" "$budget.full"; do
     dir=$exp/retune overrides="feedback:train.lr=$lr $as_measured"
@@ -168,7 +168,7 @@ part_fix() {
 }
 
 part_tables() {
-  local out=$exp/evidence systems=() pairs=() cfg long dir
+  local out=$exp/evidence systems=() pairs=() cfg long dir base
   for i in 0 1 2 3; do systems+=(--system "M$i=$exp/decode/M$i/{set}"); done
   python local/evidence_tables.py table --sets "$sets" "${systems[@]}" --pair M1-M0 --pair M2-M1 \
     --pair M3-M2 --pair M3-M0 --title "ILT rounds (converged track)" --out "$out/rounds.md"
@@ -180,7 +180,9 @@ part_tables() {
   if [ -d "$exp/retune/decode/M2" ]; then
     long=(); for dir in "$exp"/retune_steps*/decode/M2; do
       [ -d "$dir" ] || continue; cfg=${dir%/decode/M2}; cfg=M2_retune${cfg##*/retune}
-      long+=(--system "$cfg=$dir/{set}" --pair "$cfg-M2_retune" --pair "$cfg-control")
+      # against the run it differs from by one thing: the shorter cap's, or (.full) its patient twin
+      [[ $cfg == *.full ]] && base=${cfg%.full} || base=M2_retune
+      long+=(--system "$cfg=$dir/{set}" --pair "$cfg-$base" --pair "$cfg-control")
     done
     python local/evidence_tables.py table --sets "$sets" --system "M2=$exp/decode/M2/{set}" \
       --system "control=$exp/control/chosen/decode/M1/{set}" --system "M2_retune=$exp/retune/decode/M2/{set}" \
